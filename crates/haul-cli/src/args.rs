@@ -1,0 +1,317 @@
+//! Command-line flags, and their conversion into the engine's typed [`haul::Config`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// haul: download thousands to millions of files, correctly, fast and politely.
+#[derive(Debug, Parser)]
+#[command(name = "haul", version, about, long_about = None, max_term_width = 100)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Download every URL of a manifest (and/or the URLs given as arguments)
+    Get(Box<GetArgs>),
+    /// Show what an archive holds: counts by status, bytes, failures by reason and host
+    Status(ArchiveArg),
+    /// Print the failed jobs of an archive as a JSONL manifest that `haul get -i -` accepts
+    Failed(FailedArgs),
+    /// Manage an archive
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ArchiveArg {
+    /// The archive file, or an output directory holding `.haul/archive.sqlite` [default: .]
+    pub(crate) archive: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FailedArgs {
+    #[command(flatten)]
+    pub(crate) archive: ArchiveArg,
+    /// Print URLs as stored, credentials and signatures included (they are redacted otherwise)
+    #[arg(long)]
+    pub(crate) show_secrets: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ArchiveCommand {
+    /// Mark ids from a text file (one per line, as yt-dlp and gallery-dl keep them) as done
+    Import {
+        /// The file of ids ("-" for standard input)
+        file: PathBuf,
+        /// The archive file, or an output directory holding `.haul/archive.sqlite` [default: .]
+        #[arg(long)]
+        archive: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum FormatArg {
+    Plain,
+    Jsonl,
+    Csv,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LayoutArg {
+    /// The last segment of the URL path
+    Flat,
+    /// host/url/path
+    Mirror,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum OnExistsArg {
+    /// Keep a file that matches the manifest's size/checksums (adopt it); refetch one that does not
+    Skip,
+    /// Fetch again and replace it
+    Overwrite,
+    /// Fetch to "name (N).ext" beside it
+    Rename,
+    /// Fail the job
+    Fail,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ProgressArg {
+    /// Bars on a terminal, plain lines otherwise
+    Auto,
+    /// Bars (indicatif)
+    Bars,
+    /// One summary line on stderr every few seconds
+    Plain,
+    /// One JSON status object per line on stderr every two seconds
+    Json,
+    /// Nothing but the final summary
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ArchiveKeyArg {
+    /// The manifest's id, else the URL
+    Id,
+    /// Always the URL
+    Url,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GetArgs {
+    /// URLs to download (in addition to those of --input)
+    pub(crate) urls: Vec<String>,
+    /// The manifest to read ("-" for standard input)
+    #[arg(short, long, value_name = "FILE")]
+    pub(crate) input: Option<PathBuf>,
+    /// The manifest's format [default: from the extension: .jsonl/.ndjson, .csv, else plain]
+    #[arg(long, value_enum)]
+    pub(crate) format: Option<FormatArg>,
+    /// Check the whole manifest first and download nothing if any line is bad
+    #[arg(long)]
+    pub(crate) strict: bool,
+    /// The output directory
+    #[arg(short, long, value_name = "DIR", default_value = ".")]
+    pub(crate) output: PathBuf,
+    /// How URLs map to file names when the manifest gives no path
+    #[arg(long, value_enum, default_value_t = LayoutArg::Flat)]
+    pub(crate) layout: LayoutArg,
+    /// What to do when a destination file already exists
+    #[arg(long, value_enum, default_value_t = OnExistsArg::Skip)]
+    pub(crate) on_exists: OnExistsArg,
+    /// Transfers in flight at most
+    #[arg(short = 'j', long, default_value_t = haul::DEFAULT_CONCURRENCY)]
+    pub(crate) concurrency: usize,
+    /// Transfers in flight at most to one host (host:port)
+    #[arg(long, default_value_t = haul::DEFAULT_PER_HOST)]
+    pub(crate) per_host: usize,
+    /// Retries after the first attempt (transient errors, 429/503)
+    #[arg(long, default_value_t = haul::DEFAULT_RETRIES)]
+    pub(crate) retries: u32,
+    /// Base of the exponential backoff with full jitter (e.g. 500ms, 2s)
+    #[arg(long, value_parser = parse_duration, default_value = "500ms")]
+    pub(crate) retry_wait: Duration,
+    /// Longest Retry-After that is obeyed (longer ones are cut to this)
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    pub(crate) max_retry_wait: Duration,
+    /// Connect timeout
+    #[arg(long, value_parser = parse_duration, default_value = "15s")]
+    pub(crate) connect_timeout: Duration,
+    /// Fail an attempt when no byte arrives for this long
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub(crate) read_timeout: Duration,
+    /// Abort (and retry) a transfer slower than this rate (e.g. 10k, 1MiB) over --lowest-speed-window
+    #[arg(long, value_parser = parse_size)]
+    pub(crate) lowest_speed: Option<u64>,
+    /// The window of --lowest-speed
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub(crate) lowest_speed_window: Duration,
+    /// Refuse files larger than this (e.g. 2GiB), with or without a Content-Length
+    #[arg(long, value_parser = parse_size)]
+    pub(crate) max_size: Option<u64>,
+    /// Speak HTTP/2 without TLS (h2c) to every server
+    #[arg(long)]
+    pub(crate) http2_prior_knowledge: bool,
+    /// A header for every request ("Name: value"); repeatable
+    #[arg(short = 'H', long = "header", value_name = "HEADER")]
+    pub(crate) headers: Vec<String>,
+    /// The User-Agent header
+    #[arg(long)]
+    pub(crate) user_agent: Option<String>,
+    /// The archive (journal of done and failed jobs) [default: OUTPUT/.haul/archive.sqlite]
+    #[arg(long, value_name = "FILE")]
+    pub(crate) archive: Option<PathBuf>,
+    /// Keep no archive: nothing is skipped on a rerun, nothing resumes across runs
+    #[arg(long, conflicts_with = "archive")]
+    pub(crate) no_archive: bool,
+    /// What keys a job in the archive
+    #[arg(long, value_enum, default_value_t = ArchiveKeyArg::Id)]
+    pub(crate) archive_key: ArchiveKeyArg,
+    /// Wait for another haul process to release the archive instead of failing
+    #[arg(long)]
+    pub(crate) wait_archive: bool,
+    /// fsync each file and its directory before recording it done (survives power loss)
+    #[arg(long)]
+    pub(crate) fsync: bool,
+    /// Retry the jobs the archive lists as failed (alone, or with more input)
+    #[arg(long, conflicts_with = "no_archive")]
+    pub(crate) retry_failed: bool,
+    /// How to show progress
+    #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
+    pub(crate) progress: ProgressArg,
+    /// Print nothing but errors (same as --progress none, without the summary)
+    #[arg(short, long)]
+    pub(crate) quiet: bool,
+    /// Write one JSON line per job (id, url, path, status, http_status, bytes, attempts, error)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) report: Option<PathBuf>,
+}
+
+impl GetArgs {
+    /// The engine configuration these flags describe.
+    pub(crate) fn config(&self) -> Result<haul::Config> {
+        let mut headers = Vec::new();
+        for header in &self.headers {
+            let (name, value) = header
+                .split_once(':')
+                .with_context(|| format!("bad --header {header:?}: expected \"Name: value\""))?;
+            headers.push((name.trim().to_owned(), value.trim().to_owned()));
+        }
+        let archive = if self.no_archive {
+            haul::ArchiveMode::Off
+        } else if let Some(path) = &self.archive {
+            haul::ArchiveMode::Path(path.clone())
+        } else {
+            haul::ArchiveMode::Default
+        };
+        let mut builder = haul::Config::builder(&self.output)
+            .concurrency(self.concurrency)
+            .per_host(self.per_host)
+            .layout(match self.layout {
+                LayoutArg::Flat => haul::Layout::Flat,
+                LayoutArg::Mirror => haul::Layout::Mirror,
+            })
+            .on_exists(match self.on_exists {
+                OnExistsArg::Skip => haul::OnExists::Skip,
+                OnExistsArg::Overwrite => haul::OnExists::Overwrite,
+                OnExistsArg::Rename => haul::OnExists::Rename,
+                OnExistsArg::Fail => haul::OnExists::Fail,
+            })
+            .retries(self.retries)
+            .retry_wait(self.retry_wait)
+            .max_retry_wait(self.max_retry_wait)
+            .connect_timeout(self.connect_timeout)
+            .read_timeout(self.read_timeout)
+            .lowest_speed(self.lowest_speed.map(|rate| (rate, self.lowest_speed_window)))
+            .max_size(self.max_size)
+            .http2_prior_knowledge(self.http2_prior_knowledge)
+            .headers(headers)
+            .archive(archive)
+            .wait_archive(self.wait_archive)
+            .fsync(self.fsync);
+        if let Some(agent) = &self.user_agent {
+            builder = builder.user_agent(agent.clone());
+        }
+        if self.concurrency == 0 || self.per_host == 0 {
+            bail!("--concurrency and --per-host must be at least 1");
+        }
+        Ok(builder.build())
+    }
+}
+
+/// Parses `1.5`, `250ms`, `30s`, `5m`, `1h` into a duration (a bare number is seconds).
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("not a duration: {text:?} (try 500ms, 30s, 5m)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown unit {other:?} in {text:?} (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("bad duration {text:?}: {e}"))
+}
+
+/// Parses `1024`, `10k`, `1.5M`, `2GiB`, `500KB` into bytes (k/M/G are powers of 1024).
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("not a size: {text:?} (try 10M, 2GiB)"))?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let multiplier: f64 = match unit.trim_end_matches('b').trim_end_matches('i') {
+        "" => 1.0,
+        "k" => 1024.0,
+        "m" => 1024.0 * 1024.0,
+        "g" => 1024.0 * 1024.0 * 1024.0,
+        "t" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("unknown unit in {text:?} (use k, M, G, T)")),
+    };
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "sizes are positive and far below 2^53"
+    )]
+    Ok((value * multiplier).round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("5y").is_err());
+        assert_eq!(parse_size("10k").unwrap(), 10 * 1024);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1.5M").unwrap(), 1_572_864);
+        assert_eq!(parse_size("7").unwrap(), 7);
+        assert!(parse_size("3 parsecs").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,301 @@
+//! The `haul` command: parses flags, runs the engine, draws progress, maps the result to an
+//! exit code. All printing of the project happens here.
+
+mod args;
+mod exit;
+mod progress;
+mod report;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use clap::Parser as _;
+
+use args::{ArchiveCommand, ArchiveKeyArg, Cli, Command, FormatArg, GetArgs};
+use exit::Exit;
+
+/// A failure that decides the exit code.
+#[derive(Debug)]
+struct Failure {
+    exit: Exit,
+    error: anyhow::Error,
+}
+
+fn fail(exit: Exit, error: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        exit,
+        error: error.into(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Get(args) => get(*args),
+        Command::Status(a) => status(a.archive.as_deref()).map_err(|e| fail(Exit::Usage, e)),
+        Command::Failed(a) => failed(a.archive.archive.as_deref(), a.show_secrets).map_err(|e| fail(Exit::Usage, e)),
+        Command::Archive(ArchiveCommand::Import { file, archive }) => {
+            import(&file, archive.as_deref()).map_err(|e| fail(Exit::Fatal, e))
+        }
+    };
+    match result {
+        Ok(exit) => exit.into(),
+        Err(Failure { exit, error }) => {
+            let _ = writeln!(std::io::stderr(), "error: {error:#}");
+            exit.into()
+        }
+    }
+}
+
+type Jobs = Box<dyn Iterator<Item = Result<haul::Job, haul::ManifestError>> + Send>;
+
+fn format_of(args: &GetArgs, path: &Path) -> haul::Format {
+    match args.format {
+        Some(FormatArg::Plain) => haul::Format::Plain,
+        Some(FormatArg::Jsonl) => haul::Format::Jsonl,
+        Some(FormatArg::Csv) => haul::Format::Csv,
+        None => haul::Format::from_path(path),
+    }
+}
+
+fn key_of(args: &GetArgs) -> haul::ArchiveKey {
+    match args.archive_key {
+        ArchiveKeyArg::Id => haul::ArchiveKey::IdOrUrl,
+        ArchiveKeyArg::Url => haul::ArchiveKey::Url,
+    }
+}
+
+fn open_manifest(args: &GetArgs, path: &Path) -> Result<Jobs, Failure> {
+    let format = format_of(args, path);
+    let reader: Box<dyn BufRead + Send> = if path == Path::new("-") {
+        Box::new(BufReader::with_capacity(256 * 1024, std::io::stdin()))
+    } else {
+        let file = File::open(path)
+            .with_context(|| format!("cannot open the manifest {}", path.display()))
+            .map_err(|e| fail(Exit::Usage, e))?;
+        Box::new(BufReader::with_capacity(256 * 1024, file))
+    };
+    Ok(Box::new(
+        haul::ManifestReader::new(reader, format).archive_key(key_of(args)),
+    ))
+}
+
+/// Reads the whole manifest once and refuses it if any line is bad (`--strict`).
+fn check_strict(args: &GetArgs, path: &Path) -> Result<(), Failure> {
+    if path == Path::new("-") {
+        return Err(fail(
+            Exit::Usage,
+            anyhow::anyhow!("--strict needs a manifest file it can read twice, not standard input"),
+        ));
+    }
+    let mut bad = Vec::new();
+    let mut count = 0u64;
+    for item in open_manifest(args, path)? {
+        if let Err(e) = item {
+            count += 1;
+            if bad.len() < 20 {
+                bad.push(e.to_string());
+            }
+        }
+    }
+    if count == 0 {
+        return Ok(());
+    }
+    let mut text = format!(
+        "{count} bad line(s) in {}; nothing was downloaded (--strict)",
+        path.display()
+    );
+    for line in bad {
+        text.push_str("\n  ");
+        text.push_str(&line);
+    }
+    Err(fail(Exit::Usage, anyhow::anyhow!(text)))
+}
+
+fn archive_location(config: &haul::Config) -> Option<PathBuf> {
+    config.archive_path()
+}
+
+/// Writes the archive's failed jobs to a spool manifest (so they stream, never all in memory).
+fn spool_failed(config: &haul::Config) -> Result<PathBuf, Failure> {
+    let path = archive_location(config)
+        .ok_or_else(|| fail(Exit::Usage, anyhow::anyhow!("--retry-failed needs an archive")))?;
+    let reader = haul::archive::ArchiveReader::open(&path).map_err(|e| fail(Exit::Usage, e))?;
+    let spool = config.output_dir.join(haul::STATE_DIR).join("retry-failed.jsonl");
+    std::fs::create_dir_all(spool.parent().expect("has parent")).map_err(|e| fail(Exit::Fatal, e))?;
+    let mut out = std::io::BufWriter::new(File::create(&spool).map_err(|e| fail(Exit::Fatal, e))?);
+    reader
+        .for_each_failed(|id, url, path| {
+            let line = serde_json::json!({ "id": id, "url": url, "path": path });
+            writeln!(out, "{line}").map_err(|e| haul::Error::Archive(e.to_string()))
+        })
+        .map_err(|e| fail(Exit::Fatal, e))?;
+    out.flush().map_err(|e| fail(Exit::Fatal, e))?;
+    Ok(spool)
+}
+
+fn get(args: GetArgs) -> Result<Exit, Failure> {
+    let config = args.config().map_err(|e| fail(Exit::Usage, e))?;
+    if args.input.is_none() && args.urls.is_empty() && !args.retry_failed {
+        return Err(fail(
+            Exit::Usage,
+            anyhow::anyhow!("nothing to download: give URLs, --input FILE (or - for stdin), or --retry-failed"),
+        ));
+    }
+    if args.strict
+        && let Some(input) = &args.input
+    {
+        check_strict(&args, input)?;
+    }
+    let mut jobs: Jobs = Box::new(std::iter::empty());
+    if !args.urls.is_empty() {
+        let urls = args.urls.clone();
+        jobs = Box::new(urls.into_iter().map(|text| {
+            haul::parse_url(&text)
+                .map(haul::Job::new)
+                .map_err(|reason| haul::ManifestError { line: 0, reason })
+        }));
+    }
+    if args.retry_failed {
+        let spool = spool_failed(&config)?;
+        let failed = haul::ManifestReader::new(
+            BufReader::new(File::open(&spool).map_err(|e| fail(Exit::Fatal, e))?),
+            haul::Format::Jsonl,
+        );
+        jobs = Box::new(jobs.chain(failed));
+    }
+    if let Some(input) = &args.input {
+        jobs = Box::new(jobs.chain(open_manifest(&args, input)?));
+    }
+    let report = match &args.report {
+        Some(path) => Some(
+            File::create(path)
+                .with_context(|| format!("cannot create the report {}", path.display()))
+                .map_err(|e| fail(Exit::Usage, e))?,
+        ),
+        None => None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(Exit::Fatal, e))?;
+    runtime.block_on(run(args, config, jobs, report))
+}
+
+async fn run(args: GetArgs, config: haul::Config, jobs: Jobs, report: Option<File>) -> Result<Exit, Failure> {
+    let engine = haul::Engine::new(config);
+    let mode = if args.quiet {
+        args::ProgressArg::None
+    } else {
+        args.progress
+    };
+    let display = Arc::new(progress::Display::start(mode, engine.monitor()));
+    let reporter = Arc::new(report::CliReporter::new(report, Arc::clone(&display), args.quiet));
+    let canceller = engine.canceller();
+    let signal_display = Arc::clone(&display);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let first = async {
+            match &mut term {
+                Some(term) => tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} },
+                None => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        };
+        first.await;
+        signal_display.println("interrupting: finishing the archive; press Ctrl-C again to quit at once");
+        canceller.cancel();
+        let _ = tokio::signal::ctrl_c().await;
+        // Second Ctrl-C: leave now. Nothing unfinished was recorded done, .part files stay.
+        std::process::exit(Exit::Interrupted as i32);
+    });
+    let result = engine.run(jobs, Arc::clone(&reporter) as Arc<dyn haul::Reporter>).await;
+    let display = Arc::try_unwrap(display).ok();
+    if let Some(display) = display {
+        display.finish().await;
+    }
+    let summary = result.map_err(|e| fail(Exit::Fatal, e))?;
+    reporter.finish().map_err(|e| fail(Exit::Fatal, e))?;
+    if !args.quiet {
+        report::print_summary(&summary, &reporter);
+    }
+    Ok(if summary.fatal.is_some() {
+        Exit::Fatal
+    } else if summary.interrupted {
+        Exit::Interrupted
+    } else if summary.failed_total() > 0 || summary.bad_lines > 0 {
+        Exit::SomeFailed
+    } else {
+        Exit::Success
+    })
+}
+
+/// An archive path from an argument that may be the file or an output directory.
+fn resolve_archive(arg: Option<&Path>) -> PathBuf {
+    let arg = arg.unwrap_or(Path::new("."));
+    if arg.is_dir() {
+        arg.join(haul::STATE_DIR).join(haul::DEFAULT_ARCHIVE_NAME)
+    } else {
+        arg.to_owned()
+    }
+}
+
+fn status(arg: Option<&Path>) -> Result<Exit> {
+    let path = resolve_archive(arg);
+    let reader = haul::archive::ArchiveReader::open(&path)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "archive: {}", path.display())?;
+    for (status, count, bytes) in reader.counts()? {
+        writeln!(out, "{status:>8}: {count} jobs, {}", progress::human_bytes(bytes))?;
+    }
+    let groups = reader.failure_groups()?;
+    if !groups.is_empty() {
+        writeln!(out, "failures by reason and host:")?;
+        for g in groups {
+            writeln!(
+                out,
+                "  {:>6} × {} ({}) on {}: e.g. {}",
+                g.count, g.reason, g.class, g.host, g.example
+            )?;
+        }
+    }
+    Ok(Exit::Success)
+}
+
+fn failed(arg: Option<&Path>, show_secrets: bool) -> Result<Exit> {
+    let reader = haul::archive::ArchiveReader::open(&resolve_archive(arg))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let result = reader.for_each_failed(|id, url, path| {
+        let shown = match url::Url::parse(url) {
+            Ok(parsed) if !show_secrets => haul::SafeUrl(&parsed).to_string(),
+            _ => url.to_owned(),
+        };
+        let line = serde_json::json!({ "id": id, "url": shown, "path": path });
+        writeln!(out, "{line}").map_err(|e| haul::Error::Archive(e.to_string()))
+    });
+    match result {
+        // A closed pipe (`haul failed | head`) is a normal end.
+        Err(haul::Error::Archive(msg)) if msg.contains("Broken pipe") => return Ok(Exit::Success),
+        other => other?,
+    }
+    let _ = out.flush();
+    Ok(Exit::Success)
+}
+
+fn import(file: &Path, archive: Option<&Path>) -> Result<Exit> {
+    let path = resolve_archive(archive);
+    let archive = haul::archive::Archive::open(&path, false)?;
+    let added = if file == Path::new("-") {
+        haul::archive::import_ids(&archive, std::io::stdin().lock())?
+    } else {
+        let input = File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+        haul::archive::import_ids(&archive, BufReader::new(input))?
+    };
+    let _ = writeln!(std::io::stdout(), "imported {added} new id(s) into {}", path.display());
+    Ok(Exit::Success)
+}

@@ -1,0 +1,211 @@
+//! Progress display: samples the engine's [`haul::Monitor`] on a timer and draws it.
+//!
+//! The engine never waits for the display: bars are redrawn at most 5 times a second from a
+//! snapshot of atomic counters, however many files finish in between.
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::args::ProgressArg;
+
+/// Transfers shown under the overall line.
+const SHOWN_TRANSFERS: usize = 3;
+
+/// A running display; [`Display::finish`] stops it.
+pub(crate) struct Display {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    multi: Option<MultiProgress>,
+}
+
+impl Display {
+    pub(crate) fn start(mode: ProgressArg, monitor: Arc<haul::Monitor>) -> Self {
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let mode = match mode {
+            ProgressArg::Auto if std::io::IsTerminal::is_terminal(&std::io::stderr()) => ProgressArg::Bars,
+            ProgressArg::Auto => ProgressArg::Plain,
+            other => other,
+        };
+        let (task, multi) = match mode {
+            ProgressArg::Bars => {
+                let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(5));
+                let task = tokio::spawn(bars(multi.clone(), monitor, stop_rx));
+                (Some(task), Some(multi))
+            }
+            ProgressArg::Plain => (Some(tokio::spawn(lines(monitor, stop_rx, false))), None),
+            ProgressArg::Json => (Some(tokio::spawn(lines(monitor, stop_rx, true))), None),
+            ProgressArg::None | ProgressArg::Auto => (None, None),
+        };
+        Self { stop, task, multi }
+    }
+
+    /// Prints a line above the bars (or plainly when there are none).
+    pub(crate) fn println(&self, line: &str) {
+        match &self.multi {
+            Some(multi) => {
+                let _ = multi.println(line);
+            }
+            None => {
+                let _ = writeln!(std::io::stderr(), "{line}");
+            }
+        }
+    }
+
+    pub(crate) async fn finish(mut self) {
+        self.stop.send_replace(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        if let Some(multi) = &self.multi {
+            let _ = multi.clear();
+        }
+    }
+}
+
+fn rate(count: f64, elapsed: Duration) -> f64 {
+    count / elapsed.as_secs_f64().max(0.001)
+}
+
+#[expect(clippy::cast_precision_loss, reason = "display only")]
+fn overall(stats: &haul::Stats) -> String {
+    let finished = stats.done + stats.skipped + stats.failed;
+    let total = stats
+        .total
+        .map_or_else(|| format!("{} so far", stats.read), |t| t.to_string());
+    let eta = match stats.total {
+        Some(total) if stats.done > 0 && total > finished => {
+            let per_file = stats.elapsed.as_secs_f64() / finished.max(1) as f64;
+            format!(
+                " · ETA {}",
+                human_duration(Duration::from_secs_f64(per_file * (total - finished) as f64))
+            )
+        }
+        _ => String::new(),
+    };
+    format!(
+        "{finished}/{total} files · {} · {:.0} files/s · {}/s · {} failed · {} retries{eta}",
+        human_bytes(stats.bytes),
+        rate(stats.done as f64, stats.elapsed),
+        human_bytes(rate(stats.bytes as f64, stats.elapsed) as u64),
+        stats.failed,
+        stats.retries,
+    )
+}
+
+async fn bars(multi: MultiProgress, monitor: Arc<haul::Monitor>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let main = multi.add(ProgressBar::new(0));
+    main.set_style(
+        ProgressStyle::with_template("{spinner} [{bar:30}] {msg}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    let transfer_style = ProgressStyle::with_template("  {wide_msg} {bytes:>10}/{total_bytes:<10} {bar:20}")
+        .expect("template")
+        .progress_chars("=> ");
+    let rows: Vec<ProgressBar> = (0..SHOWN_TRANSFERS)
+        .map(|_| {
+            let bar = multi.add(ProgressBar::new(0));
+            bar.set_style(transfer_style.clone());
+            bar
+        })
+        .collect();
+    loop {
+        let stats = monitor.stats();
+        let finished = stats.done + stats.skipped + stats.failed;
+        main.set_length(stats.total.unwrap_or(stats.read).max(finished));
+        main.set_position(finished);
+        main.set_message(overall(&stats));
+        main.tick();
+        let largest = monitor.largest_transfers(SHOWN_TRANSFERS);
+        for (i, bar) in rows.iter().enumerate() {
+            match largest.get(i) {
+                Some(t) => {
+                    bar.set_length(t.total.unwrap_or(t.received));
+                    bar.set_position(t.received);
+                    bar.set_message(t.path.clone());
+                }
+                None => {
+                    bar.set_length(0);
+                    bar.set_message(String::new());
+                }
+            }
+        }
+        if *stop.borrow() {
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    for bar in rows {
+        bar.finish_and_clear();
+    }
+    main.finish_and_clear();
+}
+
+async fn lines(monitor: Arc<haul::Monitor>, mut stop: tokio::sync::watch::Receiver<bool>, json: bool) {
+    let every = if json {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(5)
+    };
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        let stats = monitor.stats();
+        let line = if json {
+            serde_json::json!({
+                "type": "progress",
+                "elapsed_s": stats.elapsed.as_secs_f64(),
+                "read": stats.read,
+                "total": stats.total,
+                "done": stats.done,
+                "skipped": stats.skipped,
+                "failed": stats.failed,
+                "bad_lines": stats.bad_lines,
+                "retries": stats.retries,
+                "bytes": stats.bytes,
+                "active": stats.active,
+            })
+            .to_string()
+        } else {
+            overall(&stats)
+        };
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
+}
+
+/// `1.5 MiB`-style sizes.
+#[expect(clippy::cast_precision_loss, reason = "display only")]
+pub(crate) fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// `1h02m`, `3m05s`, `12s`.
+pub(crate) fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}

@@ -1,0 +1,126 @@
+//! The CLI's reporter: the `--report` JSON lines, bad-line messages, and the final summary.
+
+use std::fs::File;
+use std::io::{BufWriter, Write as _};
+use std::sync::{Arc, Mutex};
+
+use crate::progress::{Display, human_bytes, human_duration};
+
+/// Bad lines and failures printed as they happen, at most; the rest are counted.
+const SHOWN_PROBLEMS: u64 = 20;
+
+pub(crate) struct CliReporter {
+    report: Option<Mutex<BufWriter<File>>>,
+    display: Arc<Display>,
+    quiet: bool,
+    problems: Mutex<u64>,
+    write_error: Mutex<Option<std::io::Error>>,
+}
+
+impl CliReporter {
+    pub(crate) fn new(report: Option<File>, display: Arc<Display>, quiet: bool) -> Self {
+        Self {
+            report: report.map(|f| Mutex::new(BufWriter::new(f))),
+            display,
+            quiet,
+            problems: Mutex::new(0),
+            write_error: Mutex::new(None),
+        }
+    }
+
+    fn problem(&self, line: &str) {
+        let mut shown = self.problems.lock().expect("problems");
+        *shown += 1;
+        if *shown <= SHOWN_PROBLEMS {
+            self.display.println(line);
+        } else if *shown == SHOWN_PROBLEMS + 1 {
+            self.display
+                .println("(more problems are counted in the summary; see --report for each)");
+        }
+    }
+
+    pub(crate) fn finish(&self) -> std::io::Result<()> {
+        if let Some(e) = self.write_error.lock().expect("write error").take() {
+            return Err(e);
+        }
+        if let Some(report) = &self.report {
+            report.lock().expect("report").flush()?;
+        }
+        Ok(())
+    }
+}
+
+impl haul::Reporter for CliReporter {
+    fn on_job_finished(&self, r: &haul::JobReport) {
+        if r.status == haul::JobStatus::Failed && !self.quiet {
+            let at = if r.line > 0 {
+                format!("line {}: ", r.line)
+            } else {
+                String::new()
+            };
+            self.problem(&format!("failed: {at}{}: {}", r.url, r.error.as_deref().unwrap_or("?")));
+        }
+        if let Some(report) = &self.report {
+            let line = serde_json::json!({
+                "id": r.id,
+                "url": r.url,
+                "path": r.path,
+                "status": r.status.name(),
+                "http_status": r.http_status,
+                "bytes": r.bytes,
+                "attempts": r.attempts,
+                "reason": r.reason,
+                "error": r.error,
+                "line": r.line,
+            });
+            if let Err(e) = writeln!(report.lock().expect("report"), "{line}") {
+                self.write_error.lock().expect("write error").get_or_insert(e);
+            }
+        }
+    }
+
+    fn on_bad_line(&self, error: &haul::ManifestError) {
+        if !self.quiet {
+            self.problem(&format!("bad manifest {error}"));
+        }
+    }
+}
+
+#[expect(clippy::cast_precision_loss, reason = "display only")]
+pub(crate) fn print_summary(s: &haul::Summary, _reporter: &CliReporter) {
+    let mut err = std::io::stderr().lock();
+    let secs = s.elapsed.as_secs_f64().max(0.001);
+    let _ = writeln!(
+        err,
+        "{} done, {} skipped, {} failed, {} bad lines{} · {} in {} · {:.0} files/s · {}/s · {} retries",
+        s.done,
+        s.skipped_total(),
+        s.failed_total(),
+        s.bad_lines,
+        if s.pending > 0 {
+            format!(", {} pending", s.pending)
+        } else {
+            String::new()
+        },
+        human_bytes(s.bytes),
+        human_duration(s.elapsed),
+        s.done as f64 / secs,
+        human_bytes((s.bytes as f64 / secs) as u64),
+        s.retries,
+    );
+    for (reason, count) in &s.skipped {
+        let _ = writeln!(err, "  skipped {count} × {reason}");
+    }
+    for ((reason, host), count) in &s.failed {
+        let _ = writeln!(err, "  failed {count} × {reason} on {host}");
+    }
+    if s.interrupted {
+        let _ = writeln!(
+            err,
+            "interrupted: run the same command again to finish (done files are skipped, .part files resume)"
+        );
+    }
+    if let Some(fatal) = &s.fatal {
+        let _ = writeln!(err, "error: {fatal}");
+    }
+}

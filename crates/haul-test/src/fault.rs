@@ -1,0 +1,387 @@
+//! A fault-injecting HTTP server on 127.0.0.1 (HTTP/1.1 and h2c).
+//!
+//! Every path `/f/NAME?size=N` serves N deterministic bytes (see [`body_for`]) with an ETag,
+//! Last-Modified and Range support. Query parameters script faults for that URL, so a test's
+//! manifest says exactly what goes wrong where:
+//!
+//! | parameter | effect |
+//! |---|---|
+//! | `times=N` | faults below apply to the first N requests of the path only (default: all) |
+//! | `status=CODE`, `retry_after=S` | answer CODE (with `Retry-After: S`) instead of the file |
+//! | `delay=MS` | wait before answering |
+//! | `rate=BYTES_PER_SEC` | throttle the body |
+//! | `reset=N` | abort the connection after N body bytes |
+//! | `short=N` | announce the full Content-Length but send N bytes and close |
+//! | `stall=1` | send the headers, then nothing |
+//! | `etag=changing` | a new ETag (and content version) on every request |
+//! | `norange=1` | ignore Range: always 200 with the whole body |
+//! | `badrange=1` | answer a Range with a Content-Range that starts elsewhere |
+//! | `novalidators=1` | send no ETag and no Last-Modified |
+//! | `chunked=1` | no Content-Length |
+//!
+//! A [`Mix`] adds seeded random faults to every request. The server counts requests per path
+//! and records request headers, for assertions.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+/// Seeded random faults applied to every request, in percent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mix {
+    /// Seed of the draws (the same seed gives the same faults for the same request order).
+    pub seed: u64,
+    /// 503 with `Retry-After: 0`.
+    pub unavailable: u8,
+    /// Connection reset mid-body.
+    pub reset: u8,
+    /// Short body with a longer Content-Length.
+    pub short: u8,
+    /// A changed ETag (and content version) when the request is a resume.
+    pub changed_validator: u8,
+}
+
+/// The deterministic content of `/f/NAME?size=N` (version 0).
+#[must_use]
+pub fn body_for(name: &str, size: u64) -> Vec<u8> {
+    body_version(name, size, 0)
+}
+
+fn body_version(name: &str, size: u64, version: u64) -> Vec<u8> {
+    let mut hasher = DefaultHasher::new();
+    name.hash(&mut hasher);
+    version.hash(&mut hasher);
+    let mut state = hasher.finish() | 1;
+    let len = usize::try_from(size).expect("test sizes fit in memory");
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Lowercase hex SHA-256 of `data`.
+#[must_use]
+pub fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Default)]
+struct State {
+    hits: Mutex<HashMap<String, u64>>,
+    headers: Mutex<Vec<(String, HeaderMap)>>,
+    total: AtomicU64,
+    mix: Mix,
+}
+
+/// A running fault server; stops when dropped.
+pub struct FaultServer {
+    addr: SocketAddr,
+    state: Arc<State>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl std::fmt::Debug for FaultServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FaultServer {
+    /// Starts a server on an ephemeral port of 127.0.0.1, on the current tokio runtime.
+    ///
+    /// # Panics
+    /// When the port cannot be bound.
+    pub async fn start() -> Self {
+        Self::start_with(Mix::default(), "127.0.0.1:0").await
+    }
+
+    /// Starts a server with random faults, on `bind` (`127.0.0.1:0` for an ephemeral port).
+    ///
+    /// # Panics
+    /// When the port cannot be bound.
+    pub async fn start_with(mix: Mix, bind: &str) -> Self {
+        let listener = TcpListener::bind(bind).await.expect("bind fault server");
+        let addr = listener.local_addr().expect("local addr");
+        let state = Arc::new(State {
+            mix,
+            ..State::default()
+        });
+        let (stop_tx, mut stop_rx) = oneshot::channel();
+        let server_state = Arc::clone(&state);
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = &mut stop_rx => break,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((stream, _)) = accepted else { continue };
+                let state = Arc::clone(&server_state);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let state = Arc::clone(&state);
+                        async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            state,
+            stop: Some(stop_tx),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    #[must_use]
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The URL of a served file.
+    #[must_use]
+    pub fn url(&self, name: &str, size: u64, faults: &str) -> String {
+        if faults.is_empty() {
+            format!("{}/f/{name}?size={size}", self.base())
+        } else {
+            format!("{}/f/{name}?size={size}&{faults}", self.base())
+        }
+    }
+
+    /// Requests seen for a path (`/f/NAME`).
+    #[must_use]
+    pub fn hits(&self, path: &str) -> u64 {
+        self.state.hits.lock().expect("hits").get(path).copied().unwrap_or(0)
+    }
+
+    /// Requests seen in all.
+    #[must_use]
+    pub fn total_hits(&self) -> u64 {
+        self.state.total.load(Ordering::Relaxed)
+    }
+
+    /// Request headers seen, in arrival order (the most recent 10,000).
+    #[must_use]
+    pub fn headers_seen(&self) -> Vec<(String, HeaderMap)> {
+        self.state.headers.lock().expect("headers").clone()
+    }
+}
+
+impl Drop for FaultServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into()).map_err(|never| match never {}).boxed()
+}
+
+fn draw(seed: u64, path: &str, hit: u64, salt: u8) -> u8 {
+    let mut h = DefaultHasher::new();
+    (seed, path, hit, salt).hash(&mut h);
+    (h.finish() % 100) as u8
+}
+
+async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let query: HashMap<String, String> = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|p| p.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    let hit = {
+        let mut hits = state.hits.lock().expect("hits");
+        let n = hits.entry(path.clone()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    state.total.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut seen = state.headers.lock().expect("headers");
+        if seen.len() >= 10_000 {
+            seen.remove(0);
+        }
+        seen.push((path.clone(), req.headers().clone()));
+    }
+    let param = |name: &str| query.get(name).map(String::as_str);
+    let number = |name: &str| param(name).and_then(|v| v.parse::<u64>().ok());
+    let faulty = number("times").is_none_or(|times| hit <= times);
+
+    if let Some(ms) = number("delay").filter(|_| faulty) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if path == "/redirect" {
+        let to = param("to").unwrap_or("/");
+        return Response::builder()
+            .status(StatusCode::FOUND)
+            .header("location", percent_decode(to))
+            .body(full(Bytes::new()))
+            .expect("response");
+    }
+    let Some(name) = path.strip_prefix("/f/") else {
+        return Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(full("not found\n"))
+            .expect("response");
+    };
+    if let Some(code) = number("status").filter(|_| faulty) {
+        let mut builder = Response::builder().status(u16::try_from(code).unwrap_or(500));
+        if let Some(after) = param("retry_after") {
+            builder = builder.header("retry-after", after);
+        }
+        return builder.body(full("scripted failure\n")).expect("response");
+    }
+    let mix = state.mix;
+    if mix.unavailable > 0 && draw(mix.seed, &path, hit, 1) < mix.unavailable {
+        return Response::builder()
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .header("retry-after", "0")
+            .body(full("busy\n"))
+            .expect("response");
+    }
+
+    let size = number("size").unwrap_or(1024);
+    let resuming = req.headers().contains_key("range");
+    let changed = (param("etag") == Some("changing"))
+        || (resuming && mix.changed_validator > 0 && draw(mix.seed, &path, hit, 2) < mix.changed_validator);
+    let version = if changed { hit } else { 0 };
+    let etag = format!("\"{name}-{size}-v{version}\"");
+    let body = body_version(name, size, version);
+
+    // Range handling (RFC 9110 §14): honour `bytes=N-` when If-Range matches the ETag.
+    let mut start = 0u64;
+    let mut partial = false;
+    if let Some(range) = req.headers().get("range").and_then(|v| v.to_str().ok())
+        && param("norange").is_none()
+    {
+        let if_range_ok = req
+            .headers()
+            .get("if-range")
+            .is_none_or(|v| v.to_str().ok() == Some(etag.as_str()));
+        if let Some(from) = range
+            .strip_prefix("bytes=")
+            .and_then(|r| r.strip_suffix('-'))
+            .and_then(|n| n.parse::<u64>().ok())
+            && if_range_ok
+        {
+            if from >= size {
+                return Response::builder()
+                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                    .header("content-range", format!("bytes */{size}"))
+                    .body(full(Bytes::new()))
+                    .expect("response");
+            }
+            start = from;
+            partial = true;
+        }
+    }
+    let mut builder = Response::builder().status(if partial {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    });
+    if param("novalidators").is_none() {
+        builder = builder
+            .header("etag", HeaderValue::from_str(&etag).expect("etag"))
+            .header("last-modified", "Wed, 01 Jan 2025 00:00:00 GMT");
+    }
+    builder = builder.header("accept-ranges", "bytes");
+    if partial {
+        let shown = if param("badrange").is_some() { start + 1 } else { start };
+        builder = builder.header("content-range", format!("bytes {shown}-{}/{size}", size - 1));
+    }
+    let data = Bytes::from(body).slice(usize::try_from(start).expect("fits")..);
+    let announced = data.len() as u64;
+    if param("chunked").is_none() {
+        builder = builder.header("content-length", announced);
+    }
+    let mut cut: Option<u64> = None;
+    if faulty {
+        cut = number("reset").or_else(|| number("short"));
+    }
+    if mix.reset > 0 && draw(mix.seed, &path, hit, 3) < mix.reset {
+        cut = Some(announced / 2);
+    } else if mix.short > 0 && draw(mix.seed, &path, hit, 4) < mix.short {
+        cut = Some(announced * 2 / 3);
+    }
+    let stall = faulty && param("stall").is_some();
+    let rate = number("rate").filter(|_| faulty);
+    if cut.is_none() && !stall && rate.is_none() {
+        return builder.body(full(data)).expect("response");
+    }
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(4);
+    tokio::spawn(async move {
+        if stall {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return;
+        }
+        let limit = cut.unwrap_or(announced).min(announced);
+        let piece = rate.map_or(64 * 1024, |r| usize::try_from((r / 20).max(1)).unwrap_or(1024));
+        let mut sent = 0usize;
+        let end = usize::try_from(limit).expect("fits");
+        while sent < end {
+            let next = (sent + piece).min(end);
+            if tx.send_data(data.slice(sent..next)).await.is_err() {
+                return;
+            }
+            sent = next;
+            if rate.is_some() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        if cut.is_some() {
+            tx.abort(std::io::Error::other("scripted reset"));
+        }
+    });
+    builder.body(body.boxed()).expect("response")
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        if bytes[i] == b'%'
+            && let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

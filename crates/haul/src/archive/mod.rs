@@ -1,0 +1,629 @@
+//! The archive: a crash-safe SQLite journal of every job's state.
+//!
+//! One table, keyed by the job id, is at once the skip list (status `done`), the resume state
+//! (validators of `partial` jobs) and the failure report. Writes come only from one writer
+//! thread, in batched transactions (group commit); the engine sends a `done` record only after
+//! the file has been renamed into place, so a crash can lose the last records but never mark an
+//! unfinished file done. A lock file keeps a second haul process off the same archive.
+//!
+//! Durability: the database runs in WAL mode. With `synchronous=NORMAL` (the default) a
+//! committed batch survives a crash of haul (`kill -9`); the last batches may be lost on power
+//! failure, and the files they name are then adopted by the next run (see the engine). With
+//! `--fsync`, files and directories are fsynced before their record and the database uses
+//! `synchronous=FULL`, so a record implies the file survives power loss.
+
+mod batch;
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+pub(crate) use batch::Batcher;
+
+use crate::error::Error;
+
+/// Records per transaction at most.
+pub const DEFAULT_BATCH_RECORDS: usize = 512;
+/// Longest a finished job waits for its record to be committed.
+pub const DEFAULT_BATCH_DELAY: Duration = Duration::from_millis(250);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    id            TEXT PRIMARY KEY,
+    url           TEXT NOT NULL,
+    path          TEXT,
+    size          INTEGER,
+    sha256        TEXT,
+    etag          TEXT,
+    last_modified TEXT,
+    status        TEXT NOT NULL,
+    http_status   INTEGER,
+    error_class   TEXT,
+    error         TEXT,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    first_seen    INTEGER NOT NULL,
+    updated       INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
+CREATE INDEX IF NOT EXISTS jobs_path ON jobs(path);
+";
+
+/// The state of a job as stored in the archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowStatus {
+    /// Complete and verified at `path`.
+    Done,
+    /// Failed; `error` says why.
+    Failed,
+    /// Started; a `.part` file may be resumable with the stored validators.
+    Partial,
+}
+
+impl RowStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Done => "done",
+            Self::Failed => "failed",
+            Self::Partial => "partial",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "done" => Self::Done,
+            "partial" => Self::Partial,
+            _ => Self::Failed,
+        }
+    }
+}
+
+/// One row to write.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The job id (archive key).
+    pub id: String,
+    /// The URL as given in the manifest (kept so `--retry-failed` can fetch it again).
+    pub url: String,
+    /// The final path relative to the output directory.
+    pub path: Option<String>,
+    /// Size in bytes (done), or expected size (partial).
+    pub size: Option<u64>,
+    /// SHA-256 hex of the file (done).
+    pub sha256: Option<String>,
+    /// The ETag of the response.
+    pub etag: Option<String>,
+    /// The Last-Modified of the response.
+    pub last_modified: Option<String>,
+    /// The state.
+    pub status: RowStatus,
+    /// The last HTTP status.
+    pub http_status: Option<u16>,
+    /// The error class name, for failures.
+    pub error_class: Option<String>,
+    /// The error message, for failures.
+    pub error: Option<String>,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// What a lookup finds of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    /// The state.
+    pub status: RowStatus,
+    /// The final path.
+    pub path: Option<String>,
+    /// Size in bytes.
+    pub size: Option<u64>,
+    /// SHA-256 hex.
+    pub sha256: Option<String>,
+    /// The ETag seen.
+    pub etag: Option<String>,
+    /// The Last-Modified seen.
+    pub last_modified: Option<String>,
+}
+
+fn db_error(context: &str, e: impl std::fmt::Display) -> Error {
+    Error::Archive(format!("{context}: {e}"))
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
+}
+
+fn open_connection(path: &Path) -> Result<Connection, Error> {
+    let conn = Connection::open(path).map_err(|e| db_error(&format!("cannot open {}", path.display()), e))?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(|e| db_error("busy timeout", e))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(|e| db_error("WAL mode", e))?;
+    Ok(conn)
+}
+
+/// An archive opened for a run: holds the lock until dropped.
+#[derive(Debug)]
+pub struct Archive {
+    path: PathBuf,
+    _lock: File,
+}
+
+impl Archive {
+    /// Opens (creating) the archive at `path` and locks it for this process.
+    ///
+    /// # Errors
+    /// [`Error::Archive`] when it cannot be opened, or when another haul process holds it and
+    /// `wait` is false. With `wait`, blocks until the other process ends.
+    pub fn open(path: &Path, wait: bool) -> Result<Self, Error> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(|e| Error::io("create archive directory", parent, e))?;
+        }
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io("create archive lock", &lock_path, e))?;
+        if wait {
+            lock.lock().map_err(|e| Error::io("lock archive", &lock_path, e))?;
+        } else if lock.try_lock().is_err() {
+            return Err(Error::Archive(format!(
+                "{} is in use by another haul process; wait for it to finish, or pass --wait-archive",
+                path.display()
+            )));
+        }
+        let conn = open_connection(path)?;
+        conn.execute_batch(SCHEMA).map_err(|e| db_error("create schema", e))?;
+        Ok(Self {
+            path: path.to_owned(),
+            _lock: lock,
+        })
+    }
+
+    /// The database file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A read connection for skip checks (any thread; WAL lets it read while the writer writes).
+    ///
+    /// # Errors
+    /// [`Error::Archive`] when the database cannot be opened.
+    pub fn reader(&self) -> Result<ArchiveReader, Error> {
+        ArchiveReader::open(&self.path)
+    }
+
+    /// Starts the single writer thread.
+    ///
+    /// # Errors
+    /// [`Error::Archive`] when the database cannot be opened.
+    pub fn writer(&self, max_records: usize, max_delay: Duration, fsync: bool) -> Result<Journal, Error> {
+        let conn = open_connection(&self.path)?;
+        conn.pragma_update(None, "synchronous", if fsync { "FULL" } else { "NORMAL" })
+            .map_err(|e| db_error("synchronous", e))?;
+        let (tx, rx) = mpsc::channel();
+        let failure = Arc::new(Mutex::new(None));
+        let thread_failure = Arc::clone(&failure);
+        let handle = thread::Builder::new()
+            .name("haul-archive".into())
+            .spawn(move || writer_loop(&conn, &rx, Batcher::new(max_records, max_delay), &thread_failure))
+            .map_err(|e| db_error("start writer", e))?;
+        Ok(Journal {
+            tx: Some(tx),
+            handle: Some(handle),
+            failure,
+        })
+    }
+}
+
+/// Looks up jobs by id.
+#[derive(Debug)]
+pub struct ArchiveReader {
+    conn: Connection,
+}
+
+impl ArchiveReader {
+    /// Opens a read connection to an existing archive, without taking the run lock.
+    ///
+    /// # Errors
+    /// [`Error::Archive`] when the file cannot be opened or is not a haul archive.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        if !path.exists() {
+            return Err(Error::Archive(format!("no archive at {}", path.display())));
+        }
+        let conn = open_connection(path)?;
+        conn.prepare("SELECT 1 FROM jobs LIMIT 1")
+            .map_err(|e| db_error(&format!("{} is not a haul archive", path.display()), e))?;
+        Ok(Self { conn })
+    }
+
+    /// The row of `id`, if any.
+    ///
+    /// # Errors
+    /// [`Error::Archive`] on a database error.
+    pub fn lookup(&self, id: &str) -> Result<Option<Row>, Error> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT status, path, size, sha256, etag, last_modified FROM jobs WHERE id = ?1")
+            .map_err(|e| db_error("prepare lookup", e))?;
+        stmt.query_row([id], |r| {
+            Ok(Row {
+                status: RowStatus::parse(&r.get::<_, String>(0)?),
+                path: r.get(1)?,
+                size: r.get::<_, Option<i64>>(2)?.and_then(|s| u64::try_from(s).ok()),
+                sha256: r.get(3)?,
+                etag: r.get(4)?,
+                last_modified: r.get(5)?,
+            })
+        })
+        .optional()
+        .map_err(|e| db_error("lookup", e))
+    }
+
+    /// The id of the done job whose file is `path`, if any.
+    ///
+    /// # Errors
+    /// [`Error::Archive`] on a database error.
+    pub fn owner_of(&self, path: &str) -> Result<Option<String>, Error> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id FROM jobs WHERE path = ?1 AND status = 'done' LIMIT 1")
+            .map_err(|e| db_error("prepare path lookup", e))?;
+        stmt.query_row([path], |r| r.get(0))
+            .optional()
+            .map_err(|e| db_error("path lookup", e))
+    }
+
+    /// Counts and bytes by status.
+    ///
+    /// # Errors
+    /// [`Error::Archive`] on a database error.
+    pub fn counts(&self) -> Result<Vec<(String, u64, u64)>, Error> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT status, COUNT(*), COALESCE(SUM(size), 0) FROM jobs GROUP BY status ORDER BY status")
+            .map_err(|e| db_error("status", e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get::<_, i64>(1)?.unsigned_abs(),
+                    r.get::<_, i64>(2)?.unsigned_abs(),
+                ))
+            })
+            .map_err(|e| db_error("status", e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| db_error("status", e))
+    }
+
+    /// Failed jobs grouped by error class, HTTP status and host of the URL.
+    ///
+    /// # Errors
+    /// [`Error::Archive`] on a database error.
+    pub fn failure_groups(&self) -> Result<Vec<FailureGroup>, Error> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT url, COALESCE(error_class, ''), http_status, COALESCE(error, '') FROM jobs WHERE status = 'failed'")
+            .map_err(|e| db_error("failures", e))?;
+        let mut groups: std::collections::BTreeMap<(String, String, String), (u64, String)> = Default::default();
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<u16>>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .map_err(|e| db_error("failures", e))?;
+        for row in rows {
+            let (url, class, status, error) = row.map_err(|e| db_error("failures", e))?;
+            let host = url::Url::parse(&url).map_or_else(|_| "?".to_owned(), |u| crate::job::host_key(&u));
+            let reason = status.map_or_else(|| class.clone(), |s| format!("http {s}"));
+            let entry = groups.entry((reason, class, host)).or_insert((0, error));
+            entry.0 += 1;
+        }
+        Ok(groups
+            .into_iter()
+            .map(|((reason, class, host), (count, example))| FailureGroup {
+                reason,
+                class,
+                host,
+                count,
+                example,
+            })
+            .collect())
+    }
+
+    /// Visits every failed job (id, url, path), in id order, without loading them all.
+    ///
+    /// # Errors
+    /// [`Error::Archive`] on a database error, or the visitor's error.
+    pub fn for_each_failed(
+        &self,
+        mut visit: impl FnMut(&str, &str, Option<&str>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, url, path FROM jobs WHERE status = 'failed' ORDER BY id")
+            .map_err(|e| db_error("failed jobs", e))?;
+        let mut rows = stmt.query([]).map_err(|e| db_error("failed jobs", e))?;
+        while let Some(row) = rows.next().map_err(|e| db_error("failed jobs", e))? {
+            let id: String = row.get(0).map_err(|e| db_error("failed jobs", e))?;
+            let url: String = row.get(1).map_err(|e| db_error("failed jobs", e))?;
+            let path: Option<String> = row.get(2).map_err(|e| db_error("failed jobs", e))?;
+            visit(&id, &url, path.as_deref())?;
+        }
+        Ok(())
+    }
+}
+
+/// Failed jobs with the same reason on the same host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureGroup {
+    /// "http 404", "transient", ...
+    pub reason: String,
+    /// The error class name.
+    pub class: String,
+    /// `host:port`.
+    pub host: String,
+    /// How many jobs.
+    pub count: u64,
+    /// One error message of the group.
+    pub example: String,
+}
+
+enum Message {
+    Record(Box<Record>),
+    Flush(mpsc::Sender<()>),
+}
+
+/// The sending side of the writer thread.
+#[derive(Debug)]
+pub struct Journal {
+    tx: Option<mpsc::Sender<Message>>,
+    handle: Option<thread::JoinHandle<()>>,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Message")
+    }
+}
+
+impl Journal {
+    /// Queues a record; never blocks. Fails only when the writer has failed (a fatal error).
+    ///
+    /// # Errors
+    /// [`Error::Archive`] with the writer's failure.
+    pub fn record(&self, record: Record) -> Result<(), Error> {
+        self.check()?;
+        if let Some(tx) = &self.tx {
+            tx.send(Message::Record(Box::new(record)))
+                .map_err(|_| self.failure_error())?;
+        }
+        Ok(())
+    }
+
+    /// The writer's failure, if it failed.
+    ///
+    /// # Errors
+    /// [`Error::Archive`] with the writer's failure.
+    pub fn check(&self) -> Result<(), Error> {
+        match &*self.failure.lock().expect("journal failure") {
+            Some(msg) => Err(Error::Archive(msg.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn failure_error(&self) -> Error {
+        self.check()
+            .err()
+            .unwrap_or_else(|| Error::Archive("writer stopped".into()))
+    }
+
+    /// Commits everything queued so far and waits for it.
+    ///
+    /// # Errors
+    /// [`Error::Archive`] when the writer failed.
+    pub fn flush(&self) -> Result<(), Error> {
+        let (ack_tx, ack_rx) = mpsc::channel();
+        if let Some(tx) = &self.tx {
+            tx.send(Message::Flush(ack_tx)).map_err(|_| self.failure_error())?;
+            ack_rx.recv().map_err(|_| self.failure_error())?;
+        }
+        self.check()
+    }
+
+    /// Commits everything and stops the writer.
+    ///
+    /// # Errors
+    /// [`Error::Archive`] when the writer failed.
+    pub fn close(mut self) -> Result<(), Error> {
+        drop(self.tx.take());
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+        self.check()
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn writer_loop(
+    conn: &Connection,
+    rx: &mpsc::Receiver<Message>,
+    mut batcher: Batcher<Record>,
+    failure: &Mutex<Option<String>>,
+) {
+    let commit = |batch: Vec<Record>| {
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = write_batch(conn, &batch) {
+            let mut slot = failure.lock().expect("journal failure");
+            slot.get_or_insert_with(|| format!("cannot write the archive: {e}"));
+        }
+    };
+    loop {
+        let message = match batcher.deadline() {
+            Some(deadline) => match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(m) => Some(m),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            },
+            None => match rx.recv() {
+                Ok(m) => Some(m),
+                Err(_) => break,
+            },
+        };
+        match message {
+            Some(Message::Record(record)) => {
+                if batcher.push(*record, Instant::now()) {
+                    commit(batcher.take());
+                }
+            }
+            Some(Message::Flush(ack)) => {
+                commit(batcher.take());
+                let _ = ack.send(());
+            }
+            None => {
+                if batcher.is_due(Instant::now()) {
+                    commit(batcher.take());
+                }
+            }
+        }
+    }
+    commit(batcher.take());
+}
+
+fn write_batch(conn: &Connection, batch: &[Record]) -> rusqlite::Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO jobs (id, url, path, size, sha256, etag, last_modified, status, http_status,
+                               error_class, error, attempts, first_seen, updated)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)
+             ON CONFLICT(id) DO UPDATE SET
+               url = excluded.url, path = excluded.path, size = excluded.size,
+               sha256 = excluded.sha256, etag = excluded.etag,
+               last_modified = excluded.last_modified, status = excluded.status,
+               http_status = excluded.http_status, error_class = excluded.error_class,
+               error = excluded.error, attempts = jobs.attempts + excluded.attempts,
+               updated = excluded.updated",
+        )?;
+        let now = now_secs();
+        for r in batch {
+            stmt.execute(params![
+                r.id,
+                r.url,
+                r.path,
+                r.size.map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
+                r.sha256,
+                r.etag,
+                r.last_modified,
+                r.status.as_str(),
+                r.http_status,
+                r.error_class,
+                r.error,
+                r.attempts,
+                now,
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
+/// Imports a text file of ids (one per line, as yt-dlp and gallery-dl keep them) as done rows,
+/// so those jobs are skipped. Returns how many ids were new.
+///
+/// # Errors
+/// [`Error::Archive`] on a database error, [`Error::Io`] when the file cannot be read.
+pub fn import_ids(archive: &Archive, input: impl std::io::BufRead) -> Result<u64, Error> {
+    let mut conn = open_connection(archive.path())?;
+    let tx = conn.transaction().map_err(|e| db_error("import", e))?;
+    let mut added = 0;
+    {
+        let mut stmt = tx
+            .prepare(
+                "INSERT INTO jobs (id, url, status, attempts, first_seen, updated)
+                 VALUES (?1, '', 'done', 0, ?2, ?2) ON CONFLICT(id) DO NOTHING",
+            )
+            .map_err(|e| db_error("import", e))?;
+        let now = now_secs();
+        for line in input.lines() {
+            let line = line.map_err(|e| Error::io("read", "import file", e))?;
+            let id = line.trim();
+            if id.is_empty() || id.starts_with('#') {
+                continue;
+            }
+            added += stmt.execute(params![id, now]).map_err(|e| db_error("import", e))? as u64;
+        }
+    }
+    tx.commit().map_err(|e| db_error("import", e))?;
+    Ok(added)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, status: RowStatus) -> Record {
+        Record {
+            id: id.into(),
+            url: format!("http://h/{id}"),
+            path: Some(id.into()),
+            size: Some(3),
+            sha256: Some("ab".into()),
+            etag: Some("\"e\"".into()),
+            last_modified: None,
+            status,
+            http_status: Some(200),
+            error_class: None,
+            error: None,
+            attempts: 1,
+        }
+    }
+
+    #[test]
+    fn journal_round_trip_and_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/archive.sqlite");
+        let archive = Archive::open(&path, false).unwrap();
+        let err = Archive::open(&path, false).unwrap_err();
+        assert!(err.to_string().contains("in use by another haul process"), "{err}");
+        let journal = archive.writer(2, Duration::from_secs(60), false).unwrap();
+        journal.record(record("x", RowStatus::Partial)).unwrap();
+        journal.record(record("x", RowStatus::Done)).unwrap();
+        journal.record(record("y", RowStatus::Failed)).unwrap();
+        journal.flush().unwrap();
+        let reader = archive.reader().unwrap();
+        let row = reader.lookup("x").unwrap().unwrap();
+        assert_eq!(row.status, RowStatus::Done);
+        assert_eq!(row.etag.as_deref(), Some("\"e\""));
+        assert_eq!(reader.lookup("nope").unwrap(), None);
+        assert_eq!(reader.owner_of("x").unwrap().as_deref(), Some("x"));
+        journal.close().unwrap();
+        let counts = reader.counts().unwrap();
+        assert_eq!(counts, vec![("done".into(), 1, 3), ("failed".into(), 1, 3)]);
+        let imported = import_ids(&archive, "x\nyoutube abc\n\n# c\nyoutube abc\n".as_bytes()).unwrap();
+        assert_eq!(imported, 1);
+        assert_eq!(reader.lookup("youtube abc").unwrap().unwrap().status, RowStatus::Done);
+    }
+}

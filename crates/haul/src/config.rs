@@ -1,0 +1,224 @@
+//! The engine's configuration and its builder.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::store::Layout;
+
+/// Transfers in flight at most, over all hosts.
+pub const DEFAULT_CONCURRENCY: usize = 32;
+/// Transfers in flight at most to one host (`host:port`).
+pub const DEFAULT_PER_HOST: usize = 8;
+/// Retries after the first attempt.
+pub const DEFAULT_RETRIES: u32 = 5;
+/// The first retry waits up to this long (full jitter); each retry doubles it.
+pub const DEFAULT_RETRY_WAIT: Duration = Duration::from_millis(500);
+/// No retry waits longer than this.
+pub const DEFAULT_RETRY_CAP: Duration = Duration::from_secs(30);
+/// A server's Retry-After is obeyed up to this long.
+pub const DEFAULT_MAX_RETRY_WAIT: Duration = Duration::from_secs(300);
+/// Connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// No byte for this long fails the attempt (headers or body).
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Redirects followed at most.
+pub(crate) const DEFAULT_MAX_REDIRECTS: usize = 10;
+/// The archive's file name inside `OUTPUT/.haul/`.
+pub const DEFAULT_ARCHIVE_NAME: &str = "archive.sqlite";
+/// haul's own state directory inside the output directory.
+pub const STATE_DIR: &str = ".haul";
+
+/// What to do when the destination file already exists and the archive does not list it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnExists {
+    /// Keep it when it matches what the manifest says (size, checksums); it is recorded done
+    /// (adopted) and not fetched. A file that does not match is fetched again and replaced.
+    #[default]
+    Skip,
+    /// Fetch again and replace it.
+    Overwrite,
+    /// Fetch to a free name `stem (N).ext` beside it.
+    Rename,
+    /// Fail the job.
+    Fail,
+}
+
+/// Where the archive lives.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ArchiveMode {
+    /// `OUTPUT/.haul/archive.sqlite`.
+    #[default]
+    Default,
+    /// A file of the user's choosing.
+    Path(PathBuf),
+    /// No archive: no skip list, no resume state across runs.
+    Off,
+}
+
+/// Everything the engine needs to know. Build one with [`Config::builder`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// The output directory.
+    pub output_dir: PathBuf,
+    /// Transfers in flight at most.
+    pub concurrency: usize,
+    /// Transfers in flight at most per host.
+    pub per_host: usize,
+    /// How URLs map to paths when the manifest gives none.
+    pub layout: Layout,
+    /// What to do with existing files.
+    pub on_exists: OnExists,
+    /// Retries after the first attempt.
+    pub retries: u32,
+    /// Base of the exponential backoff.
+    pub retry_wait: Duration,
+    /// Cap of the exponential backoff.
+    pub retry_cap: Duration,
+    /// Longest Retry-After obeyed.
+    pub max_retry_wait: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Read-idle timeout.
+    pub read_timeout: Duration,
+    /// Abort a transfer slower than `(bytes per second, over this window)`.
+    pub lowest_speed: Option<(u64, Duration)>,
+    /// Largest file accepted.
+    pub max_size: Option<u64>,
+    /// Speak HTTP/2 without TLS (h2c) to every server.
+    pub http2_prior_knowledge: bool,
+    /// The User-Agent header.
+    pub user_agent: String,
+    /// Headers sent with every request.
+    pub headers: Vec<(String, String)>,
+    /// Where the archive lives.
+    pub archive: ArchiveMode,
+    /// Wait for another process's archive lock instead of failing.
+    pub wait_archive: bool,
+    /// fsync files, directories and the archive before a job counts as done.
+    pub fsync: bool,
+    /// Records per archive transaction at most.
+    pub batch_records: usize,
+    /// Longest wait of a record for its transaction.
+    pub batch_delay: Duration,
+}
+
+impl Config {
+    /// A builder with every default, writing to `output_dir`.
+    ///
+    /// ```
+    /// let config = haul::Config::builder("downloads").concurrency(8).per_host(4).build();
+    /// assert_eq!(config.concurrency, 8);
+    /// ```
+    pub fn builder(output_dir: impl AsRef<Path>) -> ConfigBuilder {
+        ConfigBuilder {
+            config: Self {
+                output_dir: output_dir.as_ref().to_owned(),
+                concurrency: DEFAULT_CONCURRENCY,
+                per_host: DEFAULT_PER_HOST,
+                layout: Layout::Flat,
+                on_exists: OnExists::Skip,
+                retries: DEFAULT_RETRIES,
+                retry_wait: DEFAULT_RETRY_WAIT,
+                retry_cap: DEFAULT_RETRY_CAP,
+                max_retry_wait: DEFAULT_MAX_RETRY_WAIT,
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                read_timeout: DEFAULT_READ_TIMEOUT,
+                lowest_speed: None,
+                max_size: None,
+                http2_prior_knowledge: false,
+                user_agent: format!("haul/{}", env!("CARGO_PKG_VERSION")),
+                headers: Vec::new(),
+                archive: ArchiveMode::Default,
+                wait_archive: false,
+                fsync: false,
+                batch_records: crate::archive::DEFAULT_BATCH_RECORDS,
+                batch_delay: crate::archive::DEFAULT_BATCH_DELAY,
+            },
+        }
+    }
+
+    /// The archive file this configuration uses, if any.
+    #[must_use]
+    pub fn archive_path(&self) -> Option<PathBuf> {
+        match &self.archive {
+            ArchiveMode::Default => Some(self.output_dir.join(STATE_DIR).join(DEFAULT_ARCHIVE_NAME)),
+            ArchiveMode::Path(p) => Some(p.clone()),
+            ArchiveMode::Off => None,
+        }
+    }
+}
+
+/// Builds a [`Config`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ConfigBuilder {
+    config: Config,
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty;)*) => {
+        impl ConfigBuilder {
+            $(
+                $(#[$doc])*
+                pub fn $name(mut self, value: $ty) -> Self {
+                    self.config.$name = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+setters! {
+    /// Transfers in flight at most (at least 1).
+    concurrency: usize;
+    /// Transfers in flight at most per host (at least 1).
+    per_host: usize;
+    /// How URLs map to paths.
+    layout: Layout;
+    /// What to do with existing files.
+    on_exists: OnExists;
+    /// Retries after the first attempt.
+    retries: u32;
+    /// Base of the exponential backoff.
+    retry_wait: Duration;
+    /// Cap of the exponential backoff.
+    retry_cap: Duration;
+    /// Longest Retry-After obeyed.
+    max_retry_wait: Duration;
+    /// Connect timeout.
+    connect_timeout: Duration;
+    /// Read-idle timeout.
+    read_timeout: Duration;
+    /// Abort transfers slower than (bytes per second, over a window).
+    lowest_speed: Option<(u64, Duration)>;
+    /// Largest file accepted.
+    max_size: Option<u64>;
+    /// Use h2c prior knowledge.
+    http2_prior_knowledge: bool;
+    /// The User-Agent header.
+    user_agent: String;
+    /// Headers sent with every request.
+    headers: Vec<(String, String)>;
+    /// Where the archive lives.
+    archive: ArchiveMode;
+    /// Wait for another process's archive lock.
+    wait_archive: bool;
+    /// fsync before recording done.
+    fsync: bool;
+    /// Records per archive transaction at most.
+    batch_records: usize;
+    /// Longest wait of a record for its transaction.
+    batch_delay: Duration;
+}
+
+impl ConfigBuilder {
+    /// The configuration.
+    #[must_use]
+    pub fn build(mut self) -> Config {
+        self.config.concurrency = self.config.concurrency.max(1);
+        self.config.per_host = self.config.per_host.max(1);
+        self.config
+    }
+}

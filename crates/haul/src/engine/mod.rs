@@ -1,0 +1,610 @@
+//! The engine: wires manifest, scheduler, fetch, store and archive into a run.
+//!
+//! A run has three parts:
+//! - a **reader thread** pulls jobs from the manifest iterator, checks each against the archive
+//!   (skip what is done, pick up resume validators) and sends them on a bounded channel;
+//! - the **dispatcher** (one task) owns the [`Scheduler`]: it admits jobs while fewer than a
+//!   window of them wait (so memory does not grow with the manifest), starts them within the
+//!   global and per-host limits, and decides retries, cool-downs and outcomes;
+//! - **workers** (one task per running job) do one attempt each and report back.
+//!
+//! Finished jobs are recorded by the archive's writer thread in batches, and only after the
+//! file has been renamed into place.
+
+mod transfer;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use tokio::sync::{mpsc, watch};
+
+use crate::archive::{Archive, ArchiveReader, Journal, Record, RowStatus};
+use crate::config::Config;
+use crate::error::{Error, ErrorClass};
+use crate::fetch::{Validators, classify};
+use crate::job::{Job, to_hex};
+use crate::manifest::ManifestError;
+use crate::report::{JobReport, JobStatus, Monitor, Reporter, Summary};
+use crate::schedule::Scheduler;
+use crate::schedule::backoff::{Backoff, Jitter};
+use crate::store::{RelPath, Store, output_path};
+use transfer::{JobState, Outcome};
+
+/// Bodies at least this large get a `partial` archive row when they start, so a rerun after a
+/// crash can resume them; smaller ones are cheaper to fetch again than to journal twice.
+const PARTIAL_RECORD_MIN: u64 = 4 * 1024 * 1024;
+
+/// Downloads the jobs of a manifest. See the crate documentation for an example.
+#[derive(Debug)]
+pub struct Engine {
+    config: Arc<Config>,
+    monitor: Arc<Monitor>,
+    cancel: watch::Sender<bool>,
+}
+
+/// Stops a running [`Engine`] from another task or a signal handler.
+#[derive(Debug, Clone)]
+pub struct Canceller(watch::Sender<bool>);
+
+impl Canceller {
+    /// Stops starting transfers, interrupts those in flight (their `.part` files stay
+    /// resumable), flushes the archive, and makes [`Engine::run`] return.
+    pub fn cancel(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// State shared by the dispatcher and the workers.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    config: Arc<Config>,
+    client: reqwest::Client,
+    headers: HeaderMap,
+    store: Arc<Store>,
+    monitor: Arc<Monitor>,
+    journal: Option<Journal>,
+    /// Finds which job owns an existing file (path conflicts across runs).
+    path_owner: Option<Mutex<ArchiveReader>>,
+}
+
+impl Shared {
+    fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Journals a large transfer as it starts, with its validators, for resume after a crash.
+    fn note_partial(&self, state: &JobState, total: Option<u64>) {
+        let Some(journal) = &self.journal else { return };
+        if !state.validators.allow_resume() || total.is_some_and(|t| t < PARTIAL_RECORD_MIN) {
+            return;
+        }
+        let _ = journal.record(Record {
+            id: state.job.id.clone(),
+            url: state.job.url.as_str().to_owned(),
+            path: Some(state.final_rel.clone()),
+            size: total,
+            sha256: None,
+            etag: state.validators.etag.clone(),
+            last_modified: state.validators.last_modified.clone(),
+            status: RowStatus::Partial,
+            http_status: state.http_status,
+            error_class: None,
+            error: None,
+            attempts: 0,
+        });
+    }
+}
+
+/// What the reader thread sends to the dispatcher.
+enum Input {
+    Job(Box<JobState>),
+    Skip(Box<Job>, String, &'static str),
+    Refused(Box<Job>, Error),
+    Bad(ManifestError),
+    End(u64),
+    Fatal(Error),
+}
+
+/// What a worker sends back.
+struct Finished {
+    state: Box<JobState>,
+    result: Result<Outcome, Error>,
+    interrupted: bool,
+}
+
+impl Engine {
+    /// An engine for `config`.
+    ///
+    /// ```
+    /// let engine = haul::Engine::new(haul::Config::builder("downloads").build());
+    /// assert_eq!(engine.monitor().stats().done, 0);
+    /// ```
+    #[must_use]
+    pub fn new(config: Config) -> Self {
+        Self {
+            config: Arc::new(config),
+            monitor: Arc::new(Monitor::default()),
+            cancel: watch::channel(false).0,
+        }
+    }
+
+    /// The live counters of this engine's run, for progress displays.
+    #[must_use]
+    pub fn monitor(&self) -> Arc<Monitor> {
+        Arc::clone(&self.monitor)
+    }
+
+    /// A handle that cancels the run.
+    #[must_use]
+    pub fn canceller(&self) -> Canceller {
+        Canceller(self.cancel.clone())
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Downloads every job of `jobs`, reading it lazily, and returns the summary.
+    ///
+    /// Bad manifest lines and failed jobs do not stop the run; they are reported to `reporter`
+    /// and counted in the [`Summary`]. A fatal error during the run (disk full, archive failure)
+    /// stops new work and is set in [`Summary::fatal`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), haul::Error> {
+    /// use std::sync::Arc;
+    /// let jobs = haul::ManifestReader::new("https://example.com/a.jpg\n".as_bytes(), haul::Format::Plain);
+    /// let engine = haul::Engine::new(haul::Config::builder("downloads").build());
+    /// let summary = engine.run(jobs, Arc::new(haul::NullReporter)).await?;
+    /// println!("{} done", summary.done);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// Start-up failures only: the output directory cannot be written, the archive cannot be
+    /// opened or is locked by another process, the HTTP client cannot be built.
+    pub async fn run<I>(&self, jobs: I, reporter: Arc<dyn Reporter>) -> Result<Summary, Error>
+    where
+        I: IntoIterator<Item = Result<Job, ManifestError>> + Send + 'static,
+        I::IntoIter: Send,
+    {
+        let config = Arc::clone(&self.config);
+        let store = Arc::new(Store::open(&config.output_dir, config.fsync)?);
+        let archive = match config.archive_path() {
+            Some(path) => Some(Archive::open(&path, config.wait_archive)?),
+            None => None,
+        };
+        let journal = match &archive {
+            Some(a) => Some(a.writer(config.batch_records, config.batch_delay, config.fsync)?),
+            None => None,
+        };
+        let skip_reader = archive.as_ref().map(Archive::reader).transpose()?;
+        let path_owner = archive.as_ref().map(Archive::reader).transpose()?.map(Mutex::new);
+        let shared = Arc::new(Shared {
+            client: build_client(&config)?,
+            headers: header_map(&config.headers)?,
+            store,
+            monitor: Arc::clone(&self.monitor),
+            journal,
+            path_owner,
+            config,
+        });
+        self.monitor.restart_clock();
+
+        let window = shared.config.concurrency * 4 + 64;
+        let (input_tx, input_rx) = mpsc::channel(256);
+        let reader_shared = Arc::clone(&shared);
+        let reader = std::thread::Builder::new()
+            .name("haul-manifest".into())
+            .spawn(move || read_manifest(jobs.into_iter(), &reader_shared, skip_reader.as_ref(), &input_tx))
+            .map_err(|e| Error::io("start manifest reader", "", e))?;
+
+        let mut dispatcher = Dispatcher {
+            shared: Arc::clone(&shared),
+            reporter,
+            scheduler: Scheduler::new(shared.config.concurrency, shared.config.per_host),
+            claimed: HashSet::new(),
+            summary: Summary::default(),
+            jitter: Jitter::new(seed()),
+            backoff: Backoff {
+                base: shared.config.retry_wait,
+                cap: shared.config.retry_cap,
+            },
+            window,
+        };
+        let mut summary = dispatcher.run(input_rx, self.cancel.subscribe()).await;
+        let _ = reader.join();
+        drop(dispatcher);
+        let shared = Arc::into_inner(shared).expect("workers have finished");
+        if let Some(journal) = shared.journal
+            && let Err(e) = journal.close()
+        {
+            summary.fatal.get_or_insert_with(|| e.to_string());
+        }
+        let stats = self.monitor.stats();
+        summary.bytes = stats.bytes;
+        summary.retries = stats.retries;
+        summary.bad_lines = stats.bad_lines;
+        summary.elapsed = stats.elapsed;
+        Ok(summary)
+    }
+}
+
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos());
+    (nanos as u64) ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+fn build_client(config: &Config) -> Result<reqwest::Client, Error> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(config.user_agent.clone())
+        .connect_timeout(config.connect_timeout)
+        .read_timeout(config.read_timeout)
+        .pool_max_idle_per_host(config.per_host)
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::limited(crate::config::DEFAULT_MAX_REDIRECTS));
+    if config.http2_prior_knowledge {
+        builder = builder.http2_prior_knowledge();
+    }
+    builder.build().map_err(Error::Network)
+}
+
+fn header_map(headers: &[(String, String)]) -> Result<HeaderMap, Error> {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        let name =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| Error::Url(format!("bad header name {name:?}")))?;
+        let value = HeaderValue::from_str(value).map_err(|_| Error::Url(format!("bad value for header {name}")))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// The reader thread: manifest → archive check → channel. Blocking I/O lives here, off the
+/// async workers.
+fn read_manifest(
+    jobs: impl Iterator<Item = Result<Job, ManifestError>>,
+    shared: &Shared,
+    archive: Option<&ArchiveReader>,
+    tx: &mpsc::Sender<Input>,
+) {
+    let mut count = 0u64;
+    for item in jobs {
+        let input = match item {
+            Err(bad) => Input::Bad(bad),
+            Ok(job) => {
+                count += 1;
+                match prepare(job, shared, archive) {
+                    Ok(input) => input,
+                    Err(fatal) => {
+                        let _ = tx.blocking_send(Input::Fatal(fatal));
+                        return;
+                    }
+                }
+            }
+        };
+        if tx.blocking_send(input).is_err() {
+            return; // the dispatcher stopped (cancelled or fatal)
+        }
+    }
+    let _ = tx.blocking_send(Input::End(count));
+}
+
+/// Decides a job's path and checks the archive.
+fn prepare(job: Job, shared: &Shared, archive: Option<&ArchiveReader>) -> Result<Input, Error> {
+    let rel: RelPath = match output_path(job.path.as_deref(), &job.url, shared.config.layout) {
+        Ok(rel) => rel,
+        Err(reason) => return Ok(Input::Refused(Box::new(job), Error::Path(reason))),
+    };
+    let mut validators = Validators::default();
+    if let Some(archive) = archive
+        && let Some(row) = archive.lookup(&job.id)?
+    {
+        match row.status {
+            RowStatus::Done => {
+                let path = row.path.unwrap_or_else(|| rel.as_str().to_owned());
+                return Ok(Input::Skip(Box::new(job), path, "archived"));
+            }
+            RowStatus::Partial | RowStatus::Failed => {
+                validators = Validators {
+                    etag: row.etag,
+                    last_modified: row.last_modified,
+                };
+            }
+        }
+    }
+    let rel = rel.as_str().to_owned();
+    Ok(Input::Job(Box::new(JobState {
+        host: job.host_key(),
+        final_rel: rel.clone(),
+        rel,
+        job,
+        attempts: 0,
+        validators,
+        http_status: None,
+        bytes: 0,
+        checked_exists: false,
+    })))
+}
+
+struct Dispatcher {
+    shared: Arc<Shared>,
+    reporter: Arc<dyn Reporter>,
+    scheduler: Scheduler<Box<JobState>>,
+    /// Fingerprints of the paths this run writes: two jobs, one file is a conflict.
+    claimed: HashSet<u64>,
+    summary: Summary,
+    jitter: Jitter,
+    backoff: Backoff,
+    window: usize,
+}
+
+impl Dispatcher {
+    async fn run(&mut self, mut input: mpsc::Receiver<Input>, mut cancel: watch::Receiver<bool>) -> Summary {
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
+        let mut input_open = true;
+        let mut stopping = false;
+        loop {
+            if !stopping {
+                let now = Instant::now();
+                while let Some((_, state)) = self.scheduler.pop(now) {
+                    self.spawn(state, &done_tx, &cancel);
+                }
+            }
+            if (!input_open || stopping) && self.scheduler.active() == 0 && (stopping || self.scheduler.waiting() == 0)
+            {
+                break;
+            }
+            let wakeup = self.scheduler.next_wakeup();
+            let accept = input_open && !stopping && self.scheduler.waiting() < self.window;
+            tokio::select! {
+                biased;
+                changed = cancel.changed(), if !stopping => {
+                    if changed.is_err() || *cancel.borrow() {
+                        stopping = true;
+                        self.summary.interrupted = true;
+                    }
+                }
+                Some(done) = done_rx.recv() => {
+                    if self.on_finished(done) {
+                        stopping = true;
+                    }
+                }
+                message = input.recv(), if accept => match message {
+                    Some(message) => {
+                        if self.on_input(message) {
+                            stopping = true;
+                        }
+                    }
+                    None => input_open = false,
+                },
+                () = sleep_until(wakeup), if wakeup.is_some() && !stopping => {}
+            }
+        }
+        // Whatever is still queued was never finished: report it pending.
+        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        self.scheduler = {
+            let mut rest = std::mem::replace(&mut self.scheduler, Scheduler::new(1, 1));
+            rest.drain(far, |state| self.finish_report(&state, JobStatus::Pending, None, None));
+            rest
+        };
+        std::mem::take(&mut self.summary)
+    }
+
+    fn spawn(&self, mut state: Box<JobState>, done: &mpsc::UnboundedSender<Finished>, cancel: &watch::Receiver<bool>) {
+        if state.attempts == 0 {
+            self.reporter.on_job_start(&state.job);
+        }
+        let shared = Arc::clone(&self.shared);
+        let done = done.clone();
+        let mut cancel = cancel.clone();
+        tokio::spawn(async move {
+            let (result, interrupted) = tokio::select! {
+                result = transfer::run(&shared, &mut state) => (result, false),
+                _ = cancel.wait_for(|c| *c) => (Err(Error::Archive("interrupted".into())), true),
+            };
+            let _ = done.send(Finished {
+                state,
+                result,
+                interrupted,
+            });
+        });
+    }
+
+    /// Handles a reader message; true when the run must stop (a fatal archive error).
+    fn on_input(&mut self, message: Input) -> bool {
+        match message {
+            Input::Job(state) => {
+                self.shared.monitor.on_read();
+                let fingerprint = RelPath::fingerprint_of(&state.rel);
+                if !self.claimed.insert(fingerprint) {
+                    let error = Error::Conflict(state.rel.clone());
+                    self.fail(&state, &error);
+                    return false;
+                }
+                let host = state.host.clone();
+                self.scheduler.push(&host, state);
+            }
+            Input::Skip(job, path, reason) => {
+                self.shared.monitor.on_read();
+                let state = skipped_state(*job, path);
+                self.finish_report(&state, JobStatus::Skipped, Some(reason.to_owned()), None);
+            }
+            Input::Refused(job, error) => {
+                self.shared.monitor.on_read();
+                let state = skipped_state(*job, String::new());
+                self.fail(&state, &error);
+            }
+            Input::Bad(bad) => {
+                self.shared.monitor.on_bad_line();
+                self.reporter.on_bad_line(&bad);
+            }
+            Input::End(count) => self.shared.monitor.set_total(count),
+            Input::Fatal(error) => {
+                self.summary.fatal = Some(error.to_string());
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Handles a worker's result; true when the run must stop (fatal error).
+    fn on_finished(&mut self, done: Finished) -> bool {
+        let Finished {
+            state,
+            result,
+            interrupted,
+        } = done;
+        self.scheduler.finish(&state.host);
+        if interrupted {
+            self.finish_report(&state, JobStatus::Pending, Some("interrupted".into()), None);
+            return false;
+        }
+        match result {
+            Ok(Outcome::Done(file)) => {
+                self.record_done(&state, file.bytes, &file.sha256);
+                self.finish_report(&state, JobStatus::Done, None, None);
+                false
+            }
+            Ok(Outcome::Adopted(file)) => {
+                self.record_done(&state, file.bytes, &file.sha256);
+                let mut adopted = state;
+                adopted.bytes = file.bytes;
+                self.finish_report(&adopted, JobStatus::Skipped, Some("exists".into()), None);
+                false
+            }
+            Err(error) => self.on_error(state, error),
+        }
+    }
+
+    fn on_error(&mut self, state: Box<JobState>, error: Error) -> bool {
+        let class = classify(&error);
+        let retryable = matches!(class, ErrorClass::Transient | ErrorClass::RetryAfter(_));
+        if class == ErrorClass::Fatal {
+            self.summary
+                .fatal
+                .get_or_insert_with(|| format!("{error} ({})", error_hint(&error)));
+            self.fail(&state, &error);
+            return true;
+        }
+        if !retryable || state.attempts > self.shared.config.retries {
+            self.fail(&state, &error);
+            return false;
+        }
+        let now = Instant::now();
+        let delay = match class {
+            ErrorClass::RetryAfter(wait) => {
+                let wait = wait.min(self.shared.config.max_retry_wait);
+                // The server asked the whole host to slow down: pause every job for it.
+                self.scheduler.cool_down(&state.host, now + wait);
+                wait
+            }
+            _ => self.backoff.delay(state.attempts, self.jitter.unit()),
+        };
+        self.shared.monitor.on_retry();
+        self.reporter.on_retry(&state.job, state.attempts, &error, delay);
+        let host = state.host.clone();
+        self.scheduler.retry_at(&host, state, now + delay);
+        false
+    }
+
+    fn record_done(&mut self, state: &JobState, bytes: u64, sha256: &[u8; 32]) {
+        let Some(journal) = &self.shared.journal else { return };
+        let record = Record {
+            id: state.job.id.clone(),
+            url: state.job.url.as_str().to_owned(),
+            path: Some(state.final_rel.clone()),
+            size: Some(bytes),
+            sha256: Some(to_hex(sha256)),
+            etag: state.validators.etag.clone(),
+            last_modified: state.validators.last_modified.clone(),
+            status: RowStatus::Done,
+            http_status: state.http_status,
+            error_class: None,
+            error: None,
+            attempts: state.attempts,
+        };
+        if let Err(e) = journal.record(record) {
+            self.summary.fatal.get_or_insert_with(|| e.to_string());
+        }
+    }
+
+    fn fail(&mut self, state: &JobState, error: &Error) {
+        if let Some(journal) = &self.shared.journal
+            && !matches!(error, Error::Conflict(_))
+        {
+            let _ = journal.record(Record {
+                id: state.job.id.clone(),
+                url: state.job.url.as_str().to_owned(),
+                path: (!state.final_rel.is_empty()).then(|| state.final_rel.clone()),
+                size: state.job.size,
+                sha256: None,
+                etag: state.validators.etag.clone(),
+                last_modified: state.validators.last_modified.clone(),
+                status: RowStatus::Failed,
+                http_status: error.http_status().or(state.http_status),
+                error_class: Some(classify(error).name().to_owned()),
+                error: Some(error.to_string()),
+                attempts: state.attempts,
+            });
+        }
+        self.finish_report(state, JobStatus::Failed, Some(error.reason()), Some(error.to_string()));
+    }
+
+    fn finish_report(&mut self, state: &JobState, status: JobStatus, reason: Option<String>, error: Option<String>) {
+        let report = JobReport {
+            id: state.job.id.clone(),
+            url: state.job.safe_url().to_string(),
+            host: state.host.clone(),
+            path: (!state.final_rel.is_empty()).then(|| state.final_rel.clone()),
+            status,
+            http_status: state.http_status,
+            bytes: state.bytes,
+            attempts: state.attempts,
+            reason,
+            error,
+            line: state.job.line,
+        };
+        self.shared.monitor.on_finished(status);
+        self.summary.record(&report);
+        self.reporter.on_job_finished(&report);
+    }
+}
+
+fn skipped_state(job: Job, path: String) -> JobState {
+    JobState {
+        host: job.host_key(),
+        rel: path.clone(),
+        final_rel: path,
+        job,
+        attempts: 0,
+        validators: Validators::default(),
+        http_status: None,
+        bytes: 0,
+        checked_exists: true,
+    }
+}
+
+/// What the user can do about a fatal error.
+fn error_hint(error: &Error) -> &'static str {
+    match error {
+        Error::Io { source, .. } if crate::error::is_disk_full(source) => {
+            "free some space or choose another output directory, then run again: finished files are kept"
+        }
+        Error::Io { .. } => "check that the output directory is writable, then run again",
+        _ => "fix the cause and run again: finished files are kept and skipped",
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

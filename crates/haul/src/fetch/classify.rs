@@ -1,0 +1,122 @@
+//! The one place where an [`Error`] becomes an [`ErrorClass`].
+
+use std::io;
+
+use crate::error::{Error, ErrorClass, is_disk_full};
+
+/// Classifies an error once; the retry loop acts only on the class.
+#[must_use]
+pub fn classify(err: &Error) -> ErrorClass {
+    match err {
+        Error::Status { status, retry_after } => classify_status(*status, *retry_after),
+        // Below HTTP: connect refused, reset, TLS and h2 stream errors all may pass on retry.
+        Error::Network(_)
+        | Error::IdleTimeout(_)
+        | Error::TooSlow { .. }
+        | Error::ShortBody { .. }
+        | Error::Range(_)
+        // A size or checksum mismatch may be a transfer that went wrong; the retry budget
+        // turns a mismatch that persists into a failure.
+        | Error::Verify(_) => ErrorClass::Transient,
+        Error::TooLarge { .. }
+        | Error::Path(_)
+        | Error::Conflict(_)
+        | Error::Exists(_)
+        | Error::Url(_) => ErrorClass::Permanent,
+        Error::Io { source, .. } => classify_io(source),
+        Error::Archive(_) => ErrorClass::Fatal,
+    }
+}
+
+fn classify_status(status: u16, retry_after: Option<std::time::Duration>) -> ErrorClass {
+    match (status, retry_after) {
+        // RFC 6585 §4 and RFC 9110 §15.6.4: the server tells us when to come back.
+        (429 | 503, Some(wait)) => ErrorClass::RetryAfter(wait),
+        // 429 without a header still means "slow down": pause the host for a default time.
+        (429, None) => ErrorClass::RetryAfter(std::time::Duration::from_secs(1)),
+        (408 | 425 | 500 | 502 | 503 | 504, _) => ErrorClass::Transient,
+        _ => ErrorClass::Permanent,
+    }
+}
+
+fn classify_io(err: &io::Error) -> ErrorClass {
+    if is_disk_full(err) {
+        // ENOSPC / EDQUOT: every further write would fail too.
+        return ErrorClass::Fatal;
+    }
+    match err.kind() {
+        // The output directory (or a file in it) cannot be written: no job can succeed.
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => ErrorClass::Fatal,
+        // Connection-level failures surfaced as io errors from the body stream.
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::TimedOut
+        | io::ErrorKind::Interrupted => ErrorClass::Transient,
+        _ => ErrorClass::Permanent,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn status(status: u16, retry_after: Option<u64>) -> Error {
+        Error::Status {
+            status,
+            retry_after: retry_after.map(Duration::from_secs),
+        }
+    }
+
+    #[test]
+    fn status_table() {
+        let table: &[(u16, Option<u64>, ErrorClass)] = &[
+            (404, None, ErrorClass::Permanent),
+            (403, None, ErrorClass::Permanent),
+            (410, None, ErrorClass::Permanent),
+            (408, None, ErrorClass::Transient),
+            (500, None, ErrorClass::Transient),
+            (502, None, ErrorClass::Transient),
+            (503, None, ErrorClass::Transient),
+            (504, None, ErrorClass::Transient),
+            (503, Some(7), ErrorClass::RetryAfter(Duration::from_secs(7))),
+            (429, Some(2), ErrorClass::RetryAfter(Duration::from_secs(2))),
+            (429, None, ErrorClass::RetryAfter(Duration::from_secs(1))),
+            (404, Some(3), ErrorClass::Permanent),
+        ];
+        for (code, after, want) in table {
+            assert_eq!(classify(&status(*code, *after)), *want, "status {code} {after:?}");
+        }
+    }
+
+    #[test]
+    fn io_table() {
+        let table = [
+            (io::ErrorKind::StorageFull, ErrorClass::Fatal),
+            (io::ErrorKind::PermissionDenied, ErrorClass::Fatal),
+            (io::ErrorKind::ConnectionReset, ErrorClass::Transient),
+            (io::ErrorKind::UnexpectedEof, ErrorClass::Transient),
+            (io::ErrorKind::NotFound, ErrorClass::Permanent),
+        ];
+        for (kind, want) in table {
+            let err = Error::io("write", "/x", io::Error::from(kind));
+            assert_eq!(classify(&err), want, "{kind:?}");
+        }
+        let enospc = Error::io("write", "/x", io::Error::from_raw_os_error(28));
+        assert_eq!(classify(&enospc), ErrorClass::Fatal);
+    }
+
+    #[test]
+    fn body_errors_are_transient_and_paths_permanent() {
+        assert_eq!(
+            classify(&Error::ShortBody { got: 1, expected: 2 }),
+            ErrorClass::Transient
+        );
+        assert_eq!(classify(&Error::Verify("sha256".into())), ErrorClass::Transient);
+        assert_eq!(classify(&Error::Path("..".into())), ErrorClass::Permanent);
+        assert_eq!(classify(&Error::Archive("locked".into())), ErrorClass::Fatal);
+    }
+}

@@ -1,0 +1,247 @@
+//! One HTTP attempt: build the request, validate the response head, hand back the body.
+//!
+//! This module knows HTTP and nothing of paths, the archive or the display. It decides whether
+//! a response continues a `.part` file (a `206` whose Content-Range starts exactly at our offset,
+//! RFC 9110 §14.4) or restarts it (a `200`: the server ignored `Range`, or `If-Range` found the
+//! validator changed), and turns every other status into a classified [`Error`].
+
+mod classify;
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{Client, Response, StatusCode};
+
+pub use classify::classify;
+
+use crate::error::Error;
+use crate::job::Job;
+
+/// What we know that lets a `.part` file be continued.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Validators {
+    pub(crate) etag: Option<String>,
+    pub(crate) last_modified: Option<String>,
+}
+
+impl Validators {
+    /// The `If-Range` value: a strong ETag, else Last-Modified (weak ETags are not allowed in
+    /// If-Range, RFC 9110 §13.1.5).
+    fn if_range(&self) -> Option<&str> {
+        self.etag
+            .as_deref()
+            .filter(|e| !e.starts_with("W/"))
+            .or(self.last_modified.as_deref())
+    }
+
+    /// True when a resumed request can be made safe by If-Range.
+    pub(crate) fn allow_resume(&self) -> bool {
+        self.if_range().is_some()
+    }
+
+    fn from_headers(headers: &HeaderMap) -> Self {
+        let text = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Self {
+            etag: text(header::ETAG),
+            last_modified: text(header::LAST_MODIFIED),
+        }
+    }
+}
+
+/// A response whose head was accepted.
+#[derive(Debug)]
+pub(crate) struct Head {
+    /// The last status.
+    pub(crate) status: u16,
+    /// Where the body starts in the file: the resume offset for a 206, else 0.
+    pub(crate) offset: u64,
+    /// The full size of the file, when the server said.
+    pub(crate) total: Option<u64>,
+    /// The response's validators.
+    pub(crate) validators: Validators,
+    /// True when a 416 showed the `.part` file is already complete.
+    pub(crate) already_complete: bool,
+}
+
+/// Sends one GET for `job`, asking for bytes from `offset` when a resumable part exists.
+pub(crate) async fn send(
+    client: &Client,
+    job: &Job,
+    extra_headers: &HeaderMap,
+    offset: u64,
+    validators: &Validators,
+) -> Result<(Head, Response), Error> {
+    let mut request = client.get(job.url.clone()).headers(extra_headers.clone());
+    // We store bytes as served: no compression means no decoded-size surprises, no bombs,
+    // and byte ranges that mean what they say.
+    request = request.header(header::ACCEPT_ENCODING, "identity");
+    for (name, value) in &job.headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let resuming = offset > 0 && validators.allow_resume();
+    if resuming {
+        request = request.header(header::RANGE, format!("bytes={offset}-"));
+        if let Some(v) = validators.if_range() {
+            request = request.header(header::IF_RANGE, v);
+        }
+    }
+    let response = request.send().await.map_err(Error::Network)?;
+    let status = response.status();
+    let head_validators = Validators::from_headers(response.headers());
+    let content_length = response.content_length();
+    match status {
+        StatusCode::OK => Ok((
+            Head {
+                status: 200,
+                offset: 0,
+                total: content_length,
+                validators: head_validators,
+                already_complete: false,
+            },
+            response,
+        )),
+        StatusCode::PARTIAL_CONTENT => {
+            if !resuming {
+                return Err(Error::Range("206 Partial Content to a request without Range".into()));
+            }
+            let range = response
+                .headers()
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| Error::Range("206 without Content-Range".into()))?;
+            let (start, end, total) = parse_content_range(range)
+                .ok_or_else(|| Error::Range(format!("unparsable Content-Range {range:?}")))?;
+            if start != offset {
+                return Err(Error::Range(format!(
+                    "Content-Range starts at {start}, asked for {offset}"
+                )));
+            }
+            if let (Some(len), Some(end)) = (content_length, end)
+                && len != end + 1 - start
+            {
+                return Err(Error::Range(format!(
+                    "Content-Length {len} disagrees with Content-Range {range:?}"
+                )));
+            }
+            if head_validators.etag.is_some() && validators.etag.is_some() && head_validators.etag != validators.etag {
+                return Err(Error::Range("ETag changed in a 206 response".into()));
+            }
+            let total = total.or_else(|| content_length.map(|l| l + offset));
+            Ok((
+                Head {
+                    status: 206,
+                    offset,
+                    total,
+                    validators: head_validators,
+                    already_complete: false,
+                },
+                response,
+            ))
+        }
+        StatusCode::RANGE_NOT_SATISFIABLE if resuming => {
+            // RFC 9110 §15.5.17: "bytes */LENGTH" tells the current length; if our part already
+            // has it all, it only needs verifying.
+            let total = response
+                .headers()
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_content_range)
+                .and_then(|(_, _, total)| total);
+            if total == Some(offset) {
+                let head = Head {
+                    status: 416,
+                    offset,
+                    total,
+                    validators: validators.clone(),
+                    already_complete: true,
+                };
+                return Ok((head, response));
+            }
+            Err(Error::Range(format!(
+                "416 for offset {offset} (server length {total:?}); restarting"
+            )))
+        }
+        _ => Err(Error::Status {
+            status: status.as_u16(),
+            retry_after: retry_after(response.headers()),
+        }),
+    }
+}
+
+/// Parses `bytes START-END/TOTAL`, `bytes START-END/*` or `bytes */TOTAL`.
+pub(crate) fn parse_content_range(value: &str) -> Option<(u64, Option<u64>, Option<u64>)> {
+    let rest = value.trim().strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    if range.trim() == "*" {
+        return Some((0, None, total));
+    }
+    let (start, end) = range.split_once('-')?;
+    let (start, end): (u64, u64) = (start.trim().parse().ok()?, end.trim().parse().ok()?);
+    if end < start || total.is_some_and(|t| end >= t) {
+        return None;
+    }
+    Some((start, Some(end), total))
+}
+
+/// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_forms() {
+        assert_eq!(parse_content_range("bytes 0-9/10"), Some((0, Some(9), Some(10))));
+        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, Some(9), None)));
+        assert_eq!(parse_content_range("bytes */10"), Some((0, None, Some(10))));
+        assert_eq!(parse_content_range("bytes 9-5/10"), None);
+        assert_eq!(parse_content_range("bytes 0-10/10"), None);
+        assert_eq!(parse_content_range("items 0-1/2"), None);
+        assert_eq!(parse_content_range("bytes x-1/2"), None);
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let mut h = HeaderMap::new();
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        h.insert(header::RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
+        let d = retry_after(&h).unwrap();
+        assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn if_range_prefers_strong_etag() {
+        let v = Validators {
+            etag: Some("W/\"x\"".into()),
+            last_modified: Some("Tue, 01 Jan 2030 00:00:00 GMT".into()),
+        };
+        assert_eq!(v.if_range(), v.last_modified.as_deref());
+        let strong = Validators {
+            etag: Some("\"x\"".into()),
+            last_modified: None,
+        };
+        assert_eq!(strong.if_range(), Some("\"x\""));
+        assert!(!Validators::default().allow_resume());
+    }
+}

@@ -1,0 +1,350 @@
+//! Events and counters: what the engine tells the outside world.
+//!
+//! The engine never draws anything. It updates atomic counters in a [`Monitor`] as bytes stream
+//! (cheap enough for every chunk) and calls a [`Reporter`] once per job event. A user interface
+//! samples [`Monitor::stats`] on its own timer, so drawing never slows a transfer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+use crate::job::Job;
+use crate::manifest::ManifestError;
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum JobStatus {
+    /// The file is complete, verified and in place.
+    Done,
+    /// Nothing was fetched: already done in the archive, or the file already exists.
+    Skipped,
+    /// The job failed; the error says why.
+    Failed,
+    /// The run was interrupted before the job finished; a rerun picks it up.
+    Pending,
+}
+
+impl JobStatus {
+    /// The lowercase name used in reports and the archive.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Done => "done",
+            Self::Skipped => "skipped",
+            Self::Failed => "failed",
+            Self::Pending => "pending",
+        }
+    }
+}
+
+/// The outcome of one job, as reported to a [`Reporter`] and written to `--report`.
+#[derive(Debug, Clone)]
+pub struct JobReport {
+    /// The job's archive key.
+    pub id: String,
+    /// The URL with secrets redacted.
+    pub url: String,
+    /// The `host:port` the job talked to.
+    pub host: String,
+    /// The output path relative to the output directory, when one was decided.
+    pub path: Option<String>,
+    /// How it ended.
+    pub status: JobStatus,
+    /// The last HTTP status seen, if any.
+    pub http_status: Option<u16>,
+    /// Bytes of the file (for done and adopted files) or received (for failures).
+    pub bytes: u64,
+    /// HTTP attempts made.
+    pub attempts: u32,
+    /// A short reason ("http 404", "exists", "archived"), for grouping.
+    pub reason: Option<String>,
+    /// The full error message, for failures.
+    pub error: Option<String>,
+    /// The manifest line the job came from.
+    pub line: u64,
+}
+
+/// Receives job events. Implementations must be quick and must not fail: they run on the
+/// engine's tasks.
+pub trait Reporter: Send + Sync {
+    /// A transfer is about to start (called for every attempt's first try only).
+    fn on_job_start(&self, _job: &Job) {}
+    /// An attempt failed and will be retried after `delay`.
+    fn on_retry(&self, _job: &Job, _attempt: u32, _error: &Error, _delay: Duration) {}
+    /// A job ended (done, skipped, failed or pending).
+    fn on_job_finished(&self, _report: &JobReport) {}
+    /// A manifest line was refused; the run goes on.
+    fn on_bad_line(&self, _error: &ManifestError) {}
+}
+
+/// A reporter that ignores everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NullReporter;
+
+impl Reporter for NullReporter {}
+
+/// A snapshot of the counters, cheap to take at any rate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Manifest lines read so far as jobs (good ones).
+    pub read: u64,
+    /// Total jobs, once the whole manifest has been read.
+    pub total: Option<u64>,
+    /// Jobs done.
+    pub done: u64,
+    /// Jobs skipped.
+    pub skipped: u64,
+    /// Jobs failed.
+    pub failed: u64,
+    /// Manifest lines refused.
+    pub bad_lines: u64,
+    /// Retries scheduled.
+    pub retries: u64,
+    /// Body bytes received (all attempts).
+    pub bytes: u64,
+    /// Transfers in flight.
+    pub active: u64,
+    /// Time since the run started.
+    pub elapsed: Duration,
+}
+
+/// One transfer in flight, for "largest transfers" displays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    /// The output path.
+    pub path: String,
+    /// Bytes of the file so far (a resumed prefix included).
+    pub received: u64,
+    /// The expected size, when known.
+    pub total: Option<u64>,
+}
+
+#[derive(Debug)]
+pub(crate) struct TransferState {
+    path: String,
+    received: AtomicU64,
+    total: AtomicU64,
+}
+
+/// Live counters of a run, shared between the engine and whoever displays progress.
+#[derive(Debug)]
+pub struct Monitor {
+    started: Mutex<Instant>,
+    read: AtomicU64,
+    total: AtomicU64,
+    total_known: AtomicBool,
+    done: AtomicU64,
+    skipped: AtomicU64,
+    failed: AtomicU64,
+    bad_lines: AtomicU64,
+    retries: AtomicU64,
+    bytes: AtomicU64,
+    active: AtomicU64,
+    next_transfer: AtomicU64,
+    transfers: Mutex<HashMap<u64, Arc<TransferState>>>,
+}
+
+impl Default for Monitor {
+    fn default() -> Self {
+        Self {
+            started: Mutex::new(Instant::now()),
+            read: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            total_known: AtomicBool::new(false),
+            done: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            bad_lines: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+            next_transfer: AtomicU64::new(0),
+            transfers: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Monitor {
+    /// A snapshot of the counters.
+    ///
+    /// ```
+    /// let monitor = haul::Monitor::default();
+    /// assert_eq!(monitor.stats().done, 0);
+    /// ```
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            read: load(&self.read),
+            total: self.total_known.load(Ordering::Acquire).then(|| load(&self.total)),
+            done: load(&self.done),
+            skipped: load(&self.skipped),
+            failed: load(&self.failed),
+            bad_lines: load(&self.bad_lines),
+            retries: load(&self.retries),
+            bytes: load(&self.bytes),
+            active: load(&self.active),
+            elapsed: self.started.lock().expect("monitor clock").elapsed(),
+        }
+    }
+
+    /// The `n` largest transfers in flight, largest expected size first.
+    #[must_use]
+    pub fn largest_transfers(&self, n: usize) -> Vec<Transfer> {
+        let transfers = self.transfers.lock().expect("transfers");
+        let mut all: Vec<Transfer> = transfers
+            .values()
+            .map(|t| {
+                let total = t.total.load(Ordering::Relaxed);
+                Transfer {
+                    path: t.path.clone(),
+                    received: t.received.load(Ordering::Relaxed),
+                    total: (total != u64::MAX).then_some(total),
+                }
+            })
+            .collect();
+        drop(transfers);
+        all.sort_by_key(|t| std::cmp::Reverse(t.total.unwrap_or(t.received)));
+        all.truncate(n);
+        all
+    }
+
+    pub(crate) fn restart_clock(&self) {
+        *self.started.lock().expect("monitor clock") = Instant::now();
+    }
+
+    pub(crate) fn on_read(&self) {
+        self.read.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn on_bad_line(&self) {
+        self.bad_lines.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_total(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+        self.total_known.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn on_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn on_finished(&self, status: JobStatus) {
+        let counter = match status {
+            JobStatus::Done => &self.done,
+            JobStatus::Skipped => &self.skipped,
+            JobStatus::Failed => &self.failed,
+            JobStatus::Pending => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Registers a transfer in flight; it is removed when the guard drops.
+    pub(crate) fn start_transfer(self: &Arc<Self>, path: &str) -> TransferGuard {
+        let id = self.next_transfer.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(TransferState {
+            path: path.to_owned(),
+            received: AtomicU64::new(0),
+            total: AtomicU64::new(u64::MAX),
+        });
+        self.transfers.lock().expect("transfers").insert(id, Arc::clone(&state));
+        self.active.fetch_add(1, Ordering::Relaxed);
+        TransferGuard {
+            monitor: Arc::clone(self),
+            id,
+            state,
+        }
+    }
+}
+
+/// A transfer's entry in the [`Monitor`]; counts its bytes.
+pub(crate) struct TransferGuard {
+    monitor: Arc<Monitor>,
+    id: u64,
+    state: Arc<TransferState>,
+}
+
+impl TransferGuard {
+    pub(crate) fn set_progress(&self, received: u64, total: Option<u64>) {
+        self.state.received.store(received, Ordering::Relaxed);
+        self.state.total.store(total.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_bytes(&self, n: u64) {
+        self.state.received.fetch_add(n, Ordering::Relaxed);
+        self.monitor.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for TransferGuard {
+    fn drop(&mut self) {
+        self.monitor.transfers.lock().expect("transfers").remove(&self.id);
+        self.monitor.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The most distinct (reason, host) failure groups a summary keeps; the rest are lumped.
+const MAX_FAILURE_GROUPS: usize = 200;
+
+/// The result of a whole run.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Jobs done.
+    pub done: u64,
+    /// Jobs skipped, by reason.
+    pub skipped: BTreeMap<String, u64>,
+    /// Jobs failed, by (reason, host).
+    pub failed: BTreeMap<(String, String), u64>,
+    /// Jobs left pending by an interruption or a fatal error.
+    pub pending: u64,
+    /// Manifest lines refused.
+    pub bad_lines: u64,
+    /// Retries made.
+    pub retries: u64,
+    /// Bytes received.
+    pub bytes: u64,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Set when the run stopped on a fatal error (disk full, archive failure).
+    pub fatal: Option<String>,
+    /// Set when the run was cancelled (Ctrl-C).
+    pub interrupted: bool,
+}
+
+impl Summary {
+    /// Jobs failed in all.
+    #[must_use]
+    pub fn failed_total(&self) -> u64 {
+        self.failed.values().sum()
+    }
+
+    /// Jobs skipped in all.
+    #[must_use]
+    pub fn skipped_total(&self) -> u64 {
+        self.skipped.values().sum()
+    }
+
+    pub(crate) fn record(&mut self, report: &JobReport) {
+        match report.status {
+            JobStatus::Done => self.done += 1,
+            JobStatus::Skipped => {
+                *self
+                    .skipped
+                    .entry(report.reason.clone().unwrap_or_default())
+                    .or_default() += 1;
+            }
+            JobStatus::Failed => {
+                let mut key = (report.reason.clone().unwrap_or_default(), report.host.clone());
+                if self.failed.len() >= MAX_FAILURE_GROUPS && !self.failed.contains_key(&key) {
+                    key = ("other".to_owned(), "other hosts".to_owned());
+                }
+                *self.failed.entry(key).or_default() += 1;
+            }
+            JobStatus::Pending => self.pending += 1,
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! The output directory: confined names, `.part` files, checksums, and the final rename.
+//!
+//! Data reaches a final name only through [`PartWriter::finish`]: the body is written to
+//! `NAME.part` beside the destination, its size and digests are checked, and only then is it
+//! renamed into place. Nothing here knows HTTP; the engine hands bytes in.
+//!
+//! All file system calls run on tokio's blocking pool so a slow disk never stalls the network
+//! side. A body that fits in one buffer (most small files) costs one trip to that pool: open,
+//! write, hash, verify and rename together. Larger bodies are written in 256 KiB blocks while the
+//! next block is being received (double buffering), and hashed on the blocking pool too.
+
+mod path;
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use md5::Md5;
+use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
+
+pub use path::{Layout, RelPath, checked_path, output_path};
+
+use crate::error::Error;
+
+/// Bytes gathered before a write is handed to the blocking pool.
+const BLOCK: usize = 256 * 1024;
+/// Directories known to be safe are remembered up to this many, then forgotten and rechecked.
+const DIR_CACHE: usize = 16_384;
+
+/// The suffix of files that hold partial data.
+pub const PART_SUFFIX: &str = ".part";
+
+/// The output directory and how files are finished in it.
+#[derive(Debug)]
+pub(crate) struct Store {
+    root: PathBuf,
+    fsync: bool,
+    safe_dirs: Mutex<HashSet<String>>,
+}
+
+/// What a finished file must match.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Expect {
+    pub(crate) size: Option<u64>,
+    pub(crate) sha256: Option<[u8; 32]>,
+    pub(crate) md5: Option<[u8; 16]>,
+}
+
+/// A file that was verified and renamed into place.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Finished {
+    pub(crate) bytes: u64,
+    pub(crate) sha256: [u8; 32],
+}
+
+impl Store {
+    /// Opens the output directory, creating it, and checks that it can be written.
+    pub(crate) fn open(root: &Path, fsync: bool) -> Result<Self, Error> {
+        fs::create_dir_all(root).map_err(|e| Error::io("create output directory", root, e))?;
+        let root = fs::canonicalize(root).map_err(|e| Error::io("open output directory", root, e))?;
+        let probe = root.join(format!(".haul-write-test-{}", std::process::id()));
+        File::create(&probe).map_err(|e| Error::io("write in output directory", &root, e))?;
+        let _ = fs::remove_file(&probe);
+        Ok(Self {
+            root,
+            fsync,
+            safe_dirs: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The absolute destination of a relative path.
+    pub(crate) fn dest(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// Creates the parent directories of `rel`, refusing to pass through a symlink or a file,
+    /// so no write can land outside the output directory.
+    pub(crate) fn ensure_parent(&self, rel: &str) -> Result<(), Error> {
+        let Some((dir, _)) = rel.rsplit_once('/') else {
+            return Ok(());
+        };
+        if self.safe_dirs.lock().expect("dir cache").contains(dir) {
+            return Ok(());
+        }
+        let mut current = self.root.clone();
+        for component in dir.split('/') {
+            current.push(component);
+            match fs::symlink_metadata(&current) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return Err(Error::Path(format!(
+                        "refused path {rel:?}: {} is a symlink, which haul does not follow",
+                        current.display()
+                    )));
+                }
+                Ok(_) => {
+                    return Err(Error::Path(format!(
+                        "refused path {rel:?}: {} is a file, not a directory",
+                        current.display()
+                    )));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&current) {
+                    Ok(()) => {}
+                    // Another job created it meanwhile: check it again next time round.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        if !fs::symlink_metadata(&current).is_ok_and(|m| m.is_dir()) {
+                            return Err(Error::Path(format!("refused path {rel:?}: raced with a non-directory")));
+                        }
+                    }
+                    Err(e) => return Err(Error::io("create directory", &current, e)),
+                },
+                Err(e) => return Err(Error::io("inspect", &current, e)),
+            }
+        }
+        let mut cache = self.safe_dirs.lock().expect("dir cache");
+        if cache.len() >= DIR_CACHE {
+            cache.clear();
+        }
+        cache.insert(dir.to_owned());
+        Ok(())
+    }
+}
+
+/// The `.part` path beside a destination.
+pub(crate) fn part_path(dest: &Path) -> PathBuf {
+    let mut name = dest.as_os_str().to_owned();
+    name.push(PART_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// The open `.part` file and the digests of everything written to it so far.
+struct Sink {
+    file: File,
+    sha256: Sha256,
+    md5: Option<Md5>,
+}
+
+impl Sink {
+    fn write(&mut self, path: &Path, data: &[u8]) -> Result<(), Error> {
+        self.sha256.update(data);
+        if let Some(md5) = &mut self.md5 {
+            md5.update(data);
+        }
+        self.file.write_all(data).map_err(|e| Error::io("write", path, e))
+    }
+}
+
+/// A block being written on the blocking pool; gives back the sink and the emptied buffer.
+type BlockWrite = JoinHandle<Result<(Sink, Vec<u8>), Error>>;
+
+/// Digests of an existing file: (length, SHA-256, MD5 when asked).
+pub(crate) type FileDigest = (u64, [u8; 32], Option<[u8; 16]>);
+
+/// Streams one body into `DEST.part` and finishes it into `DEST`.
+pub(crate) struct PartWriter {
+    store: Arc<Store>,
+    rel: String,
+    /// Where the part starts: bytes of an earlier attempt kept for a resumed transfer.
+    offset: u64,
+    want_md5: bool,
+    buffer: Vec<u8>,
+    spare: Vec<u8>,
+    sink: Option<Sink>,
+    in_flight: Option<BlockWrite>,
+    /// Bytes handed to this writer, the resumed prefix included.
+    total: u64,
+}
+
+impl PartWriter {
+    /// A writer for `rel` that keeps the first `offset` bytes of an existing `.part` file
+    /// (0 starts afresh). Nothing touches the disk until the first block or `finish`.
+    pub(crate) fn new(store: Arc<Store>, rel: &str, offset: u64, want_md5: bool, size_hint: Option<u64>) -> Self {
+        let capacity = size_hint.map_or(16 * 1024, |s| usize::try_from(s).unwrap_or(BLOCK).min(BLOCK));
+        Self {
+            store,
+            rel: rel.to_owned(),
+            offset,
+            want_md5,
+            buffer: Vec::with_capacity(capacity),
+            spare: Vec::new(),
+            sink: None,
+            in_flight: None,
+            total: offset,
+        }
+    }
+
+    /// Bytes of the file so far, a resumed prefix included.
+    pub(crate) fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Appends body bytes; every full block goes to the blocking pool while more arrive.
+    pub(crate) async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.total += data.len() as u64;
+        self.buffer.extend_from_slice(data);
+        if self.buffer.len() >= BLOCK {
+            self.flush_block().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the block being written, then hands the current buffer to the blocking pool.
+    async fn flush_block(&mut self) -> Result<(), Error> {
+        let sink = match self.in_flight.take() {
+            Some(handle) => {
+                let (sink, spare) = join(handle).await?;
+                self.spare = spare;
+                Some(sink)
+            }
+            None => self.sink.take(),
+        };
+        let data = std::mem::replace(&mut self.buffer, std::mem::take(&mut self.spare));
+        self.buffer.clear();
+        if self.buffer.capacity() < BLOCK {
+            self.buffer.reserve(BLOCK);
+        }
+        let store = Arc::clone(&self.store);
+        let rel = self.rel.clone();
+        let (offset, want_md5) = (self.offset, self.want_md5);
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            let mut sink = match sink {
+                Some(sink) => sink,
+                None => open_part(&store, &rel, offset, want_md5)?,
+            };
+            sink.write(&part_path(&store.dest(&rel)), &data)?;
+            let mut data = data;
+            data.clear();
+            Ok((sink, data))
+        }));
+        Ok(())
+    }
+
+    /// Writes what is buffered and leaves the `.part` file for a later resume.
+    pub(crate) async fn keep_partial(mut self) -> Result<u64, Error> {
+        if !self.buffer.is_empty() {
+            self.flush_block().await?;
+        }
+        if let Some(handle) = self.in_flight.take() {
+            join(handle).await?;
+        }
+        Ok(self.total)
+    }
+
+    /// Writes the rest, verifies size and digests, and renames the part to `final_rel`.
+    /// On a mismatch the part file is removed and nothing is renamed.
+    pub(crate) async fn finish(mut self, expect: Expect, final_rel: &str) -> Result<Finished, Error> {
+        let sink = match self.in_flight.take() {
+            Some(handle) => Some(join(handle).await?.0),
+            None => self.sink.take(),
+        };
+        let store = Arc::clone(&self.store);
+        let rel = std::mem::take(&mut self.rel);
+        let final_rel = final_rel.to_owned();
+        let data = std::mem::take(&mut self.buffer);
+        let (offset, want_md5, total) = (self.offset, self.want_md5, self.total);
+        join(tokio::task::spawn_blocking(move || {
+            let part = part_path(&store.dest(&rel));
+            let mut sink = match sink {
+                Some(sink) => sink,
+                None => open_part(&store, &rel, offset, want_md5)?,
+            };
+            sink.write(&part, &data)?;
+            let sha256: [u8; 32] = sink.sha256.finalize().into();
+            let md5: Option<[u8; 16]> = sink.md5.map(|m| m.finalize().into());
+            if let Err(e) = verify(&expect, total, &sha256, md5.as_ref()) {
+                drop(sink.file);
+                let _ = fs::remove_file(&part);
+                return Err(e);
+            }
+            if store.fsync {
+                sink.file.sync_all().map_err(|e| Error::io("fsync", &part, e))?;
+            }
+            drop(sink.file);
+            let dest = store.dest(&final_rel);
+            fs::rename(&part, &dest).map_err(|e| Error::io("rename", &dest, e))?;
+            if store.fsync {
+                sync_parent(&dest)?;
+            }
+            Ok(Finished { bytes: total, sha256 })
+        }))
+        .await
+    }
+}
+
+async fn join<T>(handle: JoinHandle<Result<T, Error>>) -> Result<T, Error> {
+    match handle.await {
+        Ok(result) => result,
+        Err(e) => Err(Error::io("write", PathBuf::new(), io::Error::other(e.to_string()))),
+    }
+}
+
+/// Opens `DEST.part` without following a symlink; keeps and hashes its first `offset` bytes.
+fn open_part(store: &Store, rel: &str, offset: u64, want_md5: bool) -> Result<Sink, Error> {
+    store.ensure_parent(rel)?;
+    let part = part_path(&store.dest(rel));
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(offset == 0)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&part)
+        .map_err(|e| Error::io("create", &part, e))?;
+    let mut sink = Sink {
+        file: file.try_clone().map_err(|e| Error::io("open", &part, e))?,
+        sha256: Sha256::new(),
+        md5: want_md5.then(Md5::new),
+    };
+    if offset > 0 {
+        // Re-hash the kept prefix: the digest must cover the whole file, not just this attempt.
+        let mut remaining = offset;
+        let mut block = vec![0u8; BLOCK];
+        while remaining > 0 {
+            let want = usize::try_from(remaining.min(BLOCK as u64)).unwrap_or(BLOCK);
+            let got = file.read(&mut block[..want]).map_err(|e| Error::io("read", &part, e))?;
+            if got == 0 {
+                return Err(Error::Range(format!(
+                    "part file shorter than the resume offset {offset}"
+                )));
+            }
+            sink.sha256.update(&block[..got]);
+            if let Some(md5) = &mut sink.md5 {
+                md5.update(&block[..got]);
+            }
+            remaining -= got as u64;
+        }
+        sink.file.set_len(offset).map_err(|e| Error::io("truncate", &part, e))?;
+        sink.file
+            .seek(SeekFrom::Start(offset))
+            .map_err(|e| Error::io("seek", &part, e))?;
+    }
+    Ok(sink)
+}
+
+fn verify(expect: &Expect, total: u64, sha256: &[u8; 32], md5: Option<&[u8; 16]>) -> Result<(), Error> {
+    use crate::job::to_hex;
+    if let Some(size) = expect.size.filter(|&s| s != total) {
+        return Err(Error::Verify(format!(
+            "size mismatch: expected {size} bytes, got {total}"
+        )));
+    }
+    if let Some(want) = expect.sha256.filter(|w| w != sha256) {
+        return Err(Error::Verify(format!(
+            "sha256 mismatch: expected {}, got {}",
+            to_hex(&want),
+            to_hex(sha256)
+        )));
+    }
+    if let (Some(want), Some(got)) = (expect.md5, md5)
+        && &want != got
+    {
+        return Err(Error::Verify(format!(
+            "md5 mismatch: expected {}, got {}",
+            to_hex(&want),
+            to_hex(got)
+        )));
+    }
+    Ok(())
+}
+
+fn sync_parent(dest: &Path) -> Result<(), Error> {
+    let parent = dest.parent().unwrap_or(dest);
+    File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync", parent, e))
+}
+
+/// The SHA-256 and length of an existing file (to adopt a file already at its destination).
+pub(crate) fn hash_file(path: &Path, want_md5: bool) -> Result<FileDigest, Error> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
+    let mut sha = Sha256::new();
+    let mut md5 = want_md5.then(Md5::new);
+    let mut block = vec![0u8; BLOCK];
+    let mut total = 0u64;
+    loop {
+        let got = file.read(&mut block).map_err(|e| Error::io("read", path, e))?;
+        if got == 0 {
+            break;
+        }
+        sha.update(&block[..got]);
+        if let Some(m) = &mut md5 {
+            m.update(&block[..got]);
+        }
+        total += got as u64;
+    }
+    Ok((total, sha.finalize().into(), md5.map(|m| m.finalize().into())))
+}
+
+/// Checks an existing file against what is known of it.
+pub(crate) fn matches(expect: &Expect, total: u64, sha256: &[u8; 32], md5: Option<&[u8; 16]>) -> bool {
+    verify(expect, total, sha256, md5).is_ok()
+}

@@ -1,0 +1,244 @@
+//! Output names: derive, sanitise and confine every path to the output directory.
+//!
+//! A job's path comes from the manifest (checked, refused when unsafe) or from its URL
+//! (sanitised). Either way the result is a [`RelPath`]: `/`-separated, relative, free of `..`,
+//! `.`, empty, NUL and control characters, with each component short enough for the file system.
+
+use std::hash::{BuildHasher, Hasher};
+
+use url::Url;
+
+/// How a URL maps to a path when the manifest gives none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// The last path segment of the URL (`index.html` when it is empty).
+    #[default]
+    Flat,
+    /// `host/path/segments` as in the URL.
+    Mirror,
+}
+
+/// The longest file-name component we create, in bytes. Linux file systems allow 255; we keep
+/// room for the `.part` suffix and a `(N)` from `--on-exists rename`.
+pub(crate) const MAX_COMPONENT: usize = 240;
+
+/// A checked relative path inside the output directory.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RelPath(String);
+
+impl RelPath {
+    /// The path as `/`-separated text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A 64-bit fingerprint of a relative path, used to detect two jobs writing one file
+    /// (8 bytes per job in memory instead of the whole path).
+    pub(crate) fn fingerprint_of(rel: &str) -> u64 {
+        fingerprint(rel.as_bytes())
+    }
+}
+
+fn fingerprint(bytes: &[u8]) -> u64 {
+    // A fixed-key SipHash: the fingerprint only has to be stable within one run.
+    let mut hasher =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().build_hasher();
+    hasher.write(bytes);
+    hasher.finish()
+}
+
+/// The output path of a job: the manifest's `path` when given (refused if unsafe), else derived
+/// from the URL by `layout`.
+///
+/// # Errors
+/// A message naming the refused path and why.
+pub fn output_path(manifest_path: Option<&str>, url: &Url, layout: Layout) -> Result<RelPath, String> {
+    match manifest_path {
+        Some(path) => checked_path(path),
+        None => Ok(derived_path(url, layout)),
+    }
+}
+
+/// Checks a path given by the manifest: relative, no `..`, no control characters.
+///
+/// ```
+/// use haul::store::checked_path;
+/// assert_eq!(checked_path("a/./b.jpg").unwrap().as_str(), "a/b.jpg");
+/// assert!(checked_path("../etc/passwd").is_err());
+/// assert!(checked_path("/etc/passwd").is_err());
+/// ```
+///
+/// # Errors
+/// A message naming the path and the reason it is refused.
+pub fn checked_path(path: &str) -> Result<RelPath, String> {
+    let refuse = |why: &str| Err(format!("refused path {path:?}: {why}"));
+    if path.starts_with('/') || path.starts_with('\\') {
+        return refuse("absolute paths are not allowed");
+    }
+    if path.len() >= 2 && path.as_bytes()[1] == b':' && path.as_bytes()[0].is_ascii_alphabetic() {
+        return refuse("drive letters are not allowed");
+    }
+    if path.chars().any(char::is_control) {
+        return refuse("control characters are not allowed");
+    }
+    let mut parts = Vec::new();
+    for component in path.split(['/', '\\']) {
+        match component {
+            "" | "." => {}
+            ".." => return refuse("'..' leaves the output directory"),
+            name => parts.push(shorten(name)),
+        }
+    }
+    if parts.is_empty() {
+        return refuse("no file name");
+    }
+    Ok(RelPath(parts.join("/")))
+}
+
+/// A path made from the URL; never fails (every component is sanitised).
+fn derived_path(url: &Url, layout: Layout) -> RelPath {
+    let mut segments: Vec<String> = url
+        .path_segments()
+        .map(|s| s.map(decode_component).collect())
+        .unwrap_or_default();
+    let last_empty = segments.last().is_none_or(String::is_empty);
+    if last_empty {
+        segments.pop();
+        segments.push("index.html".to_owned());
+    }
+    let mut parts: Vec<String> = Vec::new();
+    if layout == Layout::Mirror {
+        let host = url.host_str().unwrap_or("host");
+        parts.push(match url.port() {
+            Some(port) => sanitize(&format!("{host}_{port}")),
+            None => sanitize(host),
+        });
+        parts.extend(segments.iter().filter(|s| !s.is_empty()).map(|s| sanitize(s)));
+    } else {
+        parts.push(sanitize(segments.last().map_or("index.html", String::as_str)));
+    }
+    RelPath(parts.join("/"))
+}
+
+fn decode_component(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(byte) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Makes one component safe: no separators, no control characters, not `.`/`..`, not too long.
+fn sanitize(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c == '/' || c == '\\' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    match cleaned.as_str() {
+        "" | "." | ".." => "_".to_owned(),
+        _ => shorten(&cleaned),
+    }
+}
+
+/// Shortens a component over [`MAX_COMPONENT`] bytes deterministically: a prefix, a hash of
+/// the whole name, and the original extension, so distinct long names stay distinct.
+fn shorten(name: &str) -> String {
+    if name.len() <= MAX_COMPONENT {
+        return name.to_owned();
+    }
+    let ext = match name.rfind('.') {
+        Some(dot) if name.len() - dot <= 16 && dot > 0 => &name[dot..],
+        _ => "",
+    };
+    // SHA-256 rather than std's hasher: the name must stay the same across haul versions.
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(name.as_bytes());
+    let hash = format!("~{}", crate::job::to_hex(&digest[..8]));
+    let mut keep = MAX_COMPONENT - hash.len() - ext.len();
+    while !name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{}{hash}{ext}", &name[..keep])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(text: &str) -> Url {
+        Url::parse(text).unwrap()
+    }
+
+    #[test]
+    fn refuses_escapes() {
+        for bad in [
+            "../x",
+            "a/../../x",
+            "/abs",
+            "C:/win",
+            "a\0b",
+            "a\nb",
+            "",
+            "./",
+            "\\\\server\\x",
+        ] {
+            assert!(checked_path(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(checked_path("a//b/./c").unwrap().as_str(), "a/b/c");
+        assert_eq!(checked_path("a\\b").unwrap().as_str(), "a/b");
+    }
+
+    #[test]
+    fn flat_and_mirror_layouts() {
+        let u = url("http://h:8080/p/q/file%20one.jpg?x=1");
+        assert_eq!(output_path(None, &u, Layout::Flat).unwrap().as_str(), "file one.jpg");
+        assert_eq!(
+            output_path(None, &u, Layout::Mirror).unwrap().as_str(),
+            "h_8080/p/q/file one.jpg"
+        );
+        assert_eq!(
+            output_path(None, &url("http://h/dir/"), Layout::Flat).unwrap().as_str(),
+            "index.html"
+        );
+        assert_eq!(
+            output_path(None, &url("http://h"), Layout::Mirror).unwrap().as_str(),
+            "h/index.html"
+        );
+        // Encoded separators and dot-dot never become path structure.
+        let sneaky = url("http://h/a/%2e%2e/%2E%2E%2Fetc%2Fpasswd");
+        let path = output_path(None, &sneaky, Layout::Mirror).unwrap();
+        assert!(!path.as_str().split('/').any(|c| c == ".."), "{path:?}");
+        // The URL parser already resolves `%2e%2e` as a dot-dot segment; the encoded slash stays text.
+        assert_eq!(path.as_str(), "h/.._etc_passwd");
+    }
+
+    #[test]
+    fn long_names_shorten_deterministically() {
+        let long = format!("{}.jpg", "x".repeat(400));
+        let a = checked_path(&long).unwrap();
+        assert!(a.as_str().len() <= MAX_COMPONENT);
+        assert!(a.as_str().ends_with(".jpg"));
+        assert_eq!(a, checked_path(&long).unwrap());
+        let other = format!("{}y.jpg", "x".repeat(399));
+        assert_ne!(a, checked_path(&other).unwrap());
+        let multibyte = "é".repeat(300);
+        assert!(checked_path(&multibyte).unwrap().as_str().len() <= MAX_COMPONENT);
+    }
+}
