@@ -218,8 +218,8 @@ impl Archive {
             .spawn(move || writer_loop(&conn, &rx, Batcher::new(max_records, max_delay), &thread_failure))
             .map_err(|e| db_error("start writer", e))?;
         Ok(Journal {
-            tx: Some(tx),
-            handle: Some(handle),
+            tx: Mutex::new(Some(tx)),
+            handle: Mutex::new(Some(handle)),
             failure,
         })
     }
@@ -389,8 +389,8 @@ enum Message {
 /// The sending side of the writer thread.
 #[derive(Debug)]
 pub struct Journal {
-    tx: Option<mpsc::Sender<Message>>,
-    handle: Option<thread::JoinHandle<()>>,
+    tx: Mutex<Option<mpsc::Sender<Message>>>,
+    handle: Mutex<Option<thread::JoinHandle<()>>>,
     failure: Arc<Mutex<Option<String>>>,
 }
 
@@ -407,7 +407,7 @@ impl Journal {
     /// [`Error::Archive`] with the writer's failure.
     pub fn record(&self, record: Record) -> Result<(), Error> {
         self.check()?;
-        if let Some(tx) = &self.tx {
+        if let Some(tx) = &*self.tx.lock().expect("journal sender") {
             tx.send(Message::Record(Box::new(record)))
                 .map_err(|_| self.failure_error())?;
         }
@@ -437,20 +437,23 @@ impl Journal {
     /// [`Error::Archive`] when the writer failed.
     pub fn flush(&self) -> Result<(), Error> {
         let (ack_tx, ack_rx) = mpsc::channel();
-        if let Some(tx) = &self.tx {
-            tx.send(Message::Flush(ack_tx)).map_err(|_| self.failure_error())?;
+        let sent = match &*self.tx.lock().expect("journal sender") {
+            Some(tx) => tx.send(Message::Flush(ack_tx)).is_ok(),
+            None => false,
+        };
+        if sent {
             ack_rx.recv().map_err(|_| self.failure_error())?;
         }
         self.check()
     }
 
-    /// Commits everything and stops the writer.
+    /// Commits everything and stops the writer; later records are refused.
     ///
     /// # Errors
     /// [`Error::Archive`] when the writer failed.
-    pub fn close(mut self) -> Result<(), Error> {
-        drop(self.tx.take());
-        if let Some(handle) = self.handle.take() {
+    pub fn close(&self) -> Result<(), Error> {
+        drop(self.tx.lock().expect("journal sender").take());
+        if let Some(handle) = self.handle.lock().expect("journal thread").take() {
             let _ = handle.join();
         }
         self.check()
@@ -459,10 +462,7 @@ impl Journal {
 
 impl Drop for Journal {
     fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(handle) = self.handle.take() {
-            let _ = handle.join();
-        }
+        let _ = self.close();
     }
 }
 

@@ -219,8 +219,7 @@ impl Engine {
         let mut summary = dispatcher.run(input_rx, self.cancel.subscribe()).await;
         let _ = reader.join();
         drop(dispatcher);
-        let shared = Arc::into_inner(shared).expect("workers have finished");
-        if let Some(journal) = shared.journal
+        if let Some(journal) = &shared.journal
             && let Err(e) = journal.close()
         {
             summary.fatal.get_or_insert_with(|| e.to_string());

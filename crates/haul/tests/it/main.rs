@@ -1,1 +1,5 @@
+//! Integration tests of the haul library against a real nginx and haul's fault server.
 
+mod faults;
+mod serve;
+mod support;

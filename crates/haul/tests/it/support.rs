@@ -1,0 +1,87 @@
+//! Helpers shared by the integration tests.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use haul::{Config, ConfigBuilder, Engine, Format, JobReport, ManifestReader, Reporter, Summary};
+
+/// Collects every job report.
+#[derive(Default)]
+pub struct Collect(pub Mutex<Vec<JobReport>>);
+
+impl Reporter for Collect {
+    fn on_job_finished(&self, report: &JobReport) {
+        self.0.lock().unwrap().push(report.clone());
+    }
+}
+
+impl Collect {
+    pub fn by_id(&self) -> BTreeMap<String, JobReport> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| (r.id.clone(), r.clone()))
+            .collect()
+    }
+}
+
+/// Runs the engine over a manifest given as text.
+pub async fn run(config: Config, manifest: &str, format: Format) -> (Summary, Arc<Collect>) {
+    let reporter = Arc::new(Collect::default());
+    let jobs = ManifestReader::new(std::io::Cursor::new(manifest.to_owned()), format);
+    let summary = Engine::new(config)
+        .run(jobs, Arc::clone(&reporter) as Arc<dyn Reporter>)
+        .await
+        .expect("run starts");
+    (summary, reporter)
+}
+
+/// A config for tests: fast retries.
+pub fn config(out: &Path) -> ConfigBuilder {
+    Config::builder(out)
+        .concurrency(8)
+        .per_host(8)
+        .retry_wait(std::time::Duration::from_millis(10))
+        .retry_cap(std::time::Duration::from_millis(100))
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    haul_test::sha256_hex(&std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())))
+}
+
+/// Writes `count` files of varied sizes into `root`; returns (name, sha256).
+pub fn make_files(root: &Path, count: usize, max: u64) -> Vec<(String, String)> {
+    std::fs::create_dir_all(root).unwrap();
+    (0..count)
+        .map(|i| {
+            let name = format!("file{i:05}.bin");
+            let size = (i as u64 * 7919) % max + 1;
+            let body = haul_test::body_for(&name, size);
+            std::fs::write(root.join(&name), &body).unwrap();
+            (name, haul_test::sha256_hex(&body))
+        })
+        .collect()
+}
+
+/// Every regular file under `root` (relative), excluding haul's state directory.
+pub fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            if entry.file_type().unwrap().is_dir() {
+                if path.file_name().is_some_and(|n| n != ".haul") {
+                    stack.push(path);
+                }
+            } else {
+                out.push(path.strip_prefix(root).unwrap().to_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
