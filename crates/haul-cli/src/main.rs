@@ -235,10 +235,14 @@ async fn run(args: GetArgs, config: haul::Config, jobs: Jobs, report: Option<Fil
     })
 }
 
-/// An archive path from an argument that may be the file or an output directory.
+/// An archive path from an argument that may be the file or an output directory (a path that
+/// does not exist yet is a directory unless it ends in .sqlite, .sqlite3 or .db).
 fn resolve_archive(arg: Option<&Path>) -> PathBuf {
     let arg = arg.unwrap_or(Path::new("."));
-    if arg.is_dir() {
+    let names_a_file = arg
+        .extension()
+        .is_some_and(|e| ["sqlite", "sqlite3", "db"].iter().any(|x| e == *x));
+    if arg.is_dir() || (!arg.exists() && !names_a_file) {
         arg.join(haul::STATE_DIR).join(haul::DEFAULT_ARCHIVE_NAME)
     } else {
         arg.to_owned()

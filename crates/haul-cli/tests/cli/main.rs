@@ -1,1 +1,386 @@
+//! End-to-end tests of the built `haul` binary: exit codes, messages, the archive across runs,
+//! kill -9 crash safety, the archive lock, signals and bounded memory.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use haul_test::{FaultServer, Nginx, body_for, sha256_hex};
+
+fn haul() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_haul"))
+}
+
+fn run(args: &[&str]) -> Output {
+    haul().args(args).stdin(Stdio::null()).output().expect("run haul")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn manifest(dir: &Path, lines: &[String]) -> PathBuf {
+    let file = dir.join("urls.txt");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    file
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn exit_codes_and_messages() {
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+
+    let none = run(&["get", "-o", path(&out)]);
+    assert_eq!(none.status.code(), Some(2));
+    assert!(stderr(&none).contains("nothing to download"), "{}", stderr(&none));
+
+    let good = manifest(
+        tmp.path(),
+        &[server.url("a.bin", 1000, ""), server.url("b.bin", 2000, "")],
+    );
+    let ok = run(&["get", "-i", path(&good), "-o", path(&out), "--progress", "none"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    assert_eq!(
+        sha256_hex(&std::fs::read(out.join("a.bin")).unwrap()),
+        sha256_hex(&body_for("a.bin", 1000))
+    );
+
+    let mixed = manifest(
+        tmp.path(),
+        &[
+            server.url("c.bin", 10, ""),
+            "ftp://nope/x".into(),
+            server.url("gone.bin", 10, "status=404"),
+        ],
+    );
+    let report = tmp.path().join("report.jsonl");
+    let some = run(&[
+        "get",
+        "-i",
+        path(&mixed),
+        "-o",
+        path(&out),
+        "--progress",
+        "none",
+        "--report",
+        path(&report),
+    ]);
+    assert_eq!(some.status.code(), Some(1));
+    let text = stderr(&some);
+    assert!(text.contains("line 2: unsupported scheme"), "{text}");
+    assert!(text.contains("HTTP 404"), "{text}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&report)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let gone = lines.iter().find(|l| l["status"] == "failed").unwrap();
+    assert_eq!(gone["http_status"], 404);
+    assert_eq!(gone["attempts"], 1);
+
+    // --strict: one bad line means nothing is downloaded.
+    let strict_out = tmp.path().join("strict");
+    let strict = run(&["get", "-i", path(&mixed), "-o", path(&strict_out), "--strict"]);
+    assert_eq!(strict.status.code(), Some(2));
+    assert!(stderr(&strict).contains("line 2"), "{}", stderr(&strict));
+    assert!(!strict_out.join("c.bin").exists());
+
+    // status and failed read the archive; --retry-failed retries only the failures.
+    let status = run(&["status", path(&out)]);
+    let status_text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status_text.contains("done: 3 jobs") && status_text.contains("http 404"),
+        "{status_text}"
+    );
+    let failed = run(&["failed", path(&out)]);
+    let failed_text = String::from_utf8_lossy(&failed.stdout);
+    assert_eq!(failed_text.lines().count(), 1);
+    assert!(failed_text.contains("gone.bin"));
+    let hits_before = server.hits("/f/gone.bin");
+    let retry = run(&["get", "-o", path(&out), "--retry-failed", "--progress", "none"]);
+    assert_eq!(retry.status.code(), Some(1));
+    assert_eq!(server.hits("/f/gone.bin"), hits_before + 1);
+    assert_eq!(server.hits("/f/a.bin"), 1, "done jobs are not fetched again");
+}
+
+#[test]
+fn archive_import_skips_known_ids() {
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let ids = tmp.path().join("ids.txt");
+    std::fs::write(&ids, "post-1\npost-2\n").unwrap();
+    let import = run(&["archive", "import", path(&ids), "--archive", path(&out)]);
+    assert!(import.status.success(), "{}", stderr(&import));
+    let jsonl = tmp.path().join("m.jsonl");
+    let lines: Vec<String> = (1..=3)
+        .map(|i| {
+            format!(
+                "{{\"url\":\"{}\",\"id\":\"post-{i}\"}}",
+                server.url(&format!("p{i}"), 100, "")
+            )
+        })
+        .collect();
+    std::fs::write(&jsonl, lines.join("\n")).unwrap();
+    let got = run(&["get", "-i", path(&jsonl), "-o", path(&out), "--progress", "none"]);
+    assert!(got.status.success(), "{}", stderr(&got));
+    assert_eq!(server.total_hits(), 1, "only post-3 was fetched");
+    assert!(out.join("p3").exists() && !out.join("p1").exists());
+}
+
+#[test]
+fn second_process_on_one_archive_gets_a_clear_error() {
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let lines: Vec<String> = (0..40)
+        .map(|i| server.url(&format!("s{i}"), 100, "delay=100"))
+        .collect();
+    let list = manifest(tmp.path(), &lines);
+    let mut first = haul()
+        .args([
+            "get",
+            "-i",
+            path(&list),
+            "-o",
+            path(&out),
+            "-j",
+            "2",
+            "--progress",
+            "none",
+        ])
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.total_hits() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = run(&["get", "-i", path(&list), "-o", path(&out), "--progress", "none"]);
+    assert_eq!(second.status.code(), Some(3));
+    assert!(
+        stderr(&second).contains("in use by another haul process"),
+        "{}",
+        stderr(&second)
+    );
+    assert!(first.wait().unwrap().success());
+    let status = run(&["status", path(&out)]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("done: 40 jobs"));
+}
+
+#[test]
+fn sigint_leaves_resumable_parts_and_exits_130() {
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let size = 4_000_000;
+    let list = manifest(tmp.path(), &[server.url("big.bin", size, "rate=2000000&times=1")]);
+    let child = haul()
+        .args(["get", "-i", path(&list), "-o", path(&out), "--progress", "none"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let result = child.wait_with_output().unwrap();
+    assert_eq!(result.status.code(), Some(130));
+    let part = std::fs::metadata(out.join("big.bin.part"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(part > 0, "the partial data is kept in big.bin.part");
+    assert!(!out.join("big.bin").exists());
+    let rerun = run(&["get", "-i", path(&list), "-o", path(&out), "--progress", "none"]);
+    assert!(rerun.status.success(), "{}", stderr(&rerun));
+    assert_eq!(
+        sha256_hex(&std::fs::read(out.join("big.bin")).unwrap()),
+        sha256_hex(&body_for("big.bin", size))
+    );
+    let ranged = server
+        .headers_seen()
+        .iter()
+        .filter(|(_, h)| h.contains_key("range"))
+        .count();
+    assert_eq!(ranged, 1, "the rerun resumed the part with Range");
+}
+
+/// A seeded generator for kill points (xorshift).
+struct Seeded(u64);
+
+impl Seeded {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[test]
+fn kill_9_at_random_points_then_rerun_completes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let www = tmp.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let mut expected = Vec::new();
+    for i in 0..2_000u64 {
+        let name = format!("k{i:04}.bin");
+        let body = body_for(&name, 2_000 + (i * 7_919) % 30_000);
+        std::fs::write(www.join(&name), &body).unwrap();
+        expected.push((name, sha256_hex(&body)));
+    }
+    let nginx = Nginx::start(&www, &tmp.path().join("nginx"));
+    let lines: Vec<String> = expected.iter().map(|(n, _)| format!("{}/{n}", nginx.base())).collect();
+    let list = manifest(tmp.path(), &lines);
+    let out = tmp.path().join("out");
+    let args = [
+        "get",
+        "-i",
+        path(&list),
+        "-o",
+        path(&out),
+        "-j",
+        "2",
+        "--per-host",
+        "2",
+        "--progress",
+        "none",
+    ];
+    let mut seeded = Seeded(0x5eed_1234);
+    let fetched_count = |log: &[String], name: &str| log.iter().filter(|l| l.contains(&format!("/{name} "))).count();
+    for round in 0..6 {
+        let child = haul()
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(30 + seeded.below(250)));
+        Command::new("kill")
+            .args(["-KILL", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let _ = child.wait_with_output();
+        // Files at their final names now must never be fetched again.
+        let complete: Vec<(String, usize)> = expected
+            .iter()
+            .filter(|(n, _)| out.join(n).exists())
+            .map(|(n, _)| (n.clone(), fetched_count(&nginx.access_log(), n)))
+            .collect();
+        for (name, sha) in &expected {
+            if out.join(name).exists() {
+                assert_eq!(
+                    &sha256_hex(&std::fs::read(out.join(name)).unwrap()),
+                    sha,
+                    "round {round}: {name}"
+                );
+            }
+        }
+        let rerun = haul().args(args).output().unwrap();
+        assert_eq!(rerun.status.code(), Some(0), "round {round}: {}", stderr(&rerun));
+        let log = nginx.access_log();
+        for (name, before) in complete {
+            assert_eq!(
+                fetched_count(&log, &name),
+                before,
+                "round {round}: {name} was fetched again"
+            );
+        }
+        for (name, sha) in &expected {
+            assert_eq!(
+                &sha256_hex(&std::fs::read(out.join(name)).unwrap()),
+                sha,
+                "round {round}: {name}"
+            );
+        }
+        // The archive's done rows are exactly the files on disk.
+        let status = run(&["status", path(&out)]);
+        assert!(
+            String::from_utf8_lossy(&status.stdout).contains("done: 2000 jobs"),
+            "round {round}"
+        );
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+}
+
+/// Peak RSS (VmHWM) of a running process, in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn peak_rss_for(lines: usize, server: &FaultServer, dir: &Path) -> u64 {
+    let list = dir.join(format!("m{lines}.txt"));
+    let mut text = String::with_capacity(lines * 60);
+    for i in 0..lines {
+        text.push_str(&server.url(&format!("t{i}"), 16, ""));
+        text.push('\n');
+    }
+    std::fs::write(&list, text).unwrap();
+    let out = dir.join(format!("out{lines}"));
+    let mut child = haul()
+        .args([
+            "get",
+            "-i",
+            path(&list),
+            "-o",
+            path(&out),
+            "-j",
+            "64",
+            "--per-host",
+            "64",
+            "--no-archive",
+            "--progress",
+            "none",
+        ])
+        .spawn()
+        .unwrap();
+    let mut peak = 0;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Some(kib) = peak_rss_kib(child.id()) {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success());
+            break;
+        }
+        assert!(Instant::now() < deadline, "run took too long");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    peak
+}
+
+#[test]
+fn memory_stays_bounded_over_a_200k_line_manifest() {
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let tmp = tempfile::tempdir().unwrap();
+    let small = peak_rss_for(20_000, &server, tmp.path());
+    let large = peak_rss_for(200_000, &server, tmp.path());
+    assert_eq!(server.total_hits(), 220_000);
+    // Ten times the lines: the only per-job memory is an 8-byte path fingerprint (~3 MiB here).
+    assert!(large < 64 * 1024, "peak RSS {large} KiB over 200,000 lines");
+    assert!(
+        large < small + 12 * 1024,
+        "peak RSS grew from {small} KiB to {large} KiB"
+    );
+}

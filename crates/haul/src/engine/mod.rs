@@ -34,7 +34,7 @@ use transfer::{JobState, Outcome};
 
 /// Bodies at least this large get a `partial` archive row when they start, so a rerun after a
 /// crash can resume them; smaller ones are cheaper to fetch again than to journal twice.
-const PARTIAL_RECORD_MIN: u64 = 4 * 1024 * 1024;
+const PARTIAL_RECORD_MIN: u64 = 1024 * 1024;
 
 /// Downloads the jobs of a manifest. See the crate documentation for an example.
 #[derive(Debug)]
@@ -462,6 +462,8 @@ impl Dispatcher {
         } = done;
         self.scheduler.finish(&state.host);
         if interrupted {
+            // Keep the validators so the next run can resume the `.part` file with If-Range.
+            self.shared.note_partial(&state, None);
             self.finish_report(&state, JobStatus::Pending, Some("interrupted".into()), None);
             return false;
         }
