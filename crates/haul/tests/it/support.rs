@@ -8,7 +8,7 @@ use haul::{Config, ConfigBuilder, Engine, Format, JobReport, ManifestReader, Rep
 
 /// Collects every job report.
 #[derive(Default)]
-pub struct Collect(pub Mutex<Vec<JobReport>>);
+pub(crate) struct Collect(pub(crate) Mutex<Vec<JobReport>>);
 
 impl Reporter for Collect {
     fn on_job_finished(&self, report: &JobReport) {
@@ -17,7 +17,7 @@ impl Reporter for Collect {
 }
 
 impl Collect {
-    pub fn by_id(&self) -> BTreeMap<String, JobReport> {
+    pub(crate) fn by_id(&self) -> BTreeMap<String, JobReport> {
         self.0
             .lock()
             .unwrap()
@@ -28,7 +28,7 @@ impl Collect {
 }
 
 /// Runs the engine over a manifest given as text.
-pub async fn run(config: Config, manifest: &str, format: Format) -> (Summary, Arc<Collect>) {
+pub(crate) async fn run(config: Config, manifest: &str, format: Format) -> (Summary, Arc<Collect>) {
     let reporter = Arc::new(Collect::default());
     let jobs = ManifestReader::new(std::io::Cursor::new(manifest.to_owned()), format);
     let summary = Engine::new(config)
@@ -39,7 +39,7 @@ pub async fn run(config: Config, manifest: &str, format: Format) -> (Summary, Ar
 }
 
 /// A config for tests: fast retries.
-pub fn config(out: &Path) -> ConfigBuilder {
+pub(crate) fn config(out: &Path) -> ConfigBuilder {
     Config::builder(out)
         .concurrency(8)
         .per_host(8)
@@ -47,12 +47,12 @@ pub fn config(out: &Path) -> ConfigBuilder {
         .retry_cap(std::time::Duration::from_millis(100))
 }
 
-pub fn sha256_file(path: &Path) -> String {
+pub(crate) fn sha256_file(path: &Path) -> String {
     haul_test::sha256_hex(&std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())))
 }
 
 /// Writes `count` files of varied sizes into `root`; returns (name, sha256).
-pub fn make_files(root: &Path, count: usize, max: u64) -> Vec<(String, String)> {
+pub(crate) fn make_files(root: &Path, count: usize, max: u64) -> Vec<(String, String)> {
     std::fs::create_dir_all(root).unwrap();
     (0..count)
         .map(|i| {
@@ -66,7 +66,7 @@ pub fn make_files(root: &Path, count: usize, max: u64) -> Vec<(String, String)> 
 }
 
 /// Every regular file under `root` (relative), excluding haul's state directory.
-pub fn files_under(root: &Path) -> Vec<PathBuf> {
+pub(crate) fn files_under(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_owned()];
     while let Some(dir) = stack.pop() {
