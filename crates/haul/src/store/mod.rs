@@ -40,7 +40,14 @@ pub(crate) struct Store {
     root: PathBuf,
     fsync: bool,
     safe_dirs: Mutex<HashSet<String>>,
+    /// Bounds the file finishes (create, write, rename) running at once. Many threads creating
+    /// and renaming in one directory spin on its inode lock in the kernel: measured with perf,
+    /// 16 concurrent finishers spent ~27% of all CPU in `rwsem_spin_on_owner`.
+    finishers: tokio::sync::Semaphore,
 }
+
+/// File finishes running at once (see [`Store::finishers`]).
+const FINISHERS: usize = 2;
 
 /// What a finished file must match.
 #[derive(Debug, Clone, Copy, Default)]
@@ -69,6 +76,7 @@ impl Store {
             root,
             fsync,
             safe_dirs: Mutex::new(HashSet::new()),
+            finishers: tokio::sync::Semaphore::new(FINISHERS),
         })
     }
 
@@ -257,6 +265,7 @@ impl PartWriter {
         let final_rel = final_rel.to_owned();
         let data = std::mem::take(&mut self.buffer);
         let (offset, want_md5, total) = (self.offset, self.want_md5, self.total);
+        let _permit = self.store.finishers.acquire().await.expect("semaphore is never closed");
         join(tokio::task::spawn_blocking(move || {
             let part = part_path(&store.dest(&rel));
             let mut sink = match sink {
