@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Skip-rate benchmark (issue 3): a 1,000,000-row archive, then a 1,000,000-line manifest whose
+# jobs are all done. haul must skip them without a request; prints jobs/s and peak RSS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-1000000}
+W=$(mktemp -d /tmp/haul-skip.XXXXXX)
+trap 'rm -rf "$W"' EXIT
+cargo build --release --quiet -p haul-cli
+python3 - "$W" "$N" <<'PY'
+import sys
+w, n = sys.argv[1], int(sys.argv[2])
+with open(f"{w}/ids.txt", "w") as ids, open(f"{w}/m.jsonl", "w") as m:
+    for i in range(n):
+        ids.write(f"post-{i}\n")
+        # Port 9 (discard) on loopback: any request would fail, so a skip is visibly request-free.
+        m.write(f'{{"id":"post-{i}","url":"http://127.0.0.1:9/p/{i}.jpg"}}\n')
+PY
+./target/release/haul archive import --archive "$W/out" "$W/ids.txt"
+/usr/bin/time -f "%e s wall, %M KiB peak RSS" ./target/release/haul get -i "$W/m.jsonl" -o "$W/out" --progress none 2> "$W/time.txt" || true
+cat "$W/time.txt"
+secs=$(tail -1 "$W/time.txt" | cut -d' ' -f1)
+python3 -c "print(f'skip rate: {$N/$secs:,.0f} jobs/s over $N jobs')"
