@@ -1,6 +1,7 @@
 //! End-to-end tests of the built `haul` binary: exit codes, messages, the archive across runs,
 //! kill -9 crash safety, the archive lock, signals and bounded memory.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -410,7 +411,10 @@ fn disk_full_stops_with_the_fatal_code_and_keeps_finished_files() {
             std::env::var_os("CI").is_none(),
             "CI must be able to mount a tmpfs: {why}"
         );
-        eprintln!("SKIPPED disk_full test: cannot mount a small tmpfs here ({why})");
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED disk_full test: cannot mount a small tmpfs here ({why})"
+        );
         return;
     }
     let lines: Vec<String> = (0..6).map(|i| server.url(&format!("d{i}.bin"), 300_000, "")).collect();
