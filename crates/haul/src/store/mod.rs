@@ -1,6 +1,6 @@
 //! The output directory: confined names, `.part` files, checksums, and the final rename.
 //!
-//! Data reaches a final name only through [`PartWriter::finish`]: the body is written to
+//! Data reaches a final name only through `PartWriter::finish`: the body is written to
 //! `NAME.part` beside the destination, its size and digests are checked, and only then is it
 //! renamed into place. Nothing here knows HTTP; the engine hands bytes in.
 //!
