@@ -116,13 +116,10 @@ fn check_strict(args: &GetArgs, path: &Path) -> Result<(), Failure> {
     Err(fail(Exit::Usage, anyhow::anyhow!(text)))
 }
 
-fn archive_location(config: &haul::Config) -> Option<PathBuf> {
-    config.archive_path()
-}
-
 /// Writes the archive's failed jobs to a spool manifest (so they stream, never all in memory).
 fn spool_failed(config: &haul::Config) -> Result<PathBuf, Failure> {
-    let path = archive_location(config)
+    let path = config
+        .archive_path()
         .ok_or_else(|| fail(Exit::Usage, anyhow::anyhow!("--retry-failed needs an archive")))?;
     let reader = haul::archive::ArchiveReader::open(&path).map_err(|e| fail(Exit::Usage, e))?;
     let spool = config.output_dir.join(haul::STATE_DIR).join("retry-failed.jsonl");
@@ -222,7 +219,7 @@ async fn run(args: GetArgs, config: haul::Config, jobs: Jobs, report: Option<Fil
     let summary = result.map_err(|e| fail(Exit::Fatal, e))?;
     reporter.finish().map_err(|e| fail(Exit::Fatal, e))?;
     if !args.quiet {
-        report::print_summary(&summary, &reporter);
+        report::print_summary(&summary);
     }
     Ok(if summary.fatal.is_some() {
         Exit::Fatal

@@ -87,7 +87,7 @@ impl haul::Reporter for CliReporter {
 }
 
 #[expect(clippy::cast_precision_loss, reason = "display only")]
-pub(crate) fn print_summary(s: &haul::Summary, _reporter: &CliReporter) {
+pub(crate) fn print_summary(s: &haul::Summary) {
     let mut err = std::io::stderr().lock();
     let secs = s.elapsed.as_secs_f64().max(0.001);
     let _ = writeln!(

@@ -24,6 +24,13 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `get -i LIST -o OUT` followed by `extra`.
+fn get_args<'a>(list: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["get", "-i", path(list), "-o", path(out)];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn manifest(dir: &Path, lines: &[String]) -> PathBuf {
     let file = dir.join("urls.txt");
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
@@ -53,7 +60,7 @@ fn exit_codes_and_messages() {
         tmp.path(),
         &[server.url("a.bin", 1000, ""), server.url("b.bin", 2000, "")],
     );
-    let ok = run(&["get", "-i", path(&good), "-o", path(&out), "--progress", "none"]);
+    let ok = run(&get_args(&good, &out, &["--progress", "none"]));
     assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
     assert_eq!(
         sha256_hex(&std::fs::read(out.join("a.bin")).unwrap()),
@@ -69,17 +76,11 @@ fn exit_codes_and_messages() {
         ],
     );
     let report = tmp.path().join("report.jsonl");
-    let some = run(&[
-        "get",
-        "-i",
-        path(&mixed),
-        "-o",
-        path(&out),
-        "--progress",
-        "none",
-        "--report",
-        path(&report),
-    ]);
+    let some = run(&get_args(
+        &mixed,
+        &out,
+        &["--progress", "none", "--report", path(&report)],
+    ));
     assert_eq!(some.status.code(), Some(1));
     let text = stderr(&some);
     assert!(text.contains("line 2: unsupported scheme"), "{text}");
@@ -96,7 +97,7 @@ fn exit_codes_and_messages() {
 
     // --strict: one bad line means nothing is downloaded.
     let strict_out = tmp.path().join("strict");
-    let strict = run(&["get", "-i", path(&mixed), "-o", path(&strict_out), "--strict"]);
+    let strict = run(&get_args(&mixed, &strict_out, &["--strict"]));
     assert_eq!(strict.status.code(), Some(2));
     assert!(stderr(&strict).contains("line 2"), "{}", stderr(&strict));
     assert!(!strict_out.join("c.bin").exists());
@@ -139,7 +140,7 @@ fn archive_import_skips_known_ids() {
         })
         .collect();
     std::fs::write(&jsonl, lines.join("\n")).unwrap();
-    let got = run(&["get", "-i", path(&jsonl), "-o", path(&out), "--progress", "none"]);
+    let got = run(&get_args(&jsonl, &out, &["--progress", "none"]));
     assert!(got.status.success(), "{}", stderr(&got));
     assert_eq!(server.total_hits(), 1, "only post-3 was fetched");
     assert!(out.join("p3").exists() && !out.join("p1").exists());
@@ -156,24 +157,14 @@ fn second_process_on_one_archive_gets_a_clear_error() {
         .collect();
     let list = manifest(tmp.path(), &lines);
     let mut first = haul()
-        .args([
-            "get",
-            "-i",
-            path(&list),
-            "-o",
-            path(&out),
-            "-j",
-            "2",
-            "--progress",
-            "none",
-        ])
+        .args(get_args(&list, &out, &["-j", "2", "--progress", "none"]))
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while server.total_hits() == 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let second = run(&["get", "-i", path(&list), "-o", path(&out), "--progress", "none"]);
+    let second = run(&get_args(&list, &out, &["--progress", "none"]));
     assert_eq!(second.status.code(), Some(3));
     assert!(
         stderr(&second).contains("in use by another haul process"),
@@ -194,7 +185,7 @@ fn sigint_leaves_resumable_parts_and_exits_130() {
     let size = 4_000_000;
     let list = manifest(tmp.path(), &[server.url("big.bin", size, "rate=2000000&times=1")]);
     let child = haul()
-        .args(["get", "-i", path(&list), "-o", path(&out), "--progress", "none"])
+        .args(get_args(&list, &out, &["--progress", "none"]))
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1200));
@@ -209,7 +200,7 @@ fn sigint_leaves_resumable_parts_and_exits_130() {
         .unwrap_or(0);
     assert!(part > 0, "the partial data is kept in big.bin.part");
     assert!(!out.join("big.bin").exists());
-    let rerun = run(&["get", "-i", path(&list), "-o", path(&out), "--progress", "none"]);
+    let rerun = run(&get_args(&list, &out, &["--progress", "none"]));
     assert!(rerun.status.success(), "{}", stderr(&rerun));
     assert_eq!(
         sha256_hex(&std::fs::read(out.join("big.bin")).unwrap()),
@@ -251,24 +242,12 @@ fn kill_9_at_random_points_then_rerun_completes() {
     let lines: Vec<String> = expected.iter().map(|(n, _)| format!("{}/{n}", nginx.base())).collect();
     let list = manifest(tmp.path(), &lines);
     let out = tmp.path().join("out");
-    let args = [
-        "get",
-        "-i",
-        path(&list),
-        "-o",
-        path(&out),
-        "-j",
-        "2",
-        "--per-host",
-        "2",
-        "--progress",
-        "none",
-    ];
+    let args = get_args(&list, &out, &["-j", "2", "--per-host", "2", "--progress", "none"]);
     let mut seeded = Seeded(0x5eed_1234);
     let fetched_count = |log: &[String], name: &str| log.iter().filter(|l| l.contains(&format!("/{name} "))).count();
     for round in 0..6 {
         let child = haul()
-            .args(args)
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -294,7 +273,7 @@ fn kill_9_at_random_points_then_rerun_completes() {
                 );
             }
         }
-        let rerun = haul().args(args).output().unwrap();
+        let rerun = haul().args(&args).output().unwrap();
         assert_eq!(rerun.status.code(), Some(0), "round {round}: {}", stderr(&rerun));
         let log = nginx.access_log();
         for (name, before) in complete {
@@ -338,20 +317,11 @@ fn peak_rss_for(lines: usize, server: &FaultServer, dir: &Path) -> u64 {
     std::fs::write(&list, text).unwrap();
     let out = dir.join(format!("out{lines}"));
     let mut child = haul()
-        .args([
-            "get",
-            "-i",
-            path(&list),
-            "-o",
-            path(&out),
-            "-j",
-            "64",
-            "--per-host",
-            "64",
-            "--no-archive",
-            "--progress",
-            "none",
-        ])
+        .args(get_args(
+            &list,
+            &out,
+            &["-j", "64", "--per-host", "64", "--no-archive", "--progress", "none"],
+        ))
         .spawn()
         .unwrap();
     let mut peak = 0;
@@ -420,19 +390,11 @@ fn disk_full_stops_with_the_fatal_code_and_keeps_finished_files() {
     let lines: Vec<String> = (0..6).map(|i| server.url(&format!("d{i}.bin"), 300_000, "")).collect();
     let list = manifest(tmp.path(), &lines);
     let archive = tmp.path().join("archive.sqlite");
-    let result = run(&[
-        "get",
-        "-i",
-        path(&list),
-        "-o",
-        path(&out),
-        "-j",
-        "1",
-        "--archive",
-        path(&archive),
-        "--progress",
-        "none",
-    ]);
+    let result = run(&get_args(
+        &list,
+        &out,
+        &["-j", "1", "--archive", path(&archive), "--progress", "none"],
+    ));
     let text = stderr(&result);
     let done: Vec<String> = (0..6)
         .map(|i| format!("d{i}.bin"))

@@ -15,7 +15,7 @@ mod transfer;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::{mpsc, watch};
@@ -70,10 +70,6 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn client(&self) -> &reqwest::Client {
-        &self.client
-    }
-
     /// Journals a large transfer as it starts, with its validators, for resume after a crash.
     fn note_partial(&self, state: &JobState, total: Option<u64>) {
         let Some(journal) = &self.journal else { return };
@@ -107,11 +103,10 @@ enum Input {
     Fatal(Error),
 }
 
-/// What a worker sends back.
-struct Finished {
+/// What a worker sends back; `result` is `None` when the run was cancelled mid-attempt.
+struct WorkerDone {
     state: Box<JobState>,
-    result: Result<Outcome, Error>,
-    interrupted: bool,
+    result: Option<Result<Outcome, Error>>,
 }
 
 impl Engine {
@@ -346,7 +341,7 @@ struct Dispatcher {
 
 impl Dispatcher {
     async fn run(&mut self, mut input: mpsc::Receiver<Input>, mut cancel: watch::Receiver<bool>) -> Summary {
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<WorkerDone>();
         let mut input_open = true;
         let mut stopping = false;
         loop {
@@ -387,16 +382,18 @@ impl Dispatcher {
             }
         }
         // Whatever is still queued was never finished: report it pending.
-        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
-        self.scheduler = {
-            let mut rest = std::mem::replace(&mut self.scheduler, Scheduler::new(1, 1));
-            rest.drain(far, |state| self.finish_report(&state, JobStatus::Pending, None, None));
-            rest
-        };
+        for state in self.scheduler.take_waiting() {
+            self.finish_report(&state, JobStatus::Pending, None, None);
+        }
         std::mem::take(&mut self.summary)
     }
 
-    fn spawn(&self, mut state: Box<JobState>, done: &mpsc::UnboundedSender<Finished>, cancel: &watch::Receiver<bool>) {
+    fn spawn(
+        &self,
+        mut state: Box<JobState>,
+        done: &mpsc::UnboundedSender<WorkerDone>,
+        cancel: &watch::Receiver<bool>,
+    ) {
         if state.attempts == 0 {
             self.reporter.on_job_start(&state.job);
         }
@@ -404,15 +401,11 @@ impl Dispatcher {
         let done = done.clone();
         let mut cancel = cancel.clone();
         tokio::spawn(async move {
-            let (result, interrupted) = tokio::select! {
-                result = transfer::run(&shared, &mut state) => (result, false),
-                _ = cancel.wait_for(|c| *c) => (Err(Error::Archive("interrupted".into())), true),
+            let result = tokio::select! {
+                result = transfer::run(&shared, &mut state) => Some(result),
+                _ = cancel.wait_for(|c| *c) => None,
             };
-            let _ = done.send(Finished {
-                state,
-                result,
-                interrupted,
-            });
+            let _ = done.send(WorkerDone { state, result });
         });
     }
 
@@ -454,19 +447,15 @@ impl Dispatcher {
     }
 
     /// Handles a worker's result; true when the run must stop (fatal error).
-    fn on_finished(&mut self, done: Finished) -> bool {
-        let Finished {
-            state,
-            result,
-            interrupted,
-        } = done;
+    fn on_finished(&mut self, done: WorkerDone) -> bool {
+        let WorkerDone { state, result } = done;
         self.scheduler.finish(&state.host);
-        if interrupted {
+        let Some(result) = result else {
             // Keep the validators so the next run can resume the `.part` file with If-Range.
             self.shared.note_partial(&state, None);
             self.finish_report(&state, JobStatus::Pending, Some("interrupted".into()), None);
             return false;
-        }
+        };
         match result {
             Ok(Outcome::Done(file)) => {
                 self.record_done(&state, file.bytes, &file.sha256);

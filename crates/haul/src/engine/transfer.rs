@@ -143,7 +143,7 @@ async fn attempt(shared: &Arc<Shared>, state: &mut JobState) -> Result<Finished,
     } else {
         0
     };
-    let (head, mut response) = fetch::send(shared.client(), &state.job, &shared.headers, offset, &state.validators)
+    let (head, mut response) = fetch::send(&shared.client, &state.job, &shared.headers, offset, &state.validators)
         .await
         .inspect_err(|e| {
             state.http_status = e.http_status();
@@ -217,9 +217,12 @@ async fn attempt(shared: &Arc<Shared>, state: &mut JobState) -> Result<Finished,
     writer.finish(expect, &state.final_rel).await
 }
 
-/// After a failed body: keep the `.part` file when a later attempt can resume it safely.
+/// After a failed body: keep the `.part` file when a later attempt can resume it safely, else
+/// remove it (without validators the next attempt restarts from zero anyway).
 async fn keep_or_drop(writer: PartWriter, validators: &Validators) {
     if validators.allow_resume() {
         let _ = writer.keep_partial().await;
+    } else {
+        writer.discard().await;
     }
 }

@@ -144,15 +144,18 @@ impl<T> Scheduler<T> {
         }
     }
 
-    /// Removes every job still waiting (at the end of an interrupted run), in no set order.
-    pub(crate) fn drain(&mut self, _now: Instant, mut each: impl FnMut(T)) {
+    /// Removes and returns every job still waiting (at the end of an interrupted run). There are
+    /// at most a window of them.
+    pub(crate) fn take_waiting(&mut self) -> Vec<T> {
+        let mut jobs = Vec::with_capacity(self.waiting);
         for (_, host) in self.hosts.drain() {
-            host.queue.into_iter().for_each(&mut each);
-            host.delayed.into_iter().for_each(|(_, job)| each(job));
+            jobs.extend(host.queue);
+            jobs.extend(host.delayed.into_iter().map(|(_, job)| job));
         }
         self.waiting = 0;
         self.ring.clear();
         self.timers.clear();
+        jobs
     }
 
     /// When the next delayed job or cool-down ends, if any.

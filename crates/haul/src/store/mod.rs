@@ -140,19 +140,61 @@ pub(crate) fn part_path(dest: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// The open `.part` file and the digests of everything written to it so far.
-struct Sink {
-    file: File,
+/// The digests of a file: SHA-256 always (the archive keeps it), MD5 when the manifest asks.
+struct Digests {
     sha256: Sha256,
     md5: Option<Md5>,
 }
 
-impl Sink {
-    fn write(&mut self, path: &Path, data: &[u8]) -> Result<(), Error> {
+impl Digests {
+    fn new(want_md5: bool) -> Self {
+        Self {
+            sha256: Sha256::new(),
+            md5: want_md5.then(Md5::new),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
         self.sha256.update(data);
         if let Some(md5) = &mut self.md5 {
             md5.update(data);
         }
+    }
+
+    fn finish(self) -> ([u8; 32], Option<[u8; 16]>) {
+        (self.sha256.finalize().into(), self.md5.map(|m| m.finalize().into()))
+    }
+
+    /// Hashes up to `limit` bytes (all, when `None`) read from `file`; returns how many.
+    fn read_from(&mut self, file: &mut File, path: &Path, limit: Option<u64>) -> Result<u64, Error> {
+        let mut block = vec![0u8; BLOCK];
+        let mut total = 0u64;
+        loop {
+            let want = limit.map_or(BLOCK, |l| {
+                usize::try_from((l - total).min(BLOCK as u64)).unwrap_or(BLOCK)
+            });
+            if want == 0 {
+                return Ok(total);
+            }
+            let got = file.read(&mut block[..want]).map_err(|e| Error::io("read", path, e))?;
+            if got == 0 {
+                return Ok(total);
+            }
+            self.update(&block[..got]);
+            total += got as u64;
+        }
+    }
+}
+
+/// The open `.part` file and the digests of everything written to it so far.
+struct Sink {
+    file: File,
+    digests: Digests,
+}
+
+impl Sink {
+    fn write(&mut self, path: &Path, data: &[u8]) -> Result<(), Error> {
+        self.digests.update(data);
         self.file.write_all(data).map_err(|e| Error::io("write", path, e))
     }
 }
@@ -253,6 +295,15 @@ impl PartWriter {
         Ok(self.total)
     }
 
+    /// Removes the `.part` file (after any block still being written).
+    pub(crate) async fn discard(mut self) {
+        if let Some(handle) = self.in_flight.take() {
+            let _ = handle.await;
+        }
+        let part = part_path(&self.store.dest(&self.rel));
+        let _ = tokio::task::spawn_blocking(move || fs::remove_file(part)).await;
+    }
+
     /// Writes the rest, verifies size and digests, and renames the part to `final_rel`.
     /// On a mismatch the part file is removed and nothing is renamed.
     pub(crate) async fn finish(mut self, expect: Expect, final_rel: &str) -> Result<Finished, Error> {
@@ -273,17 +324,17 @@ impl PartWriter {
                 None => open_part(&store, &rel, offset, want_md5)?,
             };
             sink.write(&part, &data)?;
-            let sha256: [u8; 32] = sink.sha256.finalize().into();
-            let md5: Option<[u8; 16]> = sink.md5.map(|m| m.finalize().into());
+            let Sink { file, digests } = sink;
+            let (sha256, md5) = digests.finish();
             if let Err(e) = verify(&expect, total, &sha256, md5.as_ref()) {
-                drop(sink.file);
+                drop(file);
                 let _ = fs::remove_file(&part);
                 return Err(e);
             }
             if store.fsync {
-                sink.file.sync_all().map_err(|e| Error::io("fsync", &part, e))?;
+                file.sync_all().map_err(|e| Error::io("fsync", &part, e))?;
             }
-            drop(sink.file);
+            drop(file);
             let dest = store.dest(&final_rel);
             fs::rename(&part, &dest).map_err(|e| Error::io("rename", &dest, e))?;
             if store.fsync {
@@ -314,34 +365,19 @@ fn open_part(store: &Store, rel: &str, offset: u64, want_md5: bool) -> Result<Si
         .custom_flags(libc::O_NOFOLLOW)
         .open(&part)
         .map_err(|e| Error::io("create", &part, e))?;
-    let mut sink = Sink {
-        file: file.try_clone().map_err(|e| Error::io("open", &part, e))?,
-        sha256: Sha256::new(),
-        md5: want_md5.then(Md5::new),
-    };
+    let mut digests = Digests::new(want_md5);
     if offset > 0 {
         // Re-hash the kept prefix: the digest must cover the whole file, not just this attempt.
-        let mut remaining = offset;
-        let mut block = vec![0u8; BLOCK];
-        while remaining > 0 {
-            let want = usize::try_from(remaining.min(BLOCK as u64)).unwrap_or(BLOCK);
-            let got = file.read(&mut block[..want]).map_err(|e| Error::io("read", &part, e))?;
-            if got == 0 {
-                return Err(Error::Range(format!(
-                    "part file shorter than the resume offset {offset}"
-                )));
-            }
-            sink.sha256.update(&block[..got]);
-            if let Some(md5) = &mut sink.md5 {
-                md5.update(&block[..got]);
-            }
-            remaining -= got as u64;
+        if digests.read_from(&mut file, &part, Some(offset))? < offset {
+            return Err(Error::Range(format!(
+                "part file shorter than the resume offset {offset}"
+            )));
         }
-        sink.file.set_len(offset).map_err(|e| Error::io("truncate", &part, e))?;
-        sink.file
-            .seek(SeekFrom::Start(offset))
+        file.set_len(offset).map_err(|e| Error::io("truncate", &part, e))?;
+        file.seek(SeekFrom::Start(offset))
             .map_err(|e| Error::io("seek", &part, e))?;
     }
+    let sink = Sink { file, digests };
     Ok(sink)
 }
 
@@ -385,22 +421,10 @@ pub(crate) fn hash_file(path: &Path, want_md5: bool) -> Result<FileDigest, Error
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| Error::io("open", path, e))?;
-    let mut sha = Sha256::new();
-    let mut md5 = want_md5.then(Md5::new);
-    let mut block = vec![0u8; BLOCK];
-    let mut total = 0u64;
-    loop {
-        let got = file.read(&mut block).map_err(|e| Error::io("read", path, e))?;
-        if got == 0 {
-            break;
-        }
-        sha.update(&block[..got]);
-        if let Some(m) = &mut md5 {
-            m.update(&block[..got]);
-        }
-        total += got as u64;
-    }
-    Ok((total, sha.finalize().into(), md5.map(|m| m.finalize().into())))
+    let mut digests = Digests::new(want_md5);
+    let total = digests.read_from(&mut file, path, None)?;
+    let (sha256, md5) = digests.finish();
+    Ok((total, sha256, md5))
 }
 
 /// Checks an existing file against what is known of it.

@@ -110,6 +110,17 @@ async fn csv_with_header_and_path_conflict() {
     assert_all_downloaded(&s, "");
 }
 
+/// A run without archive under one `--on-exists` policy.
+async fn with_policy(out: &std::path::Path, manifest: &str, policy: OnExists) -> haul::Summary {
+    run(
+        config(out).archive(ArchiveMode::Off).on_exists(policy).build(),
+        manifest,
+        Format::Plain,
+    )
+    .await
+    .0
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_exists_policies() {
     let s = site(3, 10_000);
@@ -123,28 +134,12 @@ async fn on_exists_policies() {
     for (name, _) in &s.files {
         fresh(name);
     }
-    let (summary, _) = run(
-        config(&s.out)
-            .archive(ArchiveMode::Off)
-            .on_exists(OnExists::Fail)
-            .build(),
-        &manifest,
-        Format::Plain,
-    )
-    .await;
+    let summary = with_policy(&s.out, &manifest, OnExists::Fail).await;
     assert_eq!(summary.failed_total(), 3);
     assert_eq!(std::fs::read(s.out.join(&s.files[0].0)).unwrap(), stale);
 
     // rename: the download goes beside the existing file.
-    let (summary, _) = run(
-        config(&s.out)
-            .archive(ArchiveMode::Off)
-            .on_exists(OnExists::Rename)
-            .build(),
-        &manifest,
-        Format::Plain,
-    )
-    .await;
+    let summary = with_policy(&s.out, &manifest, OnExists::Rename).await;
     assert_eq!(summary.done, 3);
     let renamed = s.files[0].0.replace(".bin", " (1).bin");
     assert_eq!(sha256_file(&s.out.join(renamed)), s.files[0].1);
@@ -152,25 +147,12 @@ async fn on_exists_policies() {
 
     // skip (default) with nothing known to compare: adopted as is, no download.
     let before = s.nginx.access_log().len();
-    let (summary, _) = run(
-        config(&s.out).archive(ArchiveMode::Off).build(),
-        &manifest,
-        Format::Plain,
-    )
-    .await;
+    let summary = with_policy(&s.out, &manifest, OnExists::Skip).await;
     assert_eq!(summary.skipped.get("exists"), Some(&3));
     assert_eq!(s.nginx.access_log().len(), before, "adopting makes no request");
 
     // overwrite: replaced with the served bytes.
-    let (summary, _) = run(
-        config(&s.out)
-            .archive(ArchiveMode::Off)
-            .on_exists(OnExists::Overwrite)
-            .build(),
-        &manifest,
-        Format::Plain,
-    )
-    .await;
+    let summary = with_policy(&s.out, &manifest, OnExists::Overwrite).await;
     assert_eq!(summary.done, 3);
     assert_all_downloaded(&s, "");
 }
