@@ -176,7 +176,10 @@ fn get(args: GetArgs) -> Result<Exit, Failure> {
         ),
         None => None,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One network thread: measured faster than a multi-threaded runtime on every data set
+    // (30,000 small files 1.46 s vs 2.33 s): no cross-thread wake-ups per file. Hashing and
+    // writing of large bodies run on the blocking pool beside it (README, "Measured figures").
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| fail(Exit::Fatal, e))?;

@@ -16,8 +16,7 @@ mod batch;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -210,17 +209,25 @@ impl Archive {
         let conn = open_connection(&self.path)?;
         conn.pragma_update(None, "synchronous", if fsync { "FULL" } else { "NORMAL" })
             .map_err(|e| db_error("synchronous", e))?;
-        let (tx, rx) = mpsc::channel();
-        let failure = Arc::new(Mutex::new(None));
-        let thread_failure = Arc::clone(&failure);
+        let queue = Arc::new(Queue {
+            state: Mutex::new(QueueState {
+                batcher: Batcher::new(max_records, max_delay),
+                flush_asked: 0,
+                flush_done: 0,
+                closed: false,
+                failure: None,
+            }),
+            work: Condvar::new(),
+            flushed: Condvar::new(),
+        });
+        let writer_queue = Arc::clone(&queue);
         let handle = thread::Builder::new()
             .name("haul-archive".into())
-            .spawn(move || writer_loop(&conn, &rx, Batcher::new(max_records, max_delay), &thread_failure))
+            .spawn(move || writer_loop(&conn, &writer_queue))
             .map_err(|e| db_error("start writer", e))?;
         Ok(Journal {
-            tx: Mutex::new(Some(tx)),
+            queue,
             handle: Mutex::new(Some(handle)),
-            failure,
         })
     }
 }
@@ -229,7 +236,14 @@ impl Archive {
 #[derive(Debug)]
 pub struct ArchiveReader {
     conn: Connection,
+    /// Lookups made in the current read transaction (see [`ArchiveReader::lookup`]).
+    in_transaction: std::cell::Cell<u32>,
 }
+
+/// Lookups that share one read transaction. Each transaction takes and drops SQLite's shared
+/// lock (two `fcntl` calls); sharing it over many lookups makes the skip check cheap, and ending
+/// it now and then lets the writer's WAL checkpoints complete.
+const LOOKUPS_PER_TRANSACTION: u32 = 1024;
 
 impl ArchiveReader {
     /// Opens a read connection to an existing archive, without taking the run lock.
@@ -243,14 +257,33 @@ impl ArchiveReader {
         let conn = open_connection(path)?;
         conn.prepare("SELECT 1 FROM jobs LIMIT 1")
             .map_err(|e| db_error(&format!("{} is not a haul archive", path.display()), e))?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            in_transaction: std::cell::Cell::new(0),
+        })
     }
 
-    /// The row of `id`, if any.
+    /// The row of `id`, if any, as of this reader's read transaction: lookups share one
+    /// transaction for up to 1,024 calls, so rows committed meanwhile may not be seen yet (the
+    /// engine checks the archive as it was when the run started).
     ///
     /// # Errors
     /// [`Error::Archive`] on a database error.
     pub fn lookup(&self, id: &str) -> Result<Option<Row>, Error> {
+        match self.in_transaction.get() {
+            0 => self
+                .conn
+                .execute_batch("BEGIN")
+                .map_err(|e| db_error("begin read", e))?,
+            LOOKUPS_PER_TRANSACTION.. => {
+                self.conn
+                    .execute_batch("COMMIT; BEGIN")
+                    .map_err(|e| db_error("renew read", e))?;
+                self.in_transaction.set(0);
+            }
+            _ => {}
+        }
+        self.in_transaction.set(self.in_transaction.get() + 1);
         let mut stmt = self
             .conn
             .prepare_cached("SELECT status, path, size, sha256, etag, last_modified FROM jobs WHERE id = ?1")
@@ -381,35 +414,53 @@ pub struct FailureGroup {
     pub example: String,
 }
 
-enum Message {
-    Record(Box<Record>),
-    Flush(mpsc::Sender<()>),
+/// What the engine and the writer thread share: the batch being gathered and its state.
+///
+/// Records go into the batch under a mutex, and the writer is woken only when a batch starts
+/// (so it can wait for its deadline) or becomes full: two wake-ups per batch, not one per record.
+#[derive(Debug)]
+struct Queue {
+    state: Mutex<QueueState>,
+    /// Wakes the writer.
+    work: Condvar,
+    /// Wakes callers of [`Journal::flush`].
+    flushed: Condvar,
 }
 
-/// The sending side of the writer thread.
+#[derive(Debug)]
+struct QueueState {
+    batcher: Batcher<Record>,
+    /// Flushes asked for, and flushes done: a flush waits until `done` reaches its number.
+    flush_asked: u64,
+    flush_done: u64,
+    closed: bool,
+    failure: Option<String>,
+}
+
+/// The engine's handle on the writer thread.
 #[derive(Debug)]
 pub struct Journal {
-    tx: Mutex<Option<mpsc::Sender<Message>>>,
+    queue: Arc<Queue>,
     handle: Mutex<Option<thread::JoinHandle<()>>>,
-    failure: Arc<Mutex<Option<String>>>,
-}
-
-impl std::fmt::Debug for Message {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Message")
-    }
 }
 
 impl Journal {
-    /// Queues a record; never blocks. Fails only when the writer has failed (a fatal error).
+    /// Queues a record; never waits for the database. Fails only when the writer has failed (a
+    /// fatal error) or the journal is closed.
     ///
     /// # Errors
     /// [`Error::Archive`] with the writer's failure.
     pub fn record(&self, record: Record) -> Result<(), Error> {
-        self.check()?;
-        if let Some(tx) = &*self.tx.lock().expect("journal sender") {
-            tx.send(Message::Record(Box::new(record)))
-                .map_err(|_| self.failure_error())?;
+        let mut state = self.queue.state.lock().expect("journal queue");
+        if let Some(msg) = &state.failure {
+            return Err(Error::Archive(msg.clone()));
+        }
+        if state.closed {
+            return Err(Error::Archive("the archive is closed".into()));
+        }
+        let first = state.batcher.deadline().is_none();
+        if state.batcher.push(record, Instant::now()) || first {
+            self.queue.work.notify_one();
         }
         Ok(())
     }
@@ -419,16 +470,10 @@ impl Journal {
     /// # Errors
     /// [`Error::Archive`] with the writer's failure.
     pub fn check(&self) -> Result<(), Error> {
-        match &*self.failure.lock().expect("journal failure") {
+        match &self.queue.state.lock().expect("journal queue").failure {
             Some(msg) => Err(Error::Archive(msg.clone())),
             None => Ok(()),
         }
-    }
-
-    fn failure_error(&self) -> Error {
-        self.check()
-            .err()
-            .unwrap_or_else(|| Error::Archive("writer stopped".into()))
     }
 
     /// Commits everything queued so far and waits for it.
@@ -436,14 +481,17 @@ impl Journal {
     /// # Errors
     /// [`Error::Archive`] when the writer failed.
     pub fn flush(&self) -> Result<(), Error> {
-        let (ack_tx, ack_rx) = mpsc::channel();
-        let sent = match &*self.tx.lock().expect("journal sender") {
-            Some(tx) => tx.send(Message::Flush(ack_tx)).is_ok(),
-            None => false,
-        };
-        if sent {
-            ack_rx.recv().map_err(|_| self.failure_error())?;
+        let mut state = self.queue.state.lock().expect("journal queue");
+        if !state.closed {
+            // The writer's last pass after `closed` serves every ticket taken before it.
+            state.flush_asked += 1;
+            let ticket = state.flush_asked;
+            self.queue.work.notify_one();
+            while state.flush_done < ticket && state.failure.is_none() {
+                state = self.queue.flushed.wait(state).expect("journal queue");
+            }
         }
+        drop(state);
         self.check()
     }
 
@@ -452,7 +500,8 @@ impl Journal {
     /// # Errors
     /// [`Error::Archive`] when the writer failed.
     pub fn close(&self) -> Result<(), Error> {
-        drop(self.tx.lock().expect("journal sender").take());
+        self.queue.state.lock().expect("journal queue").closed = true;
+        self.queue.work.notify_one();
         if let Some(handle) = self.handle.lock().expect("journal thread").take() {
             let _ = handle.join();
         }
@@ -466,51 +515,45 @@ impl Drop for Journal {
     }
 }
 
-fn writer_loop(
-    conn: &Connection,
-    rx: &mpsc::Receiver<Message>,
-    mut batcher: Batcher<Record>,
-    failure: &Mutex<Option<String>>,
-) {
-    let commit = |batch: Vec<Record>| {
-        if batch.is_empty() {
-            return;
-        }
-        if let Err(e) = write_batch(conn, &batch) {
-            let mut slot = failure.lock().expect("journal failure");
-            slot.get_or_insert_with(|| format!("cannot write the archive: {e}"));
-        }
-    };
+fn writer_loop(conn: &Connection, queue: &Queue) {
+    let mut state = queue.state.lock().expect("journal queue");
     loop {
-        let message = match batcher.deadline() {
-            Some(deadline) => match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(m) => Some(m),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            },
-            None => match rx.recv() {
-                Ok(m) => Some(m),
-                Err(_) => break,
-            },
-        };
-        match message {
-            Some(Message::Record(record)) => {
-                if batcher.push(*record, Instant::now()) {
-                    commit(batcher.take());
-                }
+        let now = Instant::now();
+        let flush = state.flush_asked > state.flush_done;
+        if state.batcher.is_due(now) || flush || state.closed {
+            let batch = state.batcher.take();
+            let ticket = state.flush_asked;
+            let closed = state.closed;
+            drop(state);
+            let result = if batch.is_empty() {
+                Ok(())
+            } else {
+                write_batch(conn, &batch)
+            };
+            state = queue.state.lock().expect("journal queue");
+            if let Err(e) = result {
+                state
+                    .failure
+                    .get_or_insert_with(|| format!("cannot write the archive: {e}"));
             }
-            Some(Message::Flush(ack)) => {
-                commit(batcher.take());
-                let _ = ack.send(());
+            state.flush_done = ticket;
+            queue.flushed.notify_all();
+            if closed && state.batcher.deadline().is_none() {
+                return;
             }
-            None => {
-                if batcher.is_due(Instant::now()) {
-                    commit(batcher.take());
-                }
-            }
+            continue;
         }
+        state = match state.batcher.deadline() {
+            Some(deadline) => {
+                queue
+                    .work
+                    .wait_timeout(state, deadline.saturating_duration_since(now))
+                    .expect("journal queue")
+                    .0
+            }
+            None => queue.work.wait(state).expect("journal queue"),
+        };
     }
-    commit(batcher.take());
 }
 
 fn write_batch(conn: &Connection, batch: &[Record]) -> rusqlite::Result<()> {
@@ -624,6 +667,9 @@ mod tests {
         assert_eq!(counts, vec![("done".into(), 1, 3), ("failed".into(), 1, 3)]);
         let imported = import_ids(&archive, "x\nyoutube abc\n\n# c\nyoutube abc\n".as_bytes()).unwrap();
         assert_eq!(imported, 1);
-        assert_eq!(reader.lookup("youtube abc").unwrap().unwrap().status, RowStatus::Done);
+        // A reader sees the archive as of its read transaction; a new one sees the import.
+        assert_eq!(reader.lookup("youtube abc").unwrap(), None);
+        let fresh = archive.reader().unwrap();
+        assert_eq!(fresh.lookup("youtube abc").unwrap().unwrap().status, RowStatus::Done);
     }
 }

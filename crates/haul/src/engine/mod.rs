@@ -36,6 +36,9 @@ use transfer::{JobState, Outcome};
 /// crash can resume them; smaller ones are cheaper to fetch again than to journal twice.
 const PARTIAL_RECORD_MIN: u64 = 1024 * 1024;
 
+/// Most manifest items the reader hands over at once (when the dispatcher is behind).
+const INPUT_BATCH: usize = 64;
+
 /// Downloads the jobs of a manifest. See the crate documentation for an example.
 #[derive(Debug)]
 pub struct Engine {
@@ -191,7 +194,7 @@ impl Engine {
         self.monitor.restart_clock();
 
         let window = shared.config.concurrency * 4 + 64;
-        let (input_tx, input_rx) = mpsc::channel(256);
+        let (input_tx, input_rx) = mpsc::channel(4);
         let reader_shared = Arc::clone(&shared);
         let reader = std::thread::Builder::new()
             .name("haul-manifest".into())
@@ -266,9 +269,10 @@ fn read_manifest(
     jobs: impl Iterator<Item = Result<Job, ManifestError>>,
     shared: &Shared,
     archive: Option<&ArchiveReader>,
-    tx: &mpsc::Sender<Input>,
+    tx: &mpsc::Sender<Vec<Input>>,
 ) {
     let mut count = 0u64;
+    let mut batch = Vec::new();
     for item in jobs {
         let input = match item {
             Err(bad) => Input::Bad(bad),
@@ -277,17 +281,30 @@ fn read_manifest(
                 match prepare(job, shared, archive) {
                     Ok(input) => input,
                     Err(fatal) => {
-                        let _ = tx.blocking_send(Input::Fatal(fatal));
+                        batch.push(Input::Fatal(fatal));
+                        let _ = tx.blocking_send(batch);
                         return;
                     }
                 }
             }
         };
-        if tx.blocking_send(input).is_err() {
-            return; // the dispatcher stopped (cancelled or fatal)
-        }
+        batch.push(input);
+        // Hand over at once while the dispatcher keeps up (work starts with the first line);
+        // under backpressure, gather up to a batch so the threads wake once per batch, not per job.
+        batch = match tx.try_send(batch) {
+            Ok(()) => Vec::new(),
+            Err(mpsc::error::TrySendError::Full(full)) if full.len() < INPUT_BATCH => full,
+            Err(mpsc::error::TrySendError::Full(full)) => {
+                if tx.blocking_send(full).is_err() {
+                    return;
+                }
+                Vec::new()
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return, // the dispatcher stopped
+        };
     }
-    let _ = tx.blocking_send(Input::End(count));
+    batch.push(Input::End(count));
+    let _ = tx.blocking_send(batch);
 }
 
 /// Decides a job's path and checks the archive.
@@ -340,7 +357,7 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    async fn run(&mut self, mut input: mpsc::Receiver<Input>, mut cancel: watch::Receiver<bool>) -> Summary {
+    async fn run(&mut self, mut input: mpsc::Receiver<Vec<Input>>, mut cancel: watch::Receiver<bool>) -> Summary {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<WorkerDone>();
         let mut input_open = true;
         let mut stopping = false;
@@ -370,10 +387,13 @@ impl Dispatcher {
                         stopping = true;
                     }
                 }
-                message = input.recv(), if accept => match message {
-                    Some(message) => {
-                        if self.on_input(message) {
-                            stopping = true;
+                batch = input.recv(), if accept => match batch {
+                    Some(batch) => {
+                        for message in batch {
+                            if self.on_input(message) {
+                                stopping = true;
+                                break;
+                            }
                         }
                     }
                     None => input_open = false,
