@@ -180,7 +180,11 @@ impl Engine {
             Some(a) => Some(a.writer(config.batch_records, config.batch_delay, config.fsync)?),
             None => None,
         };
-        let skip_reader = archive.as_ref().map(Archive::reader).transpose()?;
+        // A first run (empty archive) has nothing to skip: no lookup per job.
+        let skip_reader = match archive.as_ref().map(Archive::reader).transpose()? {
+            Some(reader) if !reader.is_empty()? => Some(reader),
+            _ => None,
+        };
         let path_owner = archive.as_ref().map(Archive::reader).transpose()?.map(Mutex::new);
         let shared = Arc::new(Shared {
             client: build_client(&config)?,

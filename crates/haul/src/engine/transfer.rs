@@ -159,13 +159,7 @@ async fn attempt(shared: &Arc<Shared>, state: &mut JobState) -> Result<Finished,
         return Err(Error::TooLarge { limit });
     }
     let expect = state.expect(head.total);
-    let mut writer = PartWriter::new(
-        Arc::clone(&shared.store),
-        &state.rel,
-        head.offset,
-        expect.md5.is_some(),
-        total.map(|t| t - head.offset.min(t)),
-    );
+    let mut writer = PartWriter::new(Arc::clone(&shared.store), &state.rel, head.offset, expect.md5.is_some());
     if head.already_complete {
         return writer.finish(expect, &state.final_rel).await;
     }
@@ -183,8 +177,9 @@ async fn attempt(shared: &Arc<Shared>, state: &mut JobState) -> Result<Finished,
                 return Err(Error::Network(e));
             }
         };
-        guard.add_bytes(chunk.len() as u64);
-        writer.write(&chunk).await?;
+        let len = chunk.len() as u64;
+        guard.add_bytes(len);
+        writer.write(chunk).await?;
         if let Some(limit) = config.max_size
             && writer.total() > limit
         {
@@ -193,7 +188,7 @@ async fn attempt(shared: &Arc<Shared>, state: &mut JobState) -> Result<Finished,
             return Err(Error::TooLarge { limit });
         }
         if let Some((lowest, span)) = config.lowest_speed {
-            window.1 += chunk.len() as u64;
+            window.1 += len;
             let elapsed = window.0.elapsed();
             if elapsed >= span {
                 let rate = (u128::from(window.1) * 1000 / elapsed.as_millis().max(1)) as u64;

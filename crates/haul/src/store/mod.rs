@@ -14,12 +14,13 @@ mod path;
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use md5::Md5;
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
@@ -214,14 +215,49 @@ struct Sink {
 }
 
 impl Sink {
-    fn write(&mut self, path: &Path, data: &[u8]) -> Result<(), Error> {
-        self.digests.update(data);
-        self.file.write_all(data).map_err(|e| Error::io("write", path, e))
+    /// Hashes and writes the chunks as received (one vectored write, no copy into a buffer).
+    fn write(&mut self, path: &Path, chunks: &[Bytes]) -> Result<(), Error> {
+        for chunk in chunks {
+            self.digests.update(chunk);
+        }
+        let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+        let mut remaining = &mut slices[..];
+        while !remaining.is_empty() {
+            match self.file.write_vectored(remaining) {
+                Ok(0) => return Err(Error::io("write", path, io::ErrorKind::WriteZero.into())),
+                Ok(n) => IoSlice::advance_slices(&mut remaining, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("write", path, e)),
+            }
+        }
+        Ok(())
     }
 }
 
-/// A block being written on the blocking pool; gives back the sink and the emptied buffer.
-type BlockWrite = JoinHandle<Result<(Sink, Vec<u8>), Error>>;
+/// Body chunks gathered for one write: the bytes hyper received, not copied.
+#[derive(Default)]
+struct Chunks {
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+impl Chunks {
+    fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len();
+        self.chunks.push(chunk);
+    }
+
+    /// Full: a block of bytes, or so many tiny chunks that a vectored write would be split.
+    fn is_full(&self) -> bool {
+        self.len >= BLOCK || self.chunks.len() >= MAX_CHUNKS
+    }
+}
+
+/// Chunks per write at most (Linux's IOV_MAX is 1024).
+const MAX_CHUNKS: usize = 512;
+
+/// A block being written on the blocking pool; gives back the sink.
+type BlockWrite = JoinHandle<Result<Sink, Error>>;
 
 /// Digests of an existing file: (length, SHA-256, MD5 when asked).
 pub(crate) type FileDigest = (u64, [u8; 32], Option<[u8; 16]>);
@@ -233,8 +269,7 @@ pub(crate) struct PartWriter {
     /// Where the part starts: bytes of an earlier attempt kept for a resumed transfer.
     offset: u64,
     want_md5: bool,
-    buffer: Vec<u8>,
-    spare: Vec<u8>,
+    buffer: Chunks,
     sink: Option<Sink>,
     in_flight: Option<BlockWrite>,
     /// Bytes handed to this writer, the resumed prefix included.
@@ -244,15 +279,13 @@ pub(crate) struct PartWriter {
 impl PartWriter {
     /// A writer for `rel` that keeps the first `offset` bytes of an existing `.part` file
     /// (0 starts afresh). Nothing touches the disk until the first block or `finish`.
-    pub(crate) fn new(store: Arc<Store>, rel: &str, offset: u64, want_md5: bool, size_hint: Option<u64>) -> Self {
-        let capacity = size_hint.map_or(16 * 1024, |s| usize::try_from(s).unwrap_or(BLOCK).min(BLOCK));
+    pub(crate) fn new(store: Arc<Store>, rel: &str, offset: u64, want_md5: bool) -> Self {
         Self {
             store,
             rel: rel.to_owned(),
             offset,
             want_md5,
-            buffer: Vec::with_capacity(capacity),
-            spare: Vec::new(),
+            buffer: Chunks::default(),
             sink: None,
             in_flight: None,
             total: offset,
@@ -265,10 +298,10 @@ impl PartWriter {
     }
 
     /// Appends body bytes; every full block goes to the blocking pool while more arrive.
-    pub(crate) async fn write(&mut self, data: &[u8]) -> Result<(), Error> {
+    pub(crate) async fn write(&mut self, data: Bytes) -> Result<(), Error> {
         self.total += data.len() as u64;
-        self.buffer.extend_from_slice(data);
-        if self.buffer.len() >= BLOCK {
+        self.buffer.push(data);
+        if self.buffer.is_full() {
             self.flush_block().await?;
         }
         Ok(())
@@ -277,18 +310,10 @@ impl PartWriter {
     /// Waits for the block being written, then hands the current buffer to the blocking pool.
     async fn flush_block(&mut self) -> Result<(), Error> {
         let sink = match self.in_flight.take() {
-            Some(handle) => {
-                let (sink, spare) = join(handle).await?;
-                self.spare = spare;
-                Some(sink)
-            }
+            Some(handle) => Some(join(handle).await?),
             None => self.sink.take(),
         };
-        let data = std::mem::replace(&mut self.buffer, std::mem::take(&mut self.spare));
-        self.buffer.clear();
-        if self.buffer.capacity() < BLOCK {
-            self.buffer.reserve(BLOCK);
-        }
+        let data = std::mem::take(&mut self.buffer).chunks;
         let store = Arc::clone(&self.store);
         let rel = self.rel.clone();
         let (offset, want_md5) = (self.offset, self.want_md5);
@@ -298,16 +323,14 @@ impl PartWriter {
                 None => open_part(&store, &rel, offset, want_md5)?,
             };
             sink.write(&part_path(&store.dest(&rel)), &data)?;
-            let mut data = data;
-            data.clear();
-            Ok((sink, data))
+            Ok(sink)
         }));
         Ok(())
     }
 
     /// Writes what is buffered and leaves the `.part` file for a later resume.
     pub(crate) async fn keep_partial(mut self) -> Result<u64, Error> {
-        if !self.buffer.is_empty() {
+        if self.buffer.len > 0 {
             self.flush_block().await?;
         }
         if let Some(handle) = self.in_flight.take() {
@@ -329,15 +352,15 @@ impl PartWriter {
     /// On a mismatch the part file is removed and nothing is renamed.
     pub(crate) async fn finish(mut self, expect: Expect, final_rel: &str) -> Result<Finished, Error> {
         let sink = match self.in_flight.take() {
-            Some(handle) => Some(join(handle).await?.0),
+            Some(handle) => Some(join(handle).await?),
             None => self.sink.take(),
         };
         let store = Arc::clone(&self.store);
         let rel = std::mem::take(&mut self.rel);
         let final_rel = final_rel.to_owned();
-        let data = std::mem::take(&mut self.buffer);
+        let Chunks { chunks: data, len } = std::mem::take(&mut self.buffer);
         let (offset, want_md5, total) = (self.offset, self.want_md5, self.total);
-        let inline = sink.is_none() && data.len() <= INLINE_MAX && self.store.disk_is_fast();
+        let inline = sink.is_none() && len <= INLINE_MAX && self.store.disk_is_fast();
         let work = move || {
             let part = part_path(&store.dest(&rel));
             let mut sink = match sink {
