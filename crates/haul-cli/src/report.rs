@@ -51,19 +51,19 @@ impl CliReporter {
 }
 
 impl haul::Reporter for CliReporter {
-    fn on_job_finished(&self, r: &haul::JobReport) {
+    fn on_job_finished(&self, r: &haul::JobReport<'_>) {
         if r.status == haul::JobStatus::Failed && !self.quiet {
             let at = if r.line > 0 {
                 format!("line {}: ", r.line)
             } else {
                 String::new()
             };
-            self.problem(&format!("failed: {at}{}: {}", r.url, r.error.as_deref().unwrap_or("?")));
+            self.problem(&format!("failed: {at}{}: {}", r.url, r.error.unwrap_or("?")));
         }
         if let Some(report) = &self.report {
             let line = serde_json::json!({
                 "id": r.id,
-                "url": r.url,
+                "url": r.url.to_string(),
                 "path": r.path,
                 "status": r.status.name(),
                 "http_status": r.http_status,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
-use crate::job::Job;
+use crate::job::{Job, SafeUrl};
 use crate::manifest::ManifestError;
 
 /// How a job ended.
@@ -40,17 +40,18 @@ impl JobStatus {
     }
 }
 
-/// The outcome of one job, as reported to a [`Reporter`] and written to `--report`.
-#[derive(Debug, Clone)]
-pub struct JobReport {
+/// The outcome of one job, as reported to a [`Reporter`] and written to `--report`. It borrows
+/// from the engine's job state, so reporting a job allocates nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct JobReport<'a> {
     /// The job's archive key.
-    pub id: String,
-    /// The URL with secrets redacted.
-    pub url: String,
+    pub id: &'a str,
+    /// The URL; displays with secrets redacted.
+    pub url: SafeUrl<'a>,
     /// The `host:port` the job talked to.
-    pub host: String,
+    pub host: &'a str,
     /// The output path relative to the output directory, when one was decided.
-    pub path: Option<String>,
+    pub path: Option<&'a str>,
     /// How it ended.
     pub status: JobStatus,
     /// The last HTTP status seen, if any.
@@ -60,9 +61,9 @@ pub struct JobReport {
     /// HTTP attempts made.
     pub attempts: u32,
     /// A short reason ("http 404", "exists", "archived"), for grouping.
-    pub reason: Option<String>,
+    pub reason: Option<&'a str>,
     /// The full error message, for failures.
-    pub error: Option<String>,
+    pub error: Option<&'a str>,
     /// The manifest line the job came from.
     pub line: u64,
 }
@@ -75,7 +76,7 @@ pub trait Reporter: Send + Sync {
     /// An attempt failed and will be retried after `delay`.
     fn on_retry(&self, _job: &Job, _attempt: u32, _error: &Error, _delay: Duration) {}
     /// A job ended (done, skipped, failed or pending).
-    fn on_job_finished(&self, _report: &JobReport) {}
+    fn on_job_finished(&self, _report: &JobReport<'_>) {}
     /// A manifest line was refused; the run goes on.
     fn on_bad_line(&self, _error: &ManifestError) {}
 }
@@ -243,46 +244,58 @@ impl Monitor {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Registers a transfer in flight; it is removed when the guard drops.
-    pub(crate) fn start_transfer(self: &Arc<Self>, path: &str) -> TransferGuard {
-        let id = self.next_transfer.fetch_add(1, Ordering::Relaxed);
-        let state = Arc::new(TransferState {
-            path: path.to_owned(),
-            received: AtomicU64::new(0),
-            total: AtomicU64::new(u64::MAX),
-        });
-        self.transfers.lock().expect("transfers").insert(id, Arc::clone(&state));
+    /// Registers a transfer in flight; it is removed when the guard drops. Only transfers that
+    /// may be large are listed (see [`LISTED_MIN`]); every transfer's bytes are counted.
+    pub(crate) fn start_transfer(self: &Arc<Self>, path: &str, total: Option<u64>) -> TransferGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
+        let listed = total.is_none_or(|t| t >= LISTED_MIN).then(|| {
+            let id = self.next_transfer.fetch_add(1, Ordering::Relaxed);
+            let state = Arc::new(TransferState {
+                path: path.to_owned(),
+                received: AtomicU64::new(0),
+                total: AtomicU64::new(total.unwrap_or(u64::MAX)),
+            });
+            self.transfers.lock().expect("transfers").insert(id, Arc::clone(&state));
+            (id, state)
+        });
         TransferGuard {
             monitor: Arc::clone(self),
-            id,
-            state,
+            listed,
         }
     }
 }
 
+/// Transfers smaller than this are counted but not listed among the largest in flight: they
+/// finish before a display could show them, and listing costs a lock per file.
+const LISTED_MIN: u64 = 1024 * 1024;
+
 /// A transfer's entry in the [`Monitor`]; counts its bytes.
 pub(crate) struct TransferGuard {
     monitor: Arc<Monitor>,
-    id: u64,
-    state: Arc<TransferState>,
+    listed: Option<(u64, Arc<TransferState>)>,
 }
 
 impl TransferGuard {
-    pub(crate) fn set_progress(&self, received: u64, total: Option<u64>) {
-        self.state.received.store(received, Ordering::Relaxed);
-        self.state.total.store(total.unwrap_or(u64::MAX), Ordering::Relaxed);
+    /// Sets where the file starts (a resumed prefix).
+    pub(crate) fn set_received(&self, received: u64) {
+        if let Some((_, state)) = &self.listed {
+            state.received.store(received, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn add_bytes(&self, n: u64) {
-        self.state.received.fetch_add(n, Ordering::Relaxed);
+        if let Some((_, state)) = &self.listed {
+            state.received.fetch_add(n, Ordering::Relaxed);
+        }
         self.monitor.bytes.fetch_add(n, Ordering::Relaxed);
     }
 }
 
 impl Drop for TransferGuard {
     fn drop(&mut self) {
-        self.monitor.transfers.lock().expect("transfers").remove(&self.id);
+        if let Some((id, _)) = &self.listed {
+            self.monitor.transfers.lock().expect("transfers").remove(id);
+        }
         self.monitor.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -328,17 +341,20 @@ impl Summary {
         self.skipped.values().sum()
     }
 
-    pub(crate) fn record(&mut self, report: &JobReport) {
+    pub(crate) fn record(&mut self, report: &JobReport<'_>) {
         match report.status {
             JobStatus::Done => self.done += 1,
             JobStatus::Skipped => {
-                *self
-                    .skipped
-                    .entry(report.reason.clone().unwrap_or_default())
-                    .or_default() += 1;
+                let reason = report.reason.unwrap_or_default();
+                match self.skipped.get_mut(reason) {
+                    Some(count) => *count += 1,
+                    None => {
+                        self.skipped.insert(reason.to_owned(), 1);
+                    }
+                }
             }
             JobStatus::Failed => {
-                let mut key = (report.reason.clone().unwrap_or_default(), report.host.clone());
+                let mut key = (report.reason.unwrap_or_default().to_owned(), report.host.to_owned());
                 if self.failed.len() >= MAX_FAILURE_GROUPS && !self.failed.contains_key(&key) {
                     key = ("other".to_owned(), "other hosts".to_owned());
                 }

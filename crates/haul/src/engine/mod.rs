@@ -450,7 +450,7 @@ impl Dispatcher {
             Input::Skip(job, path, reason) => {
                 self.shared.monitor.on_read();
                 let state = skipped_state(*job, path);
-                self.finish_report(&state, JobStatus::Skipped, Some(reason.to_owned()), None);
+                self.finish_report(&state, JobStatus::Skipped, Some(reason), None);
             }
             Input::Refused(job, error) => {
                 self.shared.monitor.on_read();
@@ -477,7 +477,7 @@ impl Dispatcher {
         let Some(result) = result else {
             // Keep the validators so the next run can resume the `.part` file with If-Range.
             self.shared.note_partial(&state, None);
-            self.finish_report(&state, JobStatus::Pending, Some("interrupted".into()), None);
+            self.finish_report(&state, JobStatus::Pending, Some("interrupted"), None);
             return false;
         };
         match result {
@@ -490,7 +490,7 @@ impl Dispatcher {
                 self.record_done(&state, file.bytes, &file.sha256);
                 let mut adopted = state;
                 adopted.bytes = file.bytes;
-                self.finish_report(&adopted, JobStatus::Skipped, Some("exists".into()), None);
+                self.finish_report(&adopted, JobStatus::Skipped, Some("exists"), None);
                 false
             }
             Err(error) => self.on_error(state, error),
@@ -568,15 +568,20 @@ impl Dispatcher {
                 attempts: state.attempts,
             });
         }
-        self.finish_report(state, JobStatus::Failed, Some(error.reason()), Some(error.to_string()));
+        self.finish_report(
+            state,
+            JobStatus::Failed,
+            Some(&error.reason()),
+            Some(&error.to_string()),
+        );
     }
 
-    fn finish_report(&mut self, state: &JobState, status: JobStatus, reason: Option<String>, error: Option<String>) {
+    fn finish_report(&mut self, state: &JobState, status: JobStatus, reason: Option<&str>, error: Option<&str>) {
         let report = JobReport {
-            id: state.job.id.clone(),
-            url: state.job.safe_url().to_string(),
-            host: state.host.clone(),
-            path: (!state.final_rel.is_empty()).then(|| state.final_rel.clone()),
+            id: &state.job.id,
+            url: state.job.safe_url(),
+            host: &state.host,
+            path: (!state.final_rel.is_empty()).then_some(state.final_rel.as_str()),
             status,
             http_status: state.http_status,
             bytes: state.bytes,

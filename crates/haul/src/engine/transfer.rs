@@ -63,6 +63,11 @@ pub(crate) async fn run(shared: &Arc<Shared>, state: &mut JobState) -> Result<Ou
 /// Applies `--on-exists` to a destination that exists. Returns a finished file when it is
 /// adopted as is.
 async fn check_existing(shared: &Arc<Shared>, state: &mut JobState) -> Result<Option<Finished>, Error> {
+    if shared.store.started_empty() {
+        // A new output directory: only this run writes there, and it never gives one path to
+        // two jobs (the dispatcher's conflict check), so a stat per job would find nothing.
+        return Ok(None);
+    }
     let dest = shared.store.dest(&state.rel);
     let meta = match fs::symlink_metadata(&dest) {
         Ok(meta) => meta,
@@ -164,8 +169,8 @@ async fn attempt(shared: &Arc<Shared>, state: &mut JobState) -> Result<Finished,
         return writer.finish(expect, &state.final_rel).await;
     }
     shared.note_partial(state, total);
-    let guard = shared.monitor.start_transfer(&state.rel);
-    guard.set_progress(head.offset, total);
+    let guard = shared.monitor.start_transfer(&state.rel, total);
+    guard.set_received(head.offset);
     let mut window = (Instant::now(), 0u64);
     loop {
         let chunk = match response.chunk().await {

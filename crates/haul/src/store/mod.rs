@@ -47,6 +47,9 @@ pub(crate) struct Store {
     /// and renaming in one directory spin on its inode lock in the kernel: measured with perf,
     /// 16 concurrent finishers spent ~27% of all CPU in `rwsem_spin_on_owner`.
     finishers: tokio::sync::Semaphore,
+    /// True when the output directory held nothing (but haul's state) at the start: no file of
+    /// an earlier run can be in the way, so destinations need no existence check.
+    was_empty: bool,
     /// Until when small finishes must go to the blocking pool (after a slow inline finish).
     slow_until: Mutex<Option<Instant>>,
 }
@@ -82,16 +85,25 @@ impl Store {
     pub(crate) fn open(root: &Path, fsync: bool) -> Result<Self, Error> {
         fs::create_dir_all(root).map_err(|e| Error::io("create output directory", root, e))?;
         let root = fs::canonicalize(root).map_err(|e| Error::io("open output directory", root, e))?;
+        let was_empty = fs::read_dir(&root)
+            .map_err(|e| Error::io("read output directory", &root, e))?
+            .all(|entry| entry.is_ok_and(|e| e.file_name() == crate::config::STATE_DIR));
         let probe = root.join(format!(".haul-write-test-{}", std::process::id()));
         File::create(&probe).map_err(|e| Error::io("write in output directory", &root, e))?;
         let _ = fs::remove_file(&probe);
         Ok(Self {
             root,
             fsync,
+            was_empty,
             safe_dirs: Mutex::new(HashSet::new()),
             finishers: tokio::sync::Semaphore::new(FINISHERS),
             slow_until: Mutex::new(None),
         })
+    }
+
+    /// True when nothing but this run can have put a file at a destination (see `was_empty`).
+    pub(crate) fn started_empty(&self) -> bool {
+        self.was_empty
     }
 
     /// True unless a recent inline finish was slow (see [`INLINE_BUDGET`]).

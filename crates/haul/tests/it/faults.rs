@@ -11,7 +11,7 @@ async fn one(
     faults: &str,
     size: u64,
     tune: impl FnOnce(haul::ConfigBuilder) -> haul::ConfigBuilder,
-) -> (haul::JobReport, tempfile::TempDir, FaultServer) {
+) -> (crate::support::Seen, tempfile::TempDir, FaultServer) {
     let server = FaultServer::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let url = server.url("x.bin", size, faults);

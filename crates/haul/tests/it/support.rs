@@ -4,20 +4,40 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use haul::{Config, ConfigBuilder, Engine, Format, JobReport, ManifestReader, Reporter, Summary};
+use haul::{Config, ConfigBuilder, Engine, Format, JobReport, JobStatus, ManifestReader, Reporter, Summary};
+
+/// A job report as the tests keep it.
+#[derive(Debug, Clone)]
+pub(crate) struct Seen {
+    pub(crate) id: String,
+    pub(crate) status: JobStatus,
+    pub(crate) http_status: Option<u16>,
+    pub(crate) attempts: u32,
+    pub(crate) reason: Option<String>,
+    pub(crate) error: Option<String>,
+    pub(crate) line: u64,
+}
 
 /// Collects every job report.
 #[derive(Default)]
-pub(crate) struct Collect(pub(crate) Mutex<Vec<JobReport>>);
+pub(crate) struct Collect(pub(crate) Mutex<Vec<Seen>>);
 
 impl Reporter for Collect {
-    fn on_job_finished(&self, report: &JobReport) {
-        self.0.lock().unwrap().push(report.clone());
+    fn on_job_finished(&self, r: &JobReport<'_>) {
+        self.0.lock().unwrap().push(Seen {
+            id: r.id.to_owned(),
+            status: r.status,
+            http_status: r.http_status,
+            attempts: r.attempts,
+            reason: r.reason.map(str::to_owned),
+            error: r.error.map(str::to_owned),
+            line: r.line,
+        });
     }
 }
 
 impl Collect {
-    pub(crate) fn by_id(&self) -> BTreeMap<String, JobReport> {
+    pub(crate) fn by_id(&self) -> BTreeMap<String, Seen> {
         self.0
             .lock()
             .unwrap()
