@@ -122,6 +122,10 @@ pub(crate) struct GetArgs {
     /// How URLs map to file names when the manifest gives no path
     #[arg(long, value_enum, default_value_t = LayoutArg::Flat)]
     pub(crate) layout: LayoutArg,
+    /// Name files by the server's Content-Disposition (when the manifest gives no path); the name
+    /// is sanitised and stays in the directory the URL maps to
+    #[arg(long)]
+    pub(crate) content_disposition: bool,
     /// What to do when a destination file already exists
     #[arg(long, value_enum, default_value_t = OnExistsArg::Skip)]
     pub(crate) on_exists: OnExistsArg,
@@ -164,6 +168,36 @@ pub(crate) struct GetArgs {
     /// The User-Agent header
     #[arg(long)]
     pub(crate) user_agent: Option<String>,
+    /// Basic auth for one host: HOST=USER:PASSWORD (sent to that host only); repeatable
+    #[arg(long = "auth", value_name = "HOST=USER:PASSWORD")]
+    pub(crate) auth: Vec<String>,
+    /// A bearer token for one host: HOST=TOKEN (sent to that host only); repeatable
+    #[arg(long = "bearer", value_name = "HOST=TOKEN")]
+    pub(crate) bearer: Vec<String>,
+    /// Read credentials from ~/.netrc (or $NETRC); --auth and --bearer win over it
+    #[arg(long)]
+    pub(crate) netrc: bool,
+    /// Read credentials from this netrc file
+    #[arg(long, value_name = "FILE")]
+    pub(crate) netrc_file: Option<PathBuf>,
+    /// Send cookies from a Netscape cookies.txt file (to the domains they belong to)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) cookies: Option<PathBuf>,
+    /// Redirects followed at most (loops and non-http(s) targets are always refused)
+    #[arg(long, default_value_t = haul::DEFAULT_MAX_REDIRECTS)]
+    pub(crate) max_redirects: usize,
+    /// Follow redirects from https to http (refused by default)
+    #[arg(long)]
+    pub(crate) allow_https_downgrade: bool,
+    /// Do not verify TLS certificates (dangerous: anyone on the path can change the files)
+    #[arg(long)]
+    pub(crate) insecure: bool,
+    /// Send every request through this proxy (http://, https:// or socks5:// URL)
+    #[arg(long, value_name = "URL")]
+    pub(crate) proxy: Option<String>,
+    /// Ignore the proxy environment variables (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY)
+    #[arg(long, conflicts_with = "proxy")]
+    pub(crate) no_proxy: bool,
     /// The archive (journal of done and failed jobs) [default: OUTPUT/.haul/archive.sqlite]
     #[arg(long, value_name = "FILE")]
     pub(crate) archive: Option<PathBuf>,
@@ -235,6 +269,14 @@ impl GetArgs {
             .archive(archive)
             .wait_archive(self.wait_archive)
             .fsync(self.fsync);
+        builder = builder
+            .credentials(self.credentials()?)
+            .max_redirects(self.max_redirects)
+            .allow_https_downgrade(self.allow_https_downgrade)
+            .insecure(self.insecure)
+            .proxy(self.proxy.clone())
+            .no_proxy(self.no_proxy)
+            .content_disposition(self.content_disposition);
         if let Some(agent) = &self.user_agent {
             builder = builder.user_agent(agent.clone());
         }
@@ -242,6 +284,52 @@ impl GetArgs {
             bail!("--concurrency and --per-host must be at least 1");
         }
         Ok(builder.build())
+    }
+}
+
+impl GetArgs {
+    /// Credentials from --auth, --bearer, the netrc file and the cookies file.
+    fn credentials(&self) -> Result<haul::Credentials> {
+        let mut creds = haul::Credentials::default();
+        for spec in &self.auth {
+            let (host, pair) = spec.split_once('=').context("--auth expects HOST=USER:PASSWORD")?;
+            let (user, password) = match pair.split_once(':') {
+                Some((user, password)) => (user, Some(password.to_owned())),
+                None => (pair, None),
+            };
+            creds.set(
+                host,
+                haul::Auth::Basic {
+                    user: user.to_owned(),
+                    password,
+                },
+            );
+        }
+        for spec in &self.bearer {
+            let (host, token) = spec.split_once('=').context("--bearer expects HOST=TOKEN")?;
+            creds.set(host, haul::Auth::Bearer(token.to_owned()));
+        }
+        let netrc = self.netrc_file.clone().or_else(|| {
+            self.netrc.then(|| {
+                std::env::var_os("NETRC").map_or_else(
+                    || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".netrc"),
+                    PathBuf::from,
+                )
+            })
+        });
+        if let Some(path) = netrc {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            creds
+                .add_netrc(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        }
+        if let Some(path) = &self.cookies {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            creds
+                .add_cookies_txt(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        }
+        Ok(creds)
     }
 }
 

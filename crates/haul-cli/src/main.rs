@@ -137,6 +137,12 @@ fn spool_failed(config: &haul::Config) -> Result<PathBuf, Failure> {
 
 fn get(args: GetArgs) -> Result<Exit, Failure> {
     let config = args.config().map_err(|e| fail(Exit::Usage, e))?;
+    if config.insecure {
+        let _ = writeln!(
+            std::io::stderr(),
+            "warning: --insecure: TLS certificates are NOT verified; anyone on the network path can change what is downloaded"
+        );
+    }
     if args.input.is_none() && args.urls.is_empty() && !args.retry_failed {
         return Err(fail(
             Exit::Usage,
@@ -279,6 +285,8 @@ fn failed(arg: Option<&Path>, show_secrets: bool) -> Result<Exit> {
             Ok(parsed) if !show_secrets => haul::SafeUrl(&parsed).to_string(),
             _ => url.to_owned(),
         };
+        // An id that is the URL itself is a secret as much as the URL.
+        let id = if id == url { shown.as_str() } else { id };
         let line = serde_json::json!({ "id": id, "url": shown, "path": path });
         writeln!(out, "{line}").map_err(|e| haul::Error::Archive(e.to_string()))
     });

@@ -61,9 +61,12 @@ impl haul::Reporter for CliReporter {
             self.problem(&format!("failed: {at}{}: {}", r.url, r.error.unwrap_or("?")));
         }
         if let Some(report) = &self.report {
+            // An id that is the URL itself is shown redacted like the URL.
+            let url = r.url.to_string();
+            let id = if r.id == r.url.0.as_str() { url.as_str() } else { r.id };
             let line = serde_json::json!({
-                "id": r.id,
-                "url": r.url.to_string(),
+                "id": id,
+                "url": url,
                 "path": r.path,
                 "status": r.status.name(),
                 "http_status": r.http_status,

@@ -18,6 +18,10 @@
 //! | `badrange=1` | answer a Range with a Content-Range that starts elsewhere |
 //! | `novalidators=1` | send no ETag and no Last-Modified |
 //! | `chunked=1` | no Content-Length |
+//! | `disposition=TEXT` | send `Content-Disposition: TEXT` (percent-decoded) |
+//!
+//! `/redirect?to=URL` answers 302 to the (percent-encoded) URL, `/hop/N` starts a chain of N
+//! redirects ending at `/f/hop.bin?size=100`, and `/loop` redirects to itself.
 //!
 //! A [`Mix`] adds seeded random faults to every request. The server counts requests per path
 //! and records request headers, for assertions.
@@ -249,6 +253,26 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             .body(full(Bytes::new()))
             .expect("response");
     }
+    if path == "/loop" {
+        return Response::builder()
+            .status(StatusCode::FOUND)
+            .header("location", "/loop")
+            .body(full(Bytes::new()))
+            .expect("response");
+    }
+    if let Some(hops) = path.strip_prefix("/hop/").and_then(|n| n.parse::<u64>().ok()) {
+        // A chain of redirects: /hop/N -> /hop/N-1 -> ... -> /hop/0 -> the file `hop.bin`.
+        let next = if hops == 0 {
+            "/f/hop.bin?size=100".to_owned()
+        } else {
+            format!("/hop/{}", hops - 1)
+        };
+        return Response::builder()
+            .status(StatusCode::FOUND)
+            .header("location", next)
+            .body(full(Bytes::new()))
+            .expect("response");
+    }
     let Some(name) = path.strip_prefix("/f/") else {
         return Response::builder()
             .status(StatusCode::NOT_FOUND)
@@ -317,6 +341,9 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             .header("last-modified", "Wed, 01 Jan 2025 00:00:00 GMT");
     }
     builder = builder.header("accept-ranges", "bytes");
+    if let Some(disposition) = param("disposition") {
+        builder = builder.header("content-disposition", percent_decode(disposition));
+    }
     if partial {
         let shown = if param("badrange").is_some() { start + 1 } else { start };
         builder = builder.header("content-range", format!("bytes {shown}-{}/{size}", size - 1));

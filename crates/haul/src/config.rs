@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::auth::Credentials;
 use crate::store::Layout;
 
 /// Transfers in flight at most, over all hosts.
@@ -22,7 +23,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// No byte for this long fails the attempt (headers or body).
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Redirects followed at most.
-pub(crate) const DEFAULT_MAX_REDIRECTS: usize = 10;
+pub const DEFAULT_MAX_REDIRECTS: usize = 10;
 /// The archive's file name inside `OUTPUT/.haul/`.
 pub const DEFAULT_ARCHIVE_NAME: &str = "archive.sqlite";
 /// haul's own state directory inside the output directory.
@@ -101,6 +102,20 @@ pub struct Config {
     pub batch_records: usize,
     /// Longest wait of a record for its transaction.
     pub batch_delay: Duration,
+    /// Credentials and cookies by host.
+    pub credentials: Credentials,
+    /// Redirects followed at most.
+    pub max_redirects: usize,
+    /// Follow redirects from https to http.
+    pub allow_https_downgrade: bool,
+    /// Accept any TLS certificate (dangerous; off by default).
+    pub insecure: bool,
+    /// Send every request through this proxy (`http://`, `https://` or `socks5://` URL).
+    pub proxy: Option<String>,
+    /// Ignore the proxy environment variables (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`).
+    pub no_proxy: bool,
+    /// Name files by the server's `Content-Disposition` when the manifest gives no path.
+    pub content_disposition: bool,
 }
 
 impl Config {
@@ -134,6 +149,13 @@ impl Config {
                 fsync: false,
                 batch_records: crate::archive::DEFAULT_BATCH_RECORDS,
                 batch_delay: crate::archive::DEFAULT_BATCH_DELAY,
+                credentials: Credentials::default(),
+                max_redirects: DEFAULT_MAX_REDIRECTS,
+                allow_https_downgrade: false,
+                insecure: false,
+                proxy: None,
+                no_proxy: false,
+                content_disposition: false,
             },
         }
     }
@@ -211,6 +233,20 @@ setters! {
     batch_records: usize;
     /// Longest wait of a record for its transaction.
     batch_delay: Duration;
+    /// Credentials and cookies by host.
+    credentials: Credentials;
+    /// Redirects followed at most.
+    max_redirects: usize;
+    /// Follow redirects from https to http.
+    allow_https_downgrade: bool;
+    /// Accept any TLS certificate.
+    insecure: bool;
+    /// Send every request through this proxy.
+    proxy: Option<String>;
+    /// Ignore the proxy environment variables.
+    no_proxy: bool;
+    /// Name files by the server's Content-Disposition.
+    content_disposition: bool;
 }
 
 impl ConfigBuilder {

@@ -132,6 +132,7 @@ impl Error {
     pub fn reason(&self) -> String {
         match self {
             Self::Status { status, .. } => format!("http {status}"),
+            Self::Network(e) if e.is_redirect() => "redirect".into(),
             Self::Network(e) if e.is_timeout() => "timeout".into(),
             Self::Network(e) if e.is_connect() => "connect".into(),
             Self::Network(_) => "network".into(),
@@ -159,7 +160,9 @@ pub(crate) fn is_disk_full(err: &io::Error) -> bool {
 
 /// reqwest's own Display hides the cause ("error sending request"); name it, without the URL.
 fn describe_network(err: &reqwest::Error) -> String {
-    let mut text = if err.is_connect() {
+    let mut text = if err.is_redirect() {
+        "redirect refused".to_string()
+    } else if err.is_connect() {
         "connect failed".to_string()
     } else if err.is_timeout() {
         "timed out".to_string()

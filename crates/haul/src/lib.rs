@@ -24,12 +24,14 @@
 //! ```
 #![deny(missing_docs)]
 
+mod auth;
 mod error;
 mod fetch;
 mod job;
 mod manifest;
 pub mod store;
 
+pub use auth::{Auth, Credentials};
 pub use error::{Error, ErrorClass};
 pub use fetch::classify;
 pub use job::{Job, SafeUrl, to_hex};
@@ -42,8 +44,8 @@ mod config;
 mod engine;
 pub use config::{
     ArchiveMode, Config, ConfigBuilder, DEFAULT_ARCHIVE_NAME, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_MAX_RETRY_WAIT, DEFAULT_PER_HOST, DEFAULT_READ_TIMEOUT, DEFAULT_RETRIES, DEFAULT_RETRY_CAP,
-    DEFAULT_RETRY_WAIT, OnExists, STATE_DIR,
+    DEFAULT_MAX_REDIRECTS, DEFAULT_MAX_RETRY_WAIT, DEFAULT_PER_HOST, DEFAULT_READ_TIMEOUT, DEFAULT_RETRIES,
+    DEFAULT_RETRY_CAP, DEFAULT_RETRY_WAIT, OnExists, STATE_DIR,
 };
 pub use engine::{Canceller, Engine};
 pub use store::Layout;

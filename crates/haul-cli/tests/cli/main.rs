@@ -415,3 +415,113 @@ fn disk_full_stops_with_the_fatal_code_and_keeps_finished_files() {
         "{status_text} vs {done:?}"
     );
 }
+
+#[test]
+fn proxies_from_the_flag_and_the_environment_with_no_proxy() {
+    let rt = runtime();
+    let proxy = rt.block_on(FaultServer::start());
+    let direct = rt.block_on(FaultServer::start());
+    let tmp = tempfile::tempdir().unwrap();
+    // Port 9 on loopback is closed: the file can only arrive through the proxy.
+    let unreachable = "http://127.0.0.1:9/f/via.bin?size=100".to_owned();
+    let list = manifest(tmp.path(), &[unreachable]);
+    let out = tmp.path().join("a");
+    let flag = run(&get_args(
+        &list,
+        &out,
+        &["--proxy", &proxy.base(), "--progress", "none", "--retries", "0"],
+    ));
+    assert_eq!(flag.status.code(), Some(0), "{}", stderr(&flag));
+    assert_eq!(proxy.hits("/f/via.bin"), 1);
+    assert_eq!(std::fs::read(out.join("via.bin")).unwrap(), body_for("via.bin", 100));
+
+    // HTTP_PROXY from the environment, and NO_PROXY exempting the direct server's host.
+    let list = manifest(tmp.path(), &[direct.url("env.bin", 100, "")]);
+    let out = tmp.path().join("b");
+    let env = haul()
+        .args(get_args(&list, &out, &["--progress", "none"]))
+        .env("HTTP_PROXY", proxy.base())
+        .env("NO_PROXY", "127.0.0.1")
+        .output()
+        .unwrap();
+    assert_eq!(env.status.code(), Some(0), "{}", stderr(&env));
+    assert_eq!((direct.hits("/f/env.bin"), proxy.hits("/f/env.bin")), (1, 0));
+    let out = tmp.path().join("c");
+    let proxied = haul()
+        .args(get_args(&list, &out, &["--progress", "none"]))
+        .env("HTTP_PROXY", proxy.base())
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .output()
+        .unwrap();
+    assert_eq!(proxied.status.code(), Some(0), "{}", stderr(&proxied));
+    assert_eq!(proxy.hits("/f/env.bin"), 1, "HTTP_PROXY is honoured");
+}
+
+#[test]
+fn netrc_cookies_and_secrets_stay_out_of_output() {
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let tmp = tempfile::tempdir().unwrap();
+    let netrc = tmp.path().join("netrc");
+    std::fs::write(&netrc, "machine 127.0.0.1 login alice password n3trc-pass\n").unwrap();
+    let cookies = tmp.path().join("cookies.txt");
+    std::fs::write(
+        &cookies,
+        "# Netscape HTTP Cookie File\n127.0.0.1\tFALSE\t/\tFALSE\t0\tsid\tc00kie-secret\n",
+    )
+    .unwrap();
+    let signed = format!(
+        "{}&X-Amz-Signature=sig-secret",
+        server.url("gone.bin", 10, "status=403")
+    );
+    let list = manifest(tmp.path(), &[server.url("a.bin", 10, ""), signed]);
+    let out = tmp.path().join("out");
+    let report = tmp.path().join("report.jsonl");
+    let result = run(&get_args(
+        &list,
+        &out,
+        &[
+            "--netrc-file",
+            path(&netrc),
+            "--cookies",
+            path(&cookies),
+            "--report",
+            path(&report),
+            "--progress",
+            "plain",
+        ],
+    ));
+    assert_eq!(result.status.code(), Some(1));
+    let seen = server.headers_seen();
+    let auth = seen[0].1.get("authorization").unwrap().to_str().unwrap().to_owned();
+    assert_eq!(
+        auth, "Basic YWxpY2U6bjN0cmMtcGFzcw==",
+        "alice:n3trc-pass from the netrc file"
+    );
+    assert_eq!(seen[0].1.get("cookie").unwrap(), "sid=c00kie-secret");
+    let printed = format!("{}{}", stderr(&result), std::fs::read_to_string(&report).unwrap());
+    for secret in ["n3trc-pass", "c00kie-secret", "sig-secret"] {
+        assert!(!printed.contains(secret), "{secret} was printed: {printed}");
+    }
+    assert!(printed.contains("X-Amz-Signature=***"), "{printed}");
+    let failed = run(&["failed", path(&out)]);
+    assert!(!String::from_utf8_lossy(&failed.stdout).contains("sig-secret"));
+}
+
+#[test]
+fn insecure_is_loud() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = manifest(tmp.path(), &["http://127.0.0.1:9/x".into()]);
+    let out = tmp.path().join("out");
+    let result = run(&get_args(
+        &list,
+        &out,
+        &["--insecure", "--retries", "0", "--progress", "none"],
+    ));
+    assert!(
+        stderr(&result).contains("TLS certificates are NOT verified"),
+        "{}",
+        stderr(&result)
+    );
+}

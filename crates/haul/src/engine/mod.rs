@@ -70,9 +70,17 @@ pub(crate) struct Shared {
     journal: Option<Journal>,
     /// Finds which job owns an existing file (path conflicts across runs).
     path_owner: Option<Mutex<ArchiveReader>>,
+    /// Fingerprints of the paths this run writes: two jobs, one file is a conflict.
+    claimed: Mutex<HashSet<u64>>,
 }
 
 impl Shared {
+    /// Claims `rel` for one job of this run; false when another job has it.
+    fn claim(&self, rel: &str) -> bool {
+        let fingerprint = RelPath::fingerprint_of(rel, self.store.folds_case());
+        self.claimed.lock().expect("claimed paths").insert(fingerprint)
+    }
+
     /// Journals a large transfer as it starts, with its validators, for resume after a crash.
     fn note_partial(&self, state: &JobState, total: Option<u64>) {
         let Some(journal) = &self.journal else { return };
@@ -193,6 +201,7 @@ impl Engine {
             monitor: Arc::clone(&self.monitor),
             journal,
             path_owner,
+            claimed: Mutex::new(HashSet::new()),
             config,
         });
         self.monitor.restart_clock();
@@ -209,7 +218,6 @@ impl Engine {
             shared: Arc::clone(&shared),
             reporter,
             scheduler: Scheduler::new(shared.config.concurrency, shared.config.per_host),
-            claimed: HashSet::new(),
             summary: Summary::default(),
             jitter: Jitter::new(seed()),
             backoff: Backoff {
@@ -249,11 +257,45 @@ fn build_client(config: &Config) -> Result<reqwest::Client, Error> {
         .read_timeout(config.read_timeout)
         .pool_max_idle_per_host(config.per_host)
         .tcp_nodelay(true)
-        .redirect(reqwest::redirect::Policy::limited(crate::config::DEFAULT_MAX_REDIRECTS));
+        .redirect(redirect_policy(config.max_redirects, config.allow_https_downgrade));
     if config.http2_prior_knowledge {
         builder = builder.http2_prior_knowledge();
     }
+    if config.insecure {
+        builder = builder.tls_danger_accept_invalid_certs(true);
+    }
+    if config.no_proxy {
+        builder = builder.no_proxy();
+    }
+    if let Some(proxy) = &config.proxy {
+        let proxy = reqwest::Proxy::all(proxy.as_str()).map_err(|_| Error::Url(format!("bad --proxy {proxy:?}")))?;
+        builder = builder.proxy(proxy);
+    }
     builder.build().map_err(Error::Network)
+}
+
+/// Follows at most `max` redirects to http(s) only, refuses loops, and refuses https → http
+/// unless allowed. Credentials and cookies are dropped by the client when the origin changes.
+fn redirect_policy(max: usize, allow_downgrade: bool) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        let next = attempt.url();
+        let previous = attempt.previous();
+        if !matches!(next.scheme(), "http" | "https") {
+            let scheme = next.scheme().to_owned();
+            return attempt.error(format!("refused redirect to a {scheme}: URL (only http and https)"));
+        }
+        if previous.iter().any(|seen| seen == next) {
+            return attempt.error("redirect loop");
+        }
+        // `previous` starts with the original URL, which is not a redirect.
+        if previous.len() > max {
+            return attempt.error(format!("more than {max} redirects"));
+        }
+        if !allow_downgrade && next.scheme() == "http" && previous.last().is_some_and(|p| p.scheme() == "https") {
+            return attempt.error("refused redirect from https to http (--allow-https-downgrade allows it)");
+        }
+        attempt.follow()
+    })
 }
 
 fn header_map(headers: &[(String, String)]) -> Result<HeaderMap, Error> {
@@ -345,6 +387,7 @@ fn prepare(job: Job, shared: &Shared, archive: Option<&ArchiveReader>) -> Result
         http_status: None,
         bytes: 0,
         checked_exists: false,
+        named_by_server: false,
     })))
 }
 
@@ -352,8 +395,6 @@ struct Dispatcher {
     shared: Arc<Shared>,
     reporter: Arc<dyn Reporter>,
     scheduler: Scheduler<Box<JobState>>,
-    /// Fingerprints of the paths this run writes: two jobs, one file is a conflict.
-    claimed: HashSet<u64>,
     summary: Summary,
     jitter: Jitter,
     backoff: Backoff,
@@ -438,8 +479,7 @@ impl Dispatcher {
         match message {
             Input::Job(state) => {
                 self.shared.monitor.on_read();
-                let fingerprint = RelPath::fingerprint_of(&state.rel);
-                if !self.claimed.insert(fingerprint) {
+                if !self.shared.claim(&state.rel) {
                     let error = Error::Conflict(state.rel.clone());
                     self.fail(&state, &error);
                     return false;
@@ -607,6 +647,7 @@ fn skipped_state(job: Job, path: String) -> JobState {
         http_status: None,
         bytes: 0,
         checked_exists: true,
+        named_by_server: false,
     }
 }
 

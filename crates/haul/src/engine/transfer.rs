@@ -11,7 +11,7 @@ use crate::config::OnExists;
 use crate::error::Error;
 use crate::fetch::{self, Validators};
 use crate::job::Job;
-use crate::store::{Expect, Finished, PartWriter, part_path};
+use crate::store::{Expect, Finished, PartWriter, disposition_filename, part_path};
 
 /// A job between attempts: everything the retry loop carries along.
 #[derive(Debug)]
@@ -28,6 +28,8 @@ pub(crate) struct JobState {
     pub(crate) bytes: u64,
     /// True once the existing-destination check ran (it runs before the first attempt only).
     pub(crate) checked_exists: bool,
+    /// True once a Content-Disposition name replaced the derived one.
+    pub(crate) named_by_server: bool,
 }
 
 /// What an attempt achieved.
@@ -57,7 +59,7 @@ pub(crate) async fn run(shared: &Arc<Shared>, state: &mut JobState) -> Result<Ou
             return Ok(Outcome::Adopted(adopted));
         }
     }
-    attempt(shared, state).await.map(Outcome::Done)
+    attempt(shared, state).await
 }
 
 /// Applies `--on-exists` to a destination that exists. Returns a finished file when it is
@@ -137,7 +139,7 @@ fn free_name(shared: &Shared, rel: &str) -> String {
 }
 
 /// One HTTP attempt streamed into `.part` and finished into place.
-async fn attempt(shared: &Arc<Shared>, state: &mut JobState) -> Result<Finished, Error> {
+async fn attempt(shared: &Arc<Shared>, state: &mut JobState) -> Result<Outcome, Error> {
     state.attempts += 1;
     let config = &shared.config;
     let part = part_path(&shared.store.dest(&state.rel));
@@ -148,14 +150,43 @@ async fn attempt(shared: &Arc<Shared>, state: &mut JobState) -> Result<Finished,
     } else {
         0
     };
-    let (head, mut response) = fetch::send(&shared.client, &state.job, &shared.headers, offset, &state.validators)
-        .await
-        .inspect_err(|e| {
-            state.http_status = e.http_status();
-        })?;
+    let (head, mut response) = fetch::send(
+        &shared.client,
+        &state.job,
+        &shared.headers,
+        &shared.config.credentials,
+        offset,
+        &state.validators,
+    )
+    .await
+    .inspect_err(|e| {
+        state.http_status = e.http_status();
+    })?;
     state.http_status = Some(head.status);
     if head.validators.etag.is_some() || head.validators.last_modified.is_some() || !head.already_complete {
         state.validators = head.validators.clone();
+    }
+    if let Some(name) = head
+        .disposition
+        .as_deref()
+        .filter(|_| wants_server_name(shared, state))
+        .and_then(disposition_filename)
+    {
+        state.named_by_server = true;
+        let renamed = match state.rel.rsplit_once('/') {
+            Some((dir, _)) => format!("{dir}/{name}"),
+            None => name,
+        };
+        if renamed != state.rel {
+            if !shared.claim(&renamed) {
+                return Err(Error::Conflict(renamed));
+            }
+            state.rel.clone_from(&renamed);
+            state.final_rel = renamed;
+            if let Some(adopted) = check_existing(shared, state).await? {
+                return Ok(Outcome::Adopted(adopted));
+            }
+        }
     }
     let total = head.total.or(state.job.size);
     if let (Some(limit), Some(total)) = (config.max_size, total)
@@ -166,7 +197,7 @@ async fn attempt(shared: &Arc<Shared>, state: &mut JobState) -> Result<Finished,
     let expect = state.expect(head.total);
     let mut writer = PartWriter::new(Arc::clone(&shared.store), &state.rel, head.offset, expect.md5.is_some());
     if head.already_complete {
-        return writer.finish(expect, &state.final_rel).await;
+        return writer.finish(expect, &state.final_rel).await.map(Outcome::Done);
     }
     shared.note_partial(state, total);
     let guard = shared.monitor.start_transfer(&state.rel, total);
@@ -214,7 +245,12 @@ async fn attempt(shared: &Arc<Shared>, state: &mut JobState) -> Result<Finished,
         keep_or_drop(writer, &state.validators).await;
         return Err(Error::ShortBody { got, expected });
     }
-    writer.finish(expect, &state.final_rel).await
+    writer.finish(expect, &state.final_rel).await.map(Outcome::Done)
+}
+
+/// `--content-disposition` names a file only when the manifest did not, and only once.
+fn wants_server_name(shared: &Shared, state: &JobState) -> bool {
+    shared.config.content_disposition && state.job.path.is_none() && !state.named_by_server
 }
 
 /// After a failed body: keep the `.part` file when a later attempt can resume it safely, else

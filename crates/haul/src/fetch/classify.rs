@@ -9,6 +9,8 @@ use crate::error::{Error, ErrorClass, is_disk_full};
 pub fn classify(err: &Error) -> ErrorClass {
     match err {
         Error::Status { status, retry_after } => classify_status(*status, *retry_after),
+        // A refused redirect (loop, too many, downgrade, odd scheme) will be refused again.
+        Error::Network(e) if e.is_redirect() => ErrorClass::Permanent,
         // Below HTTP: connect refused, reset, TLS and h2 stream errors all may pass on retry.
         Error::Network(_)
         | Error::IdleTimeout(_)

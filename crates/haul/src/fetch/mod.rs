@@ -14,6 +14,7 @@ use reqwest::{Client, Response, StatusCode};
 
 pub use classify::classify;
 
+use crate::auth::{Auth, Credentials};
 use crate::error::Error;
 use crate::job::Job;
 
@@ -66,6 +67,8 @@ pub(crate) struct Head {
     pub(crate) validators: Validators,
     /// True when a 416 showed the `.part` file is already complete.
     pub(crate) already_complete: bool,
+    /// The `Content-Disposition` header, if any.
+    pub(crate) disposition: Option<String>,
 }
 
 /// Sends one GET for `job`, asking for bytes from `offset` when a resumable part exists.
@@ -73,10 +76,22 @@ pub(crate) async fn send(
     client: &Client,
     job: &Job,
     extra_headers: &HeaderMap,
+    credentials: &Credentials,
     offset: u64,
     validators: &Validators,
 ) -> Result<(Head, Response), Error> {
     let mut request = client.get(job.url.clone()).headers(extra_headers.clone());
+    // Credentials go only to their own host; URL userinfo (already basic auth) wins.
+    if job.url.username().is_empty() {
+        request = match credentials.auth_for(&job.url) {
+            Some(Auth::Basic { user, password }) => request.basic_auth(user, password.as_deref()),
+            Some(Auth::Bearer(token)) => request.bearer_auth(token),
+            None => request,
+        };
+    }
+    if let Some(cookies) = credentials.cookie_header(&job.url) {
+        request = request.header(header::COOKIE, cookies);
+    }
     // We store bytes as served: no compression means no decoded-size surprises, no bombs,
     // and byte ranges that mean what they say.
     request = request.header(header::ACCEPT_ENCODING, "identity");
@@ -94,6 +109,11 @@ pub(crate) async fn send(
     let status = response.status();
     let head_validators = Validators::from_headers(response.headers());
     let content_length = response.content_length();
+    let disposition = response
+        .headers()
+        .get(header::CONTENT_DISPOSITION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     match status {
         StatusCode::OK => Ok((
             Head {
@@ -102,6 +122,7 @@ pub(crate) async fn send(
                 total: content_length,
                 validators: head_validators,
                 already_complete: false,
+                disposition: disposition.clone(),
             },
             response,
         )),
@@ -139,6 +160,7 @@ pub(crate) async fn send(
                     total,
                     validators: head_validators,
                     already_complete: false,
+                    disposition: disposition.clone(),
                 },
                 response,
             ))
@@ -159,6 +181,7 @@ pub(crate) async fn send(
                     total,
                     validators: validators.clone(),
                     already_complete: true,
+                    disposition: disposition.clone(),
                 };
                 return Ok((head, response));
             }

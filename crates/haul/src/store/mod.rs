@@ -10,6 +10,7 @@
 //! long. Larger bodies are written in 256 KiB blocks on the blocking pool while the next block is
 //! being received (double buffering), and hashed there too.
 
+mod disposition;
 mod path;
 
 use std::collections::HashSet;
@@ -25,6 +26,7 @@ use md5::Md5;
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
+pub use disposition::disposition_filename;
 pub use path::{Layout, RelPath, checked_path, output_path};
 
 use crate::error::Error;
@@ -50,6 +52,8 @@ pub(crate) struct Store {
     /// True when the output directory held nothing (but haul's state) at the start: no file of
     /// an earlier run can be in the way, so destinations need no existence check.
     was_empty: bool,
+    /// True when names that differ only in case are one file here.
+    folds_case: bool,
     /// Until when small finishes must go to the blocking pool (after a slow inline finish).
     slow_until: Mutex<Option<Instant>>,
 }
@@ -90,15 +94,24 @@ impl Store {
             .all(|entry| entry.is_ok_and(|e| e.file_name() == crate::config::STATE_DIR));
         let probe = root.join(format!(".haul-write-test-{}", std::process::id()));
         File::create(&probe).map_err(|e| Error::io("write in output directory", &root, e))?;
+        // The same name in upper case finds the probe only where the file system folds case
+        // (vfat, exFAT, APFS, NTFS, ext4 casefold directories).
+        let folds_case = fs::symlink_metadata(root.join(format!(".HAUL-WRITE-TEST-{}", std::process::id()))).is_ok();
         let _ = fs::remove_file(&probe);
         Ok(Self {
             root,
             fsync,
             was_empty,
+            folds_case,
             safe_dirs: Mutex::new(HashSet::new()),
             finishers: tokio::sync::Semaphore::new(FINISHERS),
             slow_until: Mutex::new(None),
         })
+    }
+
+    /// True when the output directory's file system folds case (so `A.jpg` is `a.jpg`).
+    pub(crate) fn folds_case(&self) -> bool {
+        self.folds_case
     }
 
     /// True when nothing but this run can have put a file at a destination (see `was_empty`).

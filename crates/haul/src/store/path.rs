@@ -35,8 +35,13 @@ impl RelPath {
 
     /// A 64-bit fingerprint of a relative path, used to detect two jobs writing one file
     /// (8 bytes per job in memory instead of the whole path).
-    pub(crate) fn fingerprint_of(rel: &str) -> u64 {
-        fingerprint(rel.as_bytes())
+    /// On a file system that folds case, `A.jpg` and `a.jpg` are one file: compare lowercased.
+    pub(crate) fn fingerprint_of(rel: &str, folds_case: bool) -> u64 {
+        if folds_case {
+            fingerprint(rel.to_lowercase().as_bytes())
+        } else {
+            fingerprint(rel.as_bytes())
+        }
     }
 }
 
@@ -141,7 +146,7 @@ fn decode_component(text: &str) -> String {
 }
 
 /// Makes one component safe: no separators, no control characters, not `.`/`..`, not too long.
-fn sanitize(name: &str) -> String {
+pub(crate) fn sanitize(name: &str) -> String {
     let cleaned: String = name
         .chars()
         .map(|c| {
@@ -227,6 +232,18 @@ mod tests {
         assert!(!path.as_str().split('/').any(|c| c == ".."), "{path:?}");
         // The URL parser already resolves `%2e%2e` as a dot-dot segment; the encoded slash stays text.
         assert_eq!(path.as_str(), "h/.._etc_passwd");
+    }
+
+    #[test]
+    fn case_folding_file_systems_see_one_file() {
+        assert_ne!(
+            RelPath::fingerprint_of("a/Photo.JPG", false),
+            RelPath::fingerprint_of("a/photo.jpg", false)
+        );
+        assert_eq!(
+            RelPath::fingerprint_of("a/Photo.JPG", true),
+            RelPath::fingerprint_of("a/photo.jpg", true)
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use haul::{Config, ConfigBuilder, Engine, Format, JobReport, JobStatus, Manifest
 #[derive(Debug, Clone)]
 pub(crate) struct Seen {
     pub(crate) id: String,
+    pub(crate) url: String,
     pub(crate) status: JobStatus,
     pub(crate) http_status: Option<u16>,
     pub(crate) attempts: u32,
@@ -26,6 +27,7 @@ impl Reporter for Collect {
     fn on_job_finished(&self, r: &JobReport<'_>) {
         self.0.lock().unwrap().push(Seen {
             id: r.id.to_owned(),
+            url: r.url.to_string(),
             status: r.status,
             http_status: r.http_status,
             attempts: r.attempts,
