@@ -192,6 +192,9 @@ pub(crate) struct GetArgs {
     /// Do not verify TLS certificates (dangerous: anyone on the path can change the files)
     #[arg(long)]
     pub(crate) insecure: bool,
+    /// Also trust the certificate authorities of this PEM file (beside the system's)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ca_cert: Option<PathBuf>,
     /// Send every request through this proxy (http://, https:// or socks5:// URL)
     #[arg(long, value_name = "URL")]
     pub(crate) proxy: Option<String>,
@@ -276,7 +279,8 @@ impl GetArgs {
             .insecure(self.insecure)
             .proxy(self.proxy.clone())
             .no_proxy(self.no_proxy)
-            .content_disposition(self.content_disposition);
+            .content_disposition(self.content_disposition)
+            .ca_certs(self.ca_cert.clone());
         if let Some(agent) = &self.user_agent {
             builder = builder.user_agent(agent.clone());
         }

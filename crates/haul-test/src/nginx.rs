@@ -15,6 +15,10 @@ pub struct Nginx {
     pub port: u16,
     /// The h2c port (`listen ... http2`).
     pub h2_port: u16,
+    /// The TLS port (HTTP/2 offered by ALPN), with a self-signed certificate for 127.0.0.1.
+    pub tls_port: u16,
+    /// The PEM certificate of the test CA that signed the TLS port's certificate.
+    pub certificate: PathBuf,
 }
 
 fn free_port() -> u16 {
@@ -22,6 +26,68 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port()
+}
+
+/// A test CA (`ca.pem`) and a server certificate it signed for 127.0.0.1 (`cert.pem`, `key.pem`).
+fn make_certificates(work: &Path) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    std::fs::write(
+        work.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write leaf.ext");
+    let steps: [Vec<&str>; 3] = [
+        [
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "2",
+                "-subj",
+                "/CN=haul test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        ]
+        .concat(),
+        [
+            &["req"][..],
+            &ec,
+            &["-subj", "/CN=127.0.0.1", "-keyout", "key.pem", "-out", "leaf.csr"],
+        ]
+        .concat(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "cert.pem",
+        ],
+    ];
+    for args in steps {
+        let made = Command::new("openssl")
+            .args(&args)
+            .current_dir(work)
+            .output()
+            .expect("openssl is not installed: apt-get install -y openssl");
+        assert!(
+            made.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    }
 }
 
 /// Where the nginx binary is, if installed.
@@ -42,7 +108,13 @@ impl Nginx {
     pub fn start(root: &Path, work: &Path) -> Self {
         let binary = nginx_binary().expect("nginx is not installed: apt-get install -y nginx-light");
         for attempt in 0..5 {
-            let (port, h2_port) = (free_port(), free_port());
+            let (port, h2_port, tls_port) = (free_port(), free_port(), free_port());
+            std::fs::create_dir_all(work).expect("nginx work dir");
+            let certificate = work.join("ca.pem");
+            let key = work.join("key.pem");
+            if !certificate.exists() {
+                make_certificates(work);
+            }
             std::fs::create_dir_all(work.join("logs")).expect("nginx logs dir");
             std::fs::create_dir_all(work.join("tmp")).expect("nginx tmp dir");
             let w = work.display();
@@ -56,8 +128,13 @@ impl Nginx {
                  sendfile on; tcp_nopush on; keepalive_requests 1000000; keepalive_timeout 120s;\n\
                  http2_max_requests 1000000;\n\
                  server {{ listen 127.0.0.1:{port}; root {root}; }}\n\
-                 server {{ listen 127.0.0.1:{h2_port} http2; root {root}; }}\n}}\n",
-                root = root.display()
+                 server {{ listen 127.0.0.1:{h2_port} http2; root {root}; }}\n\
+                 server {{ listen 127.0.0.1:{tls_port} ssl http2; root {root};\n\
+                   ssl_certificate {cert}; ssl_certificate_key {key};\n\
+                   location = /downgrade {{ return 302 http://127.0.0.1:{port}/downgraded; }} }}\n}}\n",
+                root = root.display(),
+                cert = work.join("cert.pem").display(),
+                key = key.display()
             );
             std::fs::write(work.join("nginx.conf"), conf).expect("write nginx.conf");
             let status = Command::new(&binary)
@@ -93,6 +170,8 @@ impl Nginx {
                 pid,
                 port,
                 h2_port,
+                tls_port,
+                certificate,
             };
         }
         unreachable!("nginx start loop returns or panics")
@@ -108,6 +187,12 @@ impl Nginx {
     #[must_use]
     pub fn h2_base(&self) -> String {
         format!("http://127.0.0.1:{}", self.h2_port)
+    }
+
+    /// `https://127.0.0.1:TLSPORT` (HTTP/2 by ALPN; `/downgrade` redirects to plain http).
+    #[must_use]
+    pub fn tls_base(&self) -> String {
+        format!("https://127.0.0.1:{}", self.tls_port)
     }
 
     /// The access log's lines so far.

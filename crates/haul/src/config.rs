@@ -116,6 +116,8 @@ pub struct Config {
     pub no_proxy: bool,
     /// Name files by the server's `Content-Disposition` when the manifest gives no path.
     pub content_disposition: bool,
+    /// Extra trusted certificate authorities (a PEM bundle), beside the system's.
+    pub ca_certs: Option<PathBuf>,
 }
 
 impl Config {
@@ -156,6 +158,7 @@ impl Config {
                 proxy: None,
                 no_proxy: false,
                 content_disposition: false,
+                ca_certs: None,
             },
         }
     }
@@ -247,6 +250,8 @@ setters! {
     no_proxy: bool;
     /// Name files by the server's Content-Disposition.
     content_disposition: bool;
+    /// Extra trusted certificate authorities (a PEM bundle).
+    ca_certs: Option<PathBuf>;
 }
 
 impl ConfigBuilder {

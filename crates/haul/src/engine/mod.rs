@@ -264,6 +264,12 @@ fn build_client(config: &Config) -> Result<reqwest::Client, Error> {
     if config.insecure {
         builder = builder.tls_danger_accept_invalid_certs(true);
     }
+    if let Some(path) = &config.ca_certs {
+        let pem = std::fs::read(path).map_err(|e| Error::io("read CA bundle", path, e))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|_| Error::Url(format!("{} holds no PEM certificate", path.display())))?;
+        builder = builder.tls_certs_merge(certs);
+    }
     if config.no_proxy {
         builder = builder.no_proxy();
     }

@@ -9,8 +9,9 @@ use crate::error::{Error, ErrorClass, is_disk_full};
 pub fn classify(err: &Error) -> ErrorClass {
     match err {
         Error::Status { status, retry_after } => classify_status(*status, *retry_after),
-        // A refused redirect (loop, too many, downgrade, odd scheme) will be refused again.
-        Error::Network(e) if e.is_redirect() => ErrorClass::Permanent,
+        // A refused redirect (loop, too many, downgrade, odd scheme) will be refused again, and
+        // so will a certificate that does not verify.
+        Error::Network(e) if e.is_redirect() || is_certificate_error(e) => ErrorClass::Permanent,
         // Below HTTP: connect refused, reset, TLS and h2 stream errors all may pass on retry.
         Error::Network(_)
         | Error::IdleTimeout(_)
@@ -28,6 +29,19 @@ pub fn classify(err: &Error) -> ErrorClass {
         Error::Io { source, .. } => classify_io(source),
         Error::Archive(_) => ErrorClass::Fatal,
     }
+}
+
+/// True when TLS refused the server's certificate. rustls reports it as an I/O error whose text
+/// says "invalid peer certificate"; its type is not part of reqwest's API, so the text decides.
+fn is_certificate_error(err: &reqwest::Error) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(err);
+    while let Some(cause) = source {
+        if cause.to_string().contains("invalid peer certificate") {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 fn classify_status(status: u16, retry_after: Option<std::time::Duration>) -> ErrorClass {

@@ -202,3 +202,53 @@ async fn rerun_skips_archived_jobs_without_requests() {
         assert_eq!(row.path.as_deref(), Some(name.as_str()));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_verified_negotiates_h2_and_refuses_downgrades() {
+    let s = site(50, 20_000);
+    let manifest: String = s
+        .files
+        .iter()
+        .map(|(n, _)| format!("{}/{n}\n", s.nginx.tls_base()))
+        .collect();
+    // An unknown self-signed certificate: every job fails, nothing is written.
+    let (summary, _) = run(config(&s.out).build(), &manifest, Format::Plain).await;
+    assert_eq!(summary.failed_total(), 50, "{summary:?}");
+    assert_eq!(summary.retries, 0, "a certificate that does not verify is not retried");
+    assert!(files_under(&s.out).is_empty());
+    // Trusting its certificate: downloaded over HTTP/2, chosen by ALPN.
+    let (summary, reports) = run(
+        config(&s.out).ca_certs(Some(s.nginx.certificate.clone())).build(),
+        &manifest,
+        Format::Plain,
+    )
+    .await;
+    assert_eq!(
+        summary.done,
+        50,
+        "{summary:?} {:?}",
+        reports.0.lock().unwrap().first().and_then(|r| r.error.clone())
+    );
+    assert_all_downloaded(&s, "");
+    assert!(s.nginx.access_log().iter().filter(|l| l.contains("HTTP/2.0")).count() >= 50);
+    // https -> http redirects are refused unless allowed.
+    std::fs::write(s._tmp.path().join("www/downgraded"), b"plain").unwrap();
+    let down = format!("{}/downgrade\n", s.nginx.tls_base());
+    let trusted = || {
+        config(&s.out)
+            .retries(0)
+            .ca_certs(Some(s.nginx.certificate.clone()))
+            .archive(ArchiveMode::Off)
+    };
+    let (summary, reports) = run(trusted().build(), &down, Format::Plain).await;
+    assert_eq!(summary.failed_total(), 1);
+    let error = reports.0.lock().unwrap()[0].error.clone().unwrap();
+    assert!(error.contains("from https to http"), "{error}");
+    let (summary, _) = run(trusted().allow_https_downgrade(true).build(), &down, Format::Plain).await;
+    assert_eq!(summary.done, 1);
+    assert_eq!(std::fs::read(s.out.join("downgrade")).unwrap(), b"plain");
+    // --insecure accepts the unknown certificate.
+    let insecure = s._tmp.path().join("insecure");
+    let (summary, _) = run(config(&insecure).insecure(true).build(), &manifest, Format::Plain).await;
+    assert_eq!(summary.done, 50);
+}
