@@ -525,3 +525,51 @@ fn insecure_is_loud() {
         stderr(&result)
     );
 }
+
+#[test]
+fn unwritable_output_directory_fails_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let blocker = tmp.path().join("a-file");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let out = blocker.join("out");
+    let list = manifest(tmp.path(), &["http://127.0.0.1:9/x".into()]);
+    let result = run(&get_args(&list, &out, &["--progress", "none"]));
+    assert_eq!(result.status.code(), Some(3));
+    assert!(
+        stderr(&result).contains("create output directory"),
+        "{}",
+        stderr(&result)
+    );
+    assert_eq!(std::fs::read(&blocker).unwrap(), b"not a directory");
+}
+
+#[test]
+fn repeated_sigint_exits_130_without_marking_anything_done() {
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let list = manifest(tmp.path(), &[server.url("slow.bin", 4_000_000, "rate=1000000")]);
+    let child = haul()
+        .args(get_args(&list, &out, &["--progress", "none"]))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let started = Instant::now();
+    for _ in 0..2 {
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let result = child.wait_with_output().unwrap();
+    assert_eq!(result.status.code(), Some(130));
+    assert!(started.elapsed() < Duration::from_secs(3), "exited promptly");
+    assert!(!out.join("slow.bin").exists(), "nothing incomplete at the final name");
+    let status = run(&["status", path(&out)]);
+    assert!(
+        !String::from_utf8_lossy(&status.stdout).contains("done:"),
+        "nothing recorded done"
+    );
+}

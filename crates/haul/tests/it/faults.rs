@@ -211,3 +211,44 @@ async fn soak_with_mixed_faults() {
         assert_eq!(row.sha256.as_deref(), Some(sha256_hex(&bytes).as_str()));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_not_satisfiable_on_a_complete_part_finishes_it() {
+    // A crash after the last byte but before the rename: the part is complete and the archive
+    // holds its validators. The rerun asks for the bytes after it, gets 416, verifies, renames.
+    let server = FaultServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let size = 2_000_000;
+    let url = server.url("x.bin", size, "");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("x.bin.part"), body_for("x.bin", size)).unwrap();
+    let archive = haul::archive::Archive::open(&out.join(".haul/archive.sqlite"), false).unwrap();
+    let journal = archive.writer(10, Duration::from_millis(10), false).unwrap();
+    journal
+        .record(haul::archive::Record {
+            id: url.clone(),
+            url: url.clone(),
+            path: Some("x.bin".into()),
+            size: Some(size),
+            sha256: None,
+            etag: Some(format!("\"x.bin-{size}-v0\"")),
+            last_modified: None,
+            status: haul::archive::RowStatus::Partial,
+            http_status: Some(200),
+            error_class: None,
+            error: None,
+            attempts: 1,
+        })
+        .unwrap();
+    journal.close().unwrap();
+    drop(archive);
+    let (summary, reports) = run(config(&out).build(), &format!("{url}\n"), Format::Plain).await;
+    assert_eq!(summary.done, 1, "{summary:?}");
+    let report = reports.by_id().remove(&url).unwrap();
+    assert_eq!((report.attempts, report.http_status), (1, Some(416)));
+    assert_file(&tmp, size);
+    assert!(!out.join("x.bin.part").exists());
+    let range = server.headers_seen()[0].1.get("range").cloned().unwrap();
+    assert_eq!(range, format!("bytes={size}-").as_str());
+}
