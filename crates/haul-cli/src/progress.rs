@@ -70,17 +70,31 @@ fn rate(count: f64, elapsed: Duration) -> f64 {
 }
 
 #[expect(clippy::cast_precision_loss, reason = "display only")]
-fn overall(stats: &haul::Stats) -> String {
+fn overall(stats: &haul::Stats, in_flight: &[haul::Transfer]) -> String {
     let finished = stats.done + stats.skipped + stats.failed;
+    // Until the whole manifest has been read, the total is only a lower bound.
     let total = stats
         .total
-        .map_or_else(|| format!("{} so far", stats.read), |t| t.to_string());
+        .map_or_else(|| format!("{}+", stats.read), |t| t.to_string());
+    let byte_rate = rate(stats.bytes as f64, stats.elapsed);
     let eta = match stats.total {
-        Some(total) if stats.done > 0 && total > finished => {
-            let per_file = stats.elapsed.as_secs_f64() / finished.max(1) as f64;
+        Some(total) if finished > 0 && (total > finished || !in_flight.is_empty()) => {
+            // Files still to finish at the pace so far, but never less than the bytes the
+            // largest transfers still need at the current byte rate.
+            let per_file = stats.elapsed.as_secs_f64() / finished as f64;
+            let by_files = per_file * total.saturating_sub(finished) as f64;
+            let remaining: u64 = in_flight
+                .iter()
+                .filter_map(|t| t.total.map(|size| size.saturating_sub(t.received)))
+                .sum();
+            let by_bytes = if byte_rate > 0.0 {
+                remaining as f64 / byte_rate
+            } else {
+                0.0
+            };
             format!(
                 " · ETA {}",
-                human_duration(Duration::from_secs_f64(per_file * (total - finished) as f64))
+                human_duration(Duration::from_secs_f64(by_files.max(by_bytes)))
             )
         }
         _ => String::new(),
@@ -89,7 +103,7 @@ fn overall(stats: &haul::Stats) -> String {
         "{finished}/{total} files · {} · {:.0} files/s · {}/s · {} failed · {} retries{eta}",
         human_bytes(stats.bytes),
         rate(stats.done as f64, stats.elapsed),
-        human_bytes(rate(stats.bytes as f64, stats.elapsed) as u64),
+        human_bytes(byte_rate as u64),
         stats.failed,
         stats.retries,
     )
@@ -98,39 +112,38 @@ fn overall(stats: &haul::Stats) -> String {
 async fn bars(multi: MultiProgress, monitor: Arc<haul::Monitor>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let main = multi.add(ProgressBar::new(0));
     main.set_style(
-        ProgressStyle::with_template("{spinner} [{bar:30}] {msg}")
+        ProgressStyle::with_template("{spinner} [{bar:24}] {wide_msg}")
             .expect("template")
             .progress_chars("=> "),
     );
-    let transfer_style = ProgressStyle::with_template("  {wide_msg} {bytes:>10}/{total_bytes:<10} {bar:20}")
+    let transfer_style = ProgressStyle::with_template("  [{bar:20}] {bytes:>10}/{total_bytes:<10} {wide_msg}")
         .expect("template")
         .progress_chars("=> ");
+    let hidden = ProgressStyle::with_template("").expect("template");
     let rows: Vec<ProgressBar> = (0..SHOWN_TRANSFERS)
         .map(|_| {
             let bar = multi.add(ProgressBar::new(0));
-            bar.set_style(transfer_style.clone());
+            bar.set_style(hidden.clone());
             bar
         })
         .collect();
     loop {
         let stats = monitor.stats();
+        let largest = monitor.largest_transfers(SHOWN_TRANSFERS);
         let finished = stats.done + stats.skipped + stats.failed;
         main.set_length(stats.total.unwrap_or(stats.read).max(finished));
         main.set_position(finished);
-        main.set_message(overall(&stats));
+        main.set_message(overall(&stats, &largest));
         main.tick();
-        let largest = monitor.largest_transfers(SHOWN_TRANSFERS);
         for (i, bar) in rows.iter().enumerate() {
             match largest.get(i) {
                 Some(t) => {
+                    bar.set_style(transfer_style.clone());
                     bar.set_length(t.total.unwrap_or(t.received));
                     bar.set_position(t.received);
                     bar.set_message(t.path.clone());
                 }
-                None => {
-                    bar.set_length(0);
-                    bar.set_message(String::new());
-                }
+                None => bar.set_style(hidden.clone()),
             }
         }
         if *stop.borrow() {
@@ -175,7 +188,7 @@ async fn lines(monitor: Arc<haul::Monitor>, mut stop: tokio::sync::watch::Receiv
             })
             .to_string()
         } else {
-            overall(&stats)
+            overall(&stats, &[])
         };
         let _ = writeln!(std::io::stderr(), "{line}");
     }
