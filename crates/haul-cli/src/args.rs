@@ -168,6 +168,12 @@ pub(crate) struct GetArgs {
     /// The User-Agent header
     #[arg(long)]
     pub(crate) user_agent: Option<String>,
+    /// A header for one host only: HOST=Name: value (not sent to hosts a redirect leads to); repeatable
+    #[arg(long = "host-header", value_name = "HOST=HEADER")]
+    pub(crate) host_headers: Vec<String>,
+    /// A configuration file with per-host settings ([host NAME] sections of `header = Name: value`)
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
     /// Basic auth for one host: HOST=USER:PASSWORD (sent to that host only); repeatable
     #[arg(long = "auth", value_name = "HOST=USER:PASSWORD")]
     pub(crate) auth: Vec<String>,
@@ -273,6 +279,7 @@ impl GetArgs {
             .wait_archive(self.wait_archive)
             .fsync(self.fsync);
         builder = builder
+            .host_headers(self.host_headers()?)
             .credentials(self.credentials()?)
             .max_redirects(self.max_redirects)
             .allow_https_downgrade(self.allow_https_downgrade)
@@ -292,6 +299,26 @@ impl GetArgs {
 }
 
 impl GetArgs {
+    /// Per-host headers from the configuration file, then from --host-header.
+    fn host_headers(&self) -> Result<Vec<(String, String, String)>> {
+        let mut out = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                crate::config::host_headers(&text, &path.display().to_string())?
+            }
+            None => Vec::new(),
+        };
+        for spec in &self.host_headers {
+            let parsed = spec.split_once('=').and_then(|(host, header)| {
+                header
+                    .split_once(':')
+                    .map(|(name, value)| (host.to_owned(), name.trim().to_owned(), value.trim().to_owned()))
+            });
+            out.push(parsed.with_context(|| format!("bad --host-header {spec:?}: expected HOST=Name: value"))?);
+        }
+        Ok(out)
+    }
+
     /// Credentials from --auth, --bearer, the netrc file and the cookies file.
     fn credentials(&self) -> Result<haul::Credentials> {
         let mut creds = haul::Credentials::default();

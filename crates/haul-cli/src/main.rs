@@ -2,6 +2,7 @@
 //! exit code. All printing of the project happens here.
 
 mod args;
+mod config;
 mod exit;
 mod progress;
 mod report;

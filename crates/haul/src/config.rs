@@ -92,6 +92,8 @@ pub struct Config {
     pub user_agent: String,
     /// Headers sent with every request.
     pub headers: Vec<(String, String)>,
+    /// Headers sent only to one host: `(host, name, value)`.
+    pub host_headers: Vec<(String, String, String)>,
     /// Where the archive lives.
     pub archive: ArchiveMode,
     /// Wait for another process's archive lock instead of failing.
@@ -146,6 +148,7 @@ impl Config {
                 http2_prior_knowledge: false,
                 user_agent: format!("haul/{}", env!("CARGO_PKG_VERSION")),
                 headers: Vec::new(),
+                host_headers: Vec::new(),
                 archive: ArchiveMode::Default,
                 wait_archive: false,
                 fsync: false,
@@ -226,6 +229,8 @@ setters! {
     user_agent: String;
     /// Headers sent with every request.
     headers: Vec<(String, String)>;
+    /// Headers sent only to one host: `(host, name, value)`.
+    host_headers: Vec<(String, String, String)>;
     /// Where the archive lives.
     archive: ArchiveMode;
     /// Wait for another process's archive lock.

@@ -89,6 +89,9 @@ pub enum Error {
     /// The destination exists and `--on-exists fail` is set.
     #[error("destination exists: {0}")]
     Exists(String),
+    /// A redirect was refused (loop, too many, https to http, another scheme).
+    #[error("redirect refused: {0}")]
+    Redirect(String),
     /// The URL cannot be fetched (unsupported scheme, no host).
     #[error("unsupported URL: {0}")]
     Url(String),
@@ -146,6 +149,7 @@ impl Error {
             Self::Conflict(_) => "path conflict".into(),
             Self::Exists(_) => "exists".into(),
             Self::Url(_) => "bad url".into(),
+            Self::Redirect(_) => "redirect".into(),
             Self::Io { source, .. } if is_disk_full(source) => "disk full".into(),
             Self::Io { .. } => "io".into(),
             Self::Archive(_) => "archive".into(),

@@ -573,3 +573,23 @@ fn repeated_sigint_exits_130_without_marking_anything_done() {
         "nothing recorded done"
     );
 }
+
+#[test]
+fn config_file_sets_headers_per_host() {
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = tmp.path().join("haul.conf");
+    std::fs::write(&conf, "# per-host settings\n[host 127.0.0.1]\nheader = X-Api-Key: from-config\n\n[host elsewhere.example]\nheader = X-Other: no\n").unwrap();
+    let list = manifest(tmp.path(), &[server.url("a.bin", 10, "")]);
+    let out = tmp.path().join("out");
+    let result = run(&get_args(&list, &out, &["--config", path(&conf), "--progress", "none"]));
+    assert_eq!(result.status.code(), Some(0), "{}", stderr(&result));
+    let seen = &server.headers_seen()[0].1;
+    assert_eq!(seen.get("x-api-key").unwrap(), "from-config");
+    assert!(seen.get("x-other").is_none());
+    std::fs::write(&conf, "[host 127.0.0.1]\nheadr = X: y\n").unwrap();
+    let bad = run(&get_args(&list, &out, &["--config", path(&conf)]));
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("line 2: unknown setting"), "{}", stderr(&bad));
+}

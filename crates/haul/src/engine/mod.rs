@@ -17,13 +17,12 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::{mpsc, watch};
 
 use crate::archive::{Archive, ArchiveReader, Journal, Record, RowStatus};
 use crate::config::Config;
 use crate::error::{Error, ErrorClass};
-use crate::fetch::{Validators, classify};
+use crate::fetch::{Fetcher, Validators, classify};
 use crate::job::{Job, to_hex};
 use crate::manifest::ManifestError;
 use crate::report::{JobReport, JobStatus, Monitor, Reporter, Summary};
@@ -63,8 +62,7 @@ impl Canceller {
 #[derive(Debug)]
 pub(crate) struct Shared {
     config: Arc<Config>,
-    client: reqwest::Client,
-    headers: HeaderMap,
+    fetcher: Fetcher,
     store: Arc<Store>,
     monitor: Arc<Monitor>,
     journal: Option<Journal>,
@@ -195,8 +193,7 @@ impl Engine {
         };
         let path_owner = archive.as_ref().map(Archive::reader).transpose()?.map(Mutex::new);
         let shared = Arc::new(Shared {
-            client: build_client(&config)?,
-            headers: header_map(&config.headers)?,
+            fetcher: Fetcher::new(&config)?,
             store,
             monitor: Arc::clone(&self.monitor),
             journal,
@@ -248,71 +245,6 @@ fn seed() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos());
     (nanos as u64) ^ u64::from(std::process::id()).rotate_left(32)
-}
-
-fn build_client(config: &Config) -> Result<reqwest::Client, Error> {
-    let mut builder = reqwest::Client::builder()
-        .user_agent(config.user_agent.clone())
-        .connect_timeout(config.connect_timeout)
-        .read_timeout(config.read_timeout)
-        .pool_max_idle_per_host(config.per_host)
-        .tcp_nodelay(true)
-        .redirect(redirect_policy(config.max_redirects, config.allow_https_downgrade));
-    if config.http2_prior_knowledge {
-        builder = builder.http2_prior_knowledge();
-    }
-    if config.insecure {
-        builder = builder.tls_danger_accept_invalid_certs(true);
-    }
-    if let Some(path) = &config.ca_certs {
-        let pem = std::fs::read(path).map_err(|e| Error::io("read CA bundle", path, e))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|_| Error::Url(format!("{} holds no PEM certificate", path.display())))?;
-        builder = builder.tls_certs_merge(certs);
-    }
-    if config.no_proxy {
-        builder = builder.no_proxy();
-    }
-    if let Some(proxy) = &config.proxy {
-        let proxy = reqwest::Proxy::all(proxy.as_str()).map_err(|_| Error::Url(format!("bad --proxy {proxy:?}")))?;
-        builder = builder.proxy(proxy);
-    }
-    builder.build().map_err(Error::Network)
-}
-
-/// Follows at most `max` redirects to http(s) only, refuses loops, and refuses https → http
-/// unless allowed. Credentials and cookies are dropped by the client when the origin changes.
-fn redirect_policy(max: usize, allow_downgrade: bool) -> reqwest::redirect::Policy {
-    reqwest::redirect::Policy::custom(move |attempt| {
-        let next = attempt.url();
-        let previous = attempt.previous();
-        if !matches!(next.scheme(), "http" | "https") {
-            let scheme = next.scheme().to_owned();
-            return attempt.error(format!("refused redirect to a {scheme}: URL (only http and https)"));
-        }
-        if previous.iter().any(|seen| seen == next) {
-            return attempt.error("redirect loop");
-        }
-        // `previous` starts with the original URL, which is not a redirect.
-        if previous.len() > max {
-            return attempt.error(format!("more than {max} redirects"));
-        }
-        if !allow_downgrade && next.scheme() == "http" && previous.last().is_some_and(|p| p.scheme() == "https") {
-            return attempt.error("refused redirect from https to http (--allow-https-downgrade allows it)");
-        }
-        attempt.follow()
-    })
-}
-
-fn header_map(headers: &[(String, String)]) -> Result<HeaderMap, Error> {
-    let mut map = HeaderMap::new();
-    for (name, value) in headers {
-        let name =
-            HeaderName::from_bytes(name.as_bytes()).map_err(|_| Error::Url(format!("bad header name {name:?}")))?;
-        let value = HeaderValue::from_str(value).map_err(|_| Error::Url(format!("bad value for header {name}")))?;
-        map.append(name, value);
-    }
-    Ok(map)
 }
 
 /// The reader thread: manifest → archive check → channel. Blocking I/O lives here, off the

@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::Shared;
 use crate::config::OnExists;
 use crate::error::Error;
-use crate::fetch::{self, Validators};
+use crate::fetch::Validators;
 use crate::job::Job;
 use crate::store::{Expect, Finished, PartWriter, disposition_filename, part_path};
 
@@ -150,18 +150,13 @@ async fn attempt(shared: &Arc<Shared>, state: &mut JobState) -> Result<Outcome, 
     } else {
         0
     };
-    let (head, mut response) = fetch::send(
-        &shared.client,
-        &state.job,
-        &shared.headers,
-        &shared.config.credentials,
-        offset,
-        &state.validators,
-    )
-    .await
-    .inspect_err(|e| {
-        state.http_status = e.http_status();
-    })?;
+    let (head, mut response) = shared
+        .fetcher
+        .send(&state.job, offset, &state.validators)
+        .await
+        .inspect_err(|e| {
+            state.http_status = e.http_status();
+        })?;
     state.http_status = Some(head.status);
     if head.validators.etag.is_some() || head.validators.last_modified.is_some() || !head.already_complete {
         state.validators = head.validators.clone();

@@ -25,7 +25,8 @@ pub fn classify(err: &Error) -> ErrorClass {
         | Error::Path(_)
         | Error::Conflict(_)
         | Error::Exists(_)
-        | Error::Url(_) => ErrorClass::Permanent,
+        | Error::Url(_)
+        | Error::Redirect(_) => ErrorClass::Permanent,
         Error::Io { source, .. } => classify_io(source),
         Error::Archive(_) => ErrorClass::Fatal,
     }

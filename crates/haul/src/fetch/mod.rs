@@ -6,6 +6,7 @@
 //! validator changed), and turns every other status into a classified [`Error`].
 
 mod classify;
+mod redirect;
 
 use std::time::{Duration, SystemTime};
 
@@ -14,7 +15,13 @@ use reqwest::{Client, Response, StatusCode};
 
 pub use classify::classify;
 
+use std::collections::HashMap;
+
+use reqwest::header::HeaderName;
+use url::Url;
+
 use crate::auth::{Auth, Credentials};
+use crate::config::Config;
 use crate::error::Error;
 use crate::job::Job;
 
@@ -71,129 +78,248 @@ pub(crate) struct Head {
     pub(crate) disposition: Option<String>,
 }
 
-/// Sends one GET for `job`, asking for bytes from `offset` when a resumable part exists.
-pub(crate) async fn send(
-    client: &Client,
-    job: &Job,
-    extra_headers: &HeaderMap,
-    credentials: &Credentials,
-    offset: u64,
-    validators: &Validators,
-) -> Result<(Head, Response), Error> {
-    let mut request = client.get(job.url.clone()).headers(extra_headers.clone());
-    // Credentials go only to their own host; URL userinfo (already basic auth) wins.
-    if job.url.username().is_empty() {
-        request = match credentials.auth_for(&job.url) {
-            Some(Auth::Basic { user, password }) => request.basic_auth(user, password.as_deref()),
-            Some(Auth::Bearer(token)) => request.bearer_auth(token),
-            None => request,
-        };
-    }
-    if let Some(cookies) = credentials.cookie_header(&job.url) {
-        request = request.header(header::COOKIE, cookies);
-    }
-    // We store bytes as served: no compression means no decoded-size surprises, no bombs,
-    // and byte ranges that mean what they say.
-    request = request.header(header::ACCEPT_ENCODING, "identity");
-    for (name, value) in &job.headers {
-        request = request.header(name.as_str(), value.as_str());
-    }
-    let resuming = offset > 0 && validators.allow_resume();
-    if resuming {
-        request = request.header(header::RANGE, format!("bytes={offset}-"));
-        if let Some(v) = validators.if_range() {
-            request = request.header(header::IF_RANGE, v);
+/// Everything one attempt needs besides the job: the client and what the user configured.
+#[derive(Debug)]
+pub(crate) struct Fetcher {
+    client: Client,
+    headers: HeaderMap,
+    credentials: Credentials,
+    host_headers: HashMap<String, HeaderMap>,
+    max_redirects: usize,
+    allow_downgrade: bool,
+}
+
+impl Fetcher {
+    /// Builds the HTTP client from the configuration.
+    pub(crate) fn new(config: &Config) -> Result<Self, Error> {
+        let mut builder = reqwest::Client::builder()
+            .user_agent(config.user_agent.clone())
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.read_timeout)
+            .pool_max_idle_per_host(config.per_host)
+            .tcp_nodelay(true)
+            .redirect(redirect::policy(config.max_redirects, config.allow_https_downgrade));
+        if config.http2_prior_knowledge {
+            builder = builder.http2_prior_knowledge();
         }
+        if config.insecure {
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        if let Some(path) = &config.ca_certs {
+            let pem = std::fs::read(path).map_err(|e| Error::io("read CA bundle", path, e))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|_| Error::Url(format!("{} holds no PEM certificate", path.display())))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        if config.no_proxy {
+            builder = builder.no_proxy();
+        }
+        if let Some(proxy) = &config.proxy {
+            let proxy =
+                reqwest::Proxy::all(proxy.as_str()).map_err(|_| Error::Url(format!("bad --proxy {proxy:?}")))?;
+            builder = builder.proxy(proxy);
+        }
+        let mut host_headers: HashMap<String, HeaderMap> = HashMap::new();
+        for (host, name, value) in &config.host_headers {
+            let map = host_headers.entry(host.to_ascii_lowercase()).or_default();
+            append_header(map, name, value)?;
+        }
+        let mut headers = HeaderMap::new();
+        for (name, value) in &config.headers {
+            append_header(&mut headers, name, value)?;
+        }
+        Ok(Self {
+            client: builder.build().map_err(Error::Network)?,
+            headers,
+            credentials: config.credentials.clone(),
+            host_headers,
+            max_redirects: config.max_redirects,
+            allow_downgrade: config.allow_https_downgrade,
+        })
     }
-    let response = request.send().await.map_err(Error::Network)?;
-    let status = response.status();
-    let head_validators = Validators::from_headers(response.headers());
-    let content_length = response.content_length();
-    let disposition = response
-        .headers()
-        .get(header::CONTENT_DISPOSITION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    match status {
-        StatusCode::OK => Ok((
-            Head {
-                status: 200,
-                offset: 0,
-                total: content_length,
-                validators: head_validators,
-                already_complete: false,
-                disposition: disposition.clone(),
-            },
-            response,
-        )),
-        StatusCode::PARTIAL_CONTENT => {
-            if !resuming {
-                return Err(Error::Range("206 Partial Content to a request without Range".into()));
-            }
-            let range = response
-                .headers()
-                .get(header::CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| Error::Range("206 without Content-Range".into()))?;
-            let (start, end, total) = parse_content_range(range)
-                .ok_or_else(|| Error::Range(format!("unparsable Content-Range {range:?}")))?;
-            if start != offset {
-                return Err(Error::Range(format!(
-                    "Content-Range starts at {start}, asked for {offset}"
-                )));
-            }
-            if let (Some(len), Some(end)) = (content_length, end)
-                && len != end + 1 - start
+
+    /// One GET for `url`. On the job's own origin it carries the credentials, cookies and
+    /// per-host headers of that host; after a redirect to another origin (`own_origin` false) it
+    /// carries none of them, and no `Authorization`/`Cookie` from the manifest either.
+    fn request(&self, url: &Url, job: &Job, range: Option<(u64, &str)>, own_origin: bool) -> reqwest::RequestBuilder {
+        let mut request = self.client.get(url.clone()).headers(self.headers.clone());
+        if own_origin {
+            if let Some(own) = url
+                .host_str()
+                .and_then(|h| self.host_headers.get(&h.to_ascii_lowercase()))
             {
-                return Err(Error::Range(format!(
-                    "Content-Length {len} disagrees with Content-Range {range:?}"
-                )));
+                for (name, value) in own {
+                    request = request.header(name, value);
+                }
             }
-            if head_validators.etag.is_some() && validators.etag.is_some() && head_validators.etag != validators.etag {
-                return Err(Error::Range("ETag changed in a 206 response".into()));
+            // URL userinfo (already basic auth, set by the client) wins over stored credentials.
+            if url.username().is_empty() {
+                request = match self.credentials.auth_for(url) {
+                    Some(Auth::Basic { user, password }) => request.basic_auth(user, password.as_deref()),
+                    Some(Auth::Bearer(token)) => request.bearer_auth(token),
+                    None => request,
+                };
             }
-            let total = total.or_else(|| content_length.map(|l| l + offset));
-            Ok((
+            if let Some(cookies) = self.credentials.cookie_header(url) {
+                request = request.header(header::COOKIE, cookies);
+            }
+        }
+        // We store bytes as served: no compression means no decoded-size surprises, no bombs,
+        // and byte ranges that mean what they say.
+        request = request.header(header::ACCEPT_ENCODING, "identity");
+        for (name, value) in &job.headers {
+            if own_origin || !is_credential_header(name) {
+                request = request.header(name.as_str(), value.as_str());
+            }
+        }
+        if let Some((offset, validator)) = range {
+            request = request
+                .header(header::RANGE, format!("bytes={offset}-"))
+                .header(header::IF_RANGE, validator);
+        }
+        request
+    }
+
+    /// Sends one GET for `job`, asking for bytes from `offset` when a resumable part exists,
+    /// and follows redirects that leave the origin (see [`redirect`]).
+    pub(crate) async fn send(
+        &self,
+        job: &Job,
+        offset: u64,
+        validators: &Validators,
+    ) -> Result<(Head, Response), Error> {
+        let range = validators.if_range().filter(|_| offset > 0).map(|v| (offset, v));
+        let resuming = range.is_some();
+        let mut url = job.url.clone();
+        let mut visited = vec![url.clone()];
+        let response = loop {
+            let own_origin = !redirect::is_cross_origin(&job.url, &url);
+            let response = self
+                .request(&url, job, range, own_origin)
+                .send()
+                .await
+                .map_err(Error::Network)?;
+            let location = response
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .filter(|_| response.status().is_redirection());
+            let Some(location) = location else { break response };
+            // The client stopped at a redirect to another origin: follow it here.
+            let next = response
+                .url()
+                .join(location)
+                .map_err(|_| Error::Redirect(format!("bad Location {location:?}")))?;
+            visited.push(response.url().clone());
+            redirect::check(&visited, &next, self.max_redirects, self.allow_downgrade).map_err(Error::Redirect)?;
+            url = next;
+        };
+        let status = response.status();
+        let head_validators = Validators::from_headers(response.headers());
+        let content_length = response.content_length();
+        let disposition = response
+            .headers()
+            .get(header::CONTENT_DISPOSITION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        match status {
+            StatusCode::OK => Ok((
                 Head {
-                    status: 206,
-                    offset,
-                    total,
+                    status: 200,
+                    offset: 0,
+                    total: content_length,
                     validators: head_validators,
                     already_complete: false,
                     disposition: disposition.clone(),
                 },
                 response,
-            ))
-        }
-        StatusCode::RANGE_NOT_SATISFIABLE if resuming => {
-            // RFC 9110 §15.5.17: "bytes */LENGTH" tells the current length; if our part already
-            // has it all, it only needs verifying.
-            let total = response
-                .headers()
-                .get(header::CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_content_range)
-                .and_then(|(_, _, total)| total);
-            if total == Some(offset) {
-                let head = Head {
-                    status: 416,
-                    offset,
-                    total,
-                    validators: validators.clone(),
-                    already_complete: true,
-                    disposition: disposition.clone(),
-                };
-                return Ok((head, response));
+            )),
+            StatusCode::PARTIAL_CONTENT => {
+                if !resuming {
+                    return Err(Error::Range("206 Partial Content to a request without Range".into()));
+                }
+                let range = response
+                    .headers()
+                    .get(header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or_else(|| Error::Range("206 without Content-Range".into()))?;
+                let (start, end, total) = parse_content_range(range)
+                    .ok_or_else(|| Error::Range(format!("unparsable Content-Range {range:?}")))?;
+                if start != offset {
+                    return Err(Error::Range(format!(
+                        "Content-Range starts at {start}, asked for {offset}"
+                    )));
+                }
+                if let (Some(len), Some(end)) = (content_length, end)
+                    && len != end + 1 - start
+                {
+                    return Err(Error::Range(format!(
+                        "Content-Length {len} disagrees with Content-Range {range:?}"
+                    )));
+                }
+                if head_validators.etag.is_some()
+                    && validators.etag.is_some()
+                    && head_validators.etag != validators.etag
+                {
+                    return Err(Error::Range("ETag changed in a 206 response".into()));
+                }
+                let total = total.or_else(|| content_length.map(|l| l + offset));
+                Ok((
+                    Head {
+                        status: 206,
+                        offset,
+                        total,
+                        validators: head_validators,
+                        already_complete: false,
+                        disposition: disposition.clone(),
+                    },
+                    response,
+                ))
             }
-            Err(Error::Range(format!(
-                "416 for offset {offset} (server length {total:?}); restarting"
-            )))
+            StatusCode::RANGE_NOT_SATISFIABLE if resuming => {
+                // RFC 9110 §15.5.17: "bytes */LENGTH" tells the current length; if our part already
+                // has it all, it only needs verifying.
+                let total = response
+                    .headers()
+                    .get(header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_content_range)
+                    .and_then(|(_, _, total)| total);
+                if total == Some(offset) {
+                    let head = Head {
+                        status: 416,
+                        offset,
+                        total,
+                        validators: validators.clone(),
+                        already_complete: true,
+                        disposition: disposition.clone(),
+                    };
+                    return Ok((head, response));
+                }
+                Err(Error::Range(format!(
+                    "416 for offset {offset} (server length {total:?}); restarting"
+                )))
+            }
+            _ => Err(Error::Status {
+                status: status.as_u16(),
+                retry_after: retry_after(response.headers()),
+            }),
         }
-        _ => Err(Error::Status {
-            status: status.as_u16(),
-            retry_after: retry_after(response.headers()),
-        }),
     }
+}
+
+/// Headers that carry credentials: never sent to an origin other than the job's own.
+fn is_credential_header(name: &str) -> bool {
+    ["authorization", "cookie", "cookie2", "proxy-authorization"]
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+fn append_header(map: &mut HeaderMap, name: &str, value: &str) -> Result<(), Error> {
+    let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| Error::Url(format!("bad header name {name:?}")))?;
+    let value = HeaderValue::from_str(value).map_err(|_| Error::Url(format!("bad value for header {name}")))?;
+    map.append(name, value);
+    Ok(())
 }
 
 /// Parses `bytes START-END/TOTAL`, `bytes START-END/*` or `bytes */TOTAL`.

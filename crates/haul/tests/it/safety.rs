@@ -286,3 +286,39 @@ async fn content_disposition_names_are_confined_and_opt_in() {
     assert_eq!(summary.done, 1);
     assert!(plain.join("a").exists() && !plain.join("evil.sh").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_host_and_manifest_secrets_stay_with_their_origin() {
+    let origin = FaultServer::start().await;
+    let other = FaultServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let target = other.url("moved.bin", 100, "");
+    let via = format!("{}/redirect?to={}", origin.base(), encode(&target));
+    let manifest = format!(
+        "{{\"url\":\"{via}\",\"headers\":{{\"Authorization\":\"Basic bWFuaWZlc3Q=\",\"Referer\":\"https://posts.example/1\"}}}}\n"
+    );
+    let cfg = config(&tmp.path().join("out"))
+        .host_headers(vec![("127.0.0.1".into(), "X-Api-Key".into(), "k3y".into())])
+        .headers(vec![("X-Everywhere".into(), "yes".into())])
+        .build();
+    let (summary, _) = run(cfg, &manifest, Format::Jsonl).await;
+    assert_eq!(summary.done, 1, "{summary:?}");
+    let first = &origin.headers_seen()[0].1;
+    assert_eq!(first.get("x-api-key").unwrap(), "k3y");
+    assert_eq!(first.get("authorization").unwrap(), "Basic bWFuaWZlc3Q=");
+    let moved = &other.headers_seen()[0].1;
+    assert!(
+        moved.get("x-api-key").is_none(),
+        "a per-host header followed the redirect"
+    );
+    assert!(
+        moved.get("authorization").is_none(),
+        "the manifest's Authorization followed the redirect"
+    );
+    assert_eq!(
+        moved.get("referer").unwrap(),
+        "https://posts.example/1",
+        "other job headers do follow"
+    );
+    assert_eq!(moved.get("x-everywhere").unwrap(), "yes", "-H headers go everywhere");
+}
