@@ -171,7 +171,17 @@ fn second_process_on_one_archive_gets_a_clear_error() {
         "{}",
         stderr(&second)
     );
+    // With --wait-archive a second process waits for the lock, then skips what the first did.
+    let waiting = haul()
+        .args(get_args(&list, &out, &["--wait-archive", "--progress", "none"]))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     assert!(first.wait().unwrap().success());
+    let waited = waiting.wait_with_output().unwrap();
+    assert_eq!(waited.status.code(), Some(0), "{}", stderr(&waited));
+    assert!(stderr(&waited).contains("40 skipped"), "{}", stderr(&waited));
+    assert_eq!(server.total_hits(), 40, "the waiting process fetched nothing again");
     let status = run(&["status", path(&out)]);
     assert!(String::from_utf8_lossy(&status.stdout).contains("done: 40 jobs"));
 }

@@ -177,11 +177,15 @@ impl Engine {
         I::IntoIter: Send,
     {
         let config = Arc::clone(&self.config);
-        let store = Arc::new(Store::open(&config.output_dir, config.fsync)?);
+        // The archive lock before looking into the output directory: what it holds is only known
+        // once no other haul process can be writing to it.
+        std::fs::create_dir_all(&config.output_dir)
+            .map_err(|e| Error::io("create output directory", &config.output_dir, e))?;
         let archive = match config.archive_path() {
             Some(path) => Some(Archive::open(&path, config.wait_archive)?),
             None => None,
         };
+        let store = Arc::new(Store::open(&config.output_dir, config.fsync)?);
         let journal = match &archive {
             Some(a) => Some(a.writer(config.batch_records, config.batch_delay, config.fsync)?),
             None => None,
