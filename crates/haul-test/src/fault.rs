@@ -19,6 +19,7 @@
 //! | `novalidators=1` | send no ETag and no Last-Modified |
 //! | `chunked=1` | no Content-Length |
 //! | `disposition=TEXT` | send `Content-Disposition: TEXT` (percent-decoded) |
+//! | `filler_headers=N` | send N extra 64-byte headers |
 //!
 //! `/redirect?to=URL` answers 302 to the (percent-encoded) URL, `/hop/N` starts a chain of N
 //! redirects ending at `/f/hop.bin?size=100`, and `/loop` redirects to itself.
@@ -341,6 +342,9 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             .header("last-modified", "Wed, 01 Jan 2025 00:00:00 GMT");
     }
     builder = builder.header("accept-ranges", "bytes");
+    for i in 0..number("filler_headers").unwrap_or(0) {
+        builder = builder.header(format!("x-filler-{i}"), "x".repeat(64));
+    }
     if let Some(disposition) = param("disposition") {
         builder = builder.header("content-disposition", percent_decode(disposition));
     }

@@ -126,7 +126,6 @@ impl Nginx {
                  http {{\n  access_log {w}/logs/access.log;\n  client_body_temp_path {w}/tmp/body;\n  proxy_temp_path {w}/tmp/proxy;\n\
                  fastcgi_temp_path {w}/tmp/fcgi;\n  uwsgi_temp_path {w}/tmp/uwsgi;\n  scgi_temp_path {w}/tmp/scgi;\n\
                  sendfile on; tcp_nopush on; keepalive_requests 1000000; keepalive_timeout 120s;\n\
-                 http2_max_requests 1000000;\n\
                  server {{ listen 127.0.0.1:{port}; root {root}; }}\n\
                  server {{ listen 127.0.0.1:{h2_port} http2; root {root}; }}\n\
                  server {{ listen 127.0.0.1:{tls_port} ssl http2; root {root};\n\

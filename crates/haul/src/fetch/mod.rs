@@ -78,6 +78,9 @@ pub(crate) struct Head {
     pub(crate) disposition: Option<String>,
 }
 
+/// Response headers accepted at most.
+const MAX_RESPONSE_HEADERS: usize = 100;
+
 /// Everything one attempt needs besides the job: the client and what the user configured.
 #[derive(Debug)]
 pub(crate) struct Fetcher {
@@ -98,6 +101,8 @@ impl Fetcher {
             .read_timeout(config.read_timeout)
             .pool_max_idle_per_host(config.per_host)
             .tcp_nodelay(true)
+            // A response head with more headers than this is refused (hyper also caps its size).
+            .http1_max_headers(MAX_RESPONSE_HEADERS)
             .redirect(redirect::policy(config.max_redirects, config.allow_https_downgrade));
         if config.http2_prior_knowledge {
             builder = builder.http2_prior_knowledge();

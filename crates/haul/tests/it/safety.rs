@@ -322,3 +322,18 @@ async fn per_host_and_manifest_secrets_stay_with_their_origin() {
     );
     assert_eq!(moved.get("x-everywhere").unwrap(), "yes", "-H headers go everywhere");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_response_heads_are_refused() {
+    let server = FaultServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let manifest = format!(
+        "{}\n{}\n",
+        server.url("many.bin", 10, "filler_headers=150"),
+        server.url("few.bin", 10, "filler_headers=20")
+    );
+    let (summary, _) = run(config(&out).retries(0).build(), &manifest, Format::Plain).await;
+    assert_eq!((summary.done, summary.failed_total()), (1, 1), "{summary:?}");
+    assert!(out.join("few.bin").exists() && !out.join("many.bin").exists());
+}
