@@ -603,3 +603,32 @@ fn config_file_sets_headers_per_host() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("line 2: unknown setting"), "{}", stderr(&bad));
 }
+
+#[test]
+fn json_progress_lines_are_parseable_status_objects() {
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let tmp = tempfile::tempdir().unwrap();
+    // About 2.5 s of transfer: at least one status line (every 2 s) before the summary.
+    let list = manifest(
+        tmp.path(),
+        &[
+            server.url("slow.bin", 2_500_000, "rate=1000000"),
+            server.url("quick.bin", 10, ""),
+        ],
+    );
+    let out = tmp.path().join("out");
+    let result = run(&get_args(&list, &out, &["--progress", "json"]));
+    assert_eq!(result.status.code(), Some(0), "{}", stderr(&result));
+    let statuses: Vec<serde_json::Value> = stderr(&result)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!statuses.is_empty(), "{}", stderr(&result));
+    let last = statuses.last().unwrap();
+    assert_eq!(last["type"], "progress");
+    assert_eq!(last["total"], 2, "the manifest was read by then");
+    assert!(last["bytes"].as_u64().unwrap() > 0);
+    assert!(last["active"].as_u64().unwrap() >= 1);
+}
