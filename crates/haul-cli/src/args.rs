@@ -192,6 +192,9 @@ pub(crate) struct GetArgs {
     /// Redirects followed at most (loops and non-http(s) targets are always refused)
     #[arg(long, default_value_t = haul::DEFAULT_MAX_REDIRECTS)]
     pub(crate) max_redirects: usize,
+    /// Let credentials, cookies and per-host headers follow redirects to this host; repeatable
+    #[arg(long = "trust-redirect-host", value_name = "HOST")]
+    pub(crate) trusted_hosts: Vec<String>,
     /// Follow redirects from https to http (refused by default)
     #[arg(long)]
     pub(crate) allow_https_downgrade: bool,
@@ -287,7 +290,8 @@ impl GetArgs {
             .proxy(self.proxy.clone())
             .no_proxy(self.no_proxy)
             .content_disposition(self.content_disposition)
-            .ca_certs(self.ca_cert.clone());
+            .ca_certs(self.ca_cert.clone())
+            .trusted_hosts(self.trusted_hosts.clone());
         if let Some(agent) = &self.user_agent {
             builder = builder.user_agent(agent.clone());
         }

@@ -120,6 +120,8 @@ pub struct Config {
     pub content_disposition: bool,
     /// Extra trusted certificate authorities (a PEM bundle), beside the system's.
     pub ca_certs: Option<PathBuf>,
+    /// Hosts a redirect may take a job's credentials, cookies and per-host headers to.
+    pub trusted_hosts: Vec<String>,
 }
 
 impl Config {
@@ -162,6 +164,7 @@ impl Config {
                 no_proxy: false,
                 content_disposition: false,
                 ca_certs: None,
+                trusted_hosts: Vec::new(),
             },
         }
     }
@@ -257,6 +260,8 @@ setters! {
     content_disposition: bool;
     /// Extra trusted certificate authorities (a PEM bundle).
     ca_certs: Option<PathBuf>;
+    /// Hosts a redirect may take a job's credentials to.
+    trusted_hosts: Vec<String>;
 }
 
 impl ConfigBuilder {

@@ -90,6 +90,8 @@ pub(crate) struct Fetcher {
     host_headers: HashMap<String, HeaderMap>,
     max_redirects: usize,
     allow_downgrade: bool,
+    /// Hosts a redirect may take the job's credentials to (lowercase).
+    trusted_hosts: Vec<String>,
 }
 
 impl Fetcher {
@@ -140,16 +142,26 @@ impl Fetcher {
             host_headers,
             max_redirects: config.max_redirects,
             allow_downgrade: config.allow_https_downgrade,
+            trusted_hosts: config.trusted_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
         })
     }
 
-    /// One GET for `url`. On the job's own origin it carries the credentials, cookies and
-    /// per-host headers of that host; after a redirect to another origin (`own_origin` false) it
-    /// carries none of them, and no `Authorization`/`Cookie` from the manifest either.
+    /// True when the user allowed credentials to follow redirects to `url`'s host.
+    fn is_trusted(&self, url: &Url) -> bool {
+        url.host_str()
+            .is_some_and(|h| self.trusted_hosts.iter().any(|t| t.eq_ignore_ascii_case(h)))
+    }
+
+    /// One GET for `url`. On the job's own origin (or a host the user trusts) it carries the
+    /// job's credentials, cookies and per-host headers; after a redirect to another origin
+    /// (`own_origin` false) it carries none of them, and no `Authorization`/`Cookie` from the
+    /// manifest either. On a trusted host the original host's credentials are sent.
     fn request(&self, url: &Url, job: &Job, range: Option<(u64, &str)>, own_origin: bool) -> reqwest::RequestBuilder {
         let mut request = self.client.get(url.clone()).headers(self.headers.clone());
         if own_origin {
-            if let Some(own) = url
+            // The job's own origin decides (a trusted host gets the original host's secrets).
+            let origin = &job.url;
+            if let Some(own) = origin
                 .host_str()
                 .and_then(|h| self.host_headers.get(&h.to_ascii_lowercase()))
             {
@@ -159,13 +171,13 @@ impl Fetcher {
             }
             // URL userinfo (already basic auth, set by the client) wins over stored credentials.
             if url.username().is_empty() {
-                request = match self.credentials.auth_for(url) {
+                request = match self.credentials.auth_for(origin) {
                     Some(Auth::Basic { user, password }) => request.basic_auth(user, password.as_deref()),
                     Some(Auth::Bearer(token)) => request.bearer_auth(token),
                     None => request,
                 };
             }
-            if let Some(cookies) = self.credentials.cookie_header(url) {
+            if let Some(cookies) = self.credentials.cookie_header(origin) {
                 request = request.header(header::COOKIE, cookies);
             }
         }
@@ -198,7 +210,7 @@ impl Fetcher {
         let mut url = job.url.clone();
         let mut visited = vec![url.clone()];
         let response = loop {
-            let own_origin = !redirect::is_cross_origin(&job.url, &url);
+            let own_origin = !redirect::is_cross_origin(&job.url, &url) || self.is_trusted(&url);
             let response = self
                 .request(&url, job, range, own_origin)
                 .send()

@@ -337,3 +337,22 @@ async fn oversized_response_heads_are_refused() {
     assert_eq!((summary.done, summary.failed_total()), (1, 1), "{summary:?}");
     assert!(out.join("few.bin").exists() && !out.join("many.bin").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_host_receives_credentials_after_a_redirect() {
+    let origin = FaultServer::start().await;
+    let cdn = FaultServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut creds = Credentials::default();
+    creds.set("127.0.0.1", Auth::Bearer("tok".into()));
+    // The CDN is reached as "localhost": another host, trusted explicitly.
+    let target = cdn.url("c.bin", 10, "").replace("127.0.0.1", "localhost");
+    let via = format!("{}/redirect?to={}", origin.base(), encode(&target));
+    let cfg = config(&tmp.path().join("out"))
+        .credentials(creds)
+        .trusted_hosts(vec!["localhost".into()])
+        .build();
+    let (summary, _) = run(cfg, &format!("{via}\n"), Format::Plain).await;
+    assert_eq!(summary.done, 1, "{summary:?}");
+    assert_eq!(cdn.headers_seen()[0].1.get("authorization").unwrap(), "Bearer tok");
+}
