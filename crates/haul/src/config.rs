@@ -30,6 +30,11 @@ pub const DEFAULT_ARCHIVE_NAME: &str = "archive.sqlite";
 pub const STATE_DIR: &str = ".haul";
 
 /// What to do when the destination file already exists and the archive does not list it.
+///
+/// ```
+/// let config = haul::Config::builder("downloads").on_exists(haul::OnExists::Rename).build();
+/// assert_eq!(config.on_exists, haul::OnExists::Rename);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnExists {
     /// Keep it when it matches what the manifest says (size, checksums); it is recorded done

@@ -142,6 +142,10 @@ pub(crate) fn parse_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
 }
 
 /// Lowercase hex of a digest.
+///
+/// ```
+/// assert_eq!(haul::to_hex(&[0x00, 0xab, 0x10]), "00ab10");
+/// ```
 #[must_use]
 pub fn to_hex(bytes: &[u8]) -> String {
     // A table, not `write!("{:02x}")`: this runs for every finished file.

@@ -228,6 +228,11 @@ impl<R> fmt::Debug for ManifestReader<R> {
 ///
 /// # Errors
 /// A reason naming what is wrong with the text.
+///
+/// ```
+/// assert!(haul::parse_url("https://example.com/a.jpg").is_ok());
+/// assert!(haul::parse_url("ftp://example.com/a.jpg").unwrap_err().contains("unsupported scheme"));
+/// ```
 pub fn parse_url(text: &str) -> Result<Url, String> {
     let url = Url::parse(text.trim()).map_err(|e| format!("invalid URL {text:?}: {e}"))?;
     match url.scheme() {

@@ -70,6 +70,20 @@ pub struct JobReport<'a> {
 
 /// Receives job events. Implementations must be quick and must not fail: they run on the
 /// engine's tasks.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// /// Counts failures, e.g. to stop a pipeline after too many.
+/// #[derive(Default)]
+/// struct CountFailures(AtomicU64);
+/// impl haul::Reporter for CountFailures {
+///     fn on_job_finished(&self, report: &haul::JobReport<'_>) {
+///         if report.status == haul::JobStatus::Failed {
+///             self.0.fetch_add(1, Ordering::Relaxed);
+///         }
+///     }
+/// }
+/// ```
 pub trait Reporter: Send + Sync {
     /// A transfer is about to start (called for every attempt's first try only).
     fn on_job_start(&self, _job: &Job) {}

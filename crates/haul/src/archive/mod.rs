@@ -609,6 +609,15 @@ fn write_batch(conn: &Connection, batch: &[Record]) -> rusqlite::Result<()> {
 ///
 /// # Errors
 /// [`Error::Archive`] on a database error, [`Error::Io`] when the file cannot be read.
+///
+/// ```
+/// let dir = tempfile::tempdir().unwrap();
+/// let archive = haul::archive::Archive::open(&dir.path().join("a.sqlite"), false).unwrap();
+/// let added = haul::archive::import_ids(&archive, "youtube abc\nyoutube def\n".as_bytes()).unwrap();
+/// assert_eq!(added, 2);
+/// let reader = archive.reader().unwrap();
+/// assert_eq!(reader.lookup("youtube abc").unwrap().unwrap().status, haul::archive::RowStatus::Done);
+/// ```
 pub fn import_ids(archive: &Archive, input: impl std::io::BufRead) -> Result<u64, Error> {
     let mut conn = open_connection(archive.path())?;
     let tx = conn.transaction().map_err(|e| db_error("import", e))?;

@@ -47,6 +47,13 @@ pub struct Engine {
 }
 
 /// Stops a running [`Engine`] from another task or a signal handler.
+///
+/// ```
+/// let engine = haul::Engine::new(haul::Config::builder("downloads").build());
+/// let canceller = engine.canceller();
+/// // From a signal handler or another task:
+/// canceller.cancel();
+/// ```
 #[derive(Debug, Clone)]
 pub struct Canceller(watch::Sender<bool>);
 

@@ -5,6 +5,13 @@ use std::io;
 use crate::error::{Error, ErrorClass, is_disk_full};
 
 /// Classifies an error once; the retry loop acts only on the class.
+///
+/// ```
+/// use haul::{Error, ErrorClass, classify};
+/// let busy = Error::Status { status: 503, retry_after: Some(std::time::Duration::from_secs(2)) };
+/// assert_eq!(classify(&busy), ErrorClass::RetryAfter(std::time::Duration::from_secs(2)));
+/// assert_eq!(classify(&Error::Status { status: 404, retry_after: None }), ErrorClass::Permanent);
+/// ```
 #[must_use]
 pub fn classify(err: &Error) -> ErrorClass {
     match err {

@@ -58,6 +58,14 @@ fn fingerprint(bytes: &[u8]) -> u64 {
 ///
 /// # Errors
 /// A message naming the refused path and why.
+///
+/// ```
+/// use haul::store::{Layout, output_path};
+/// let url = url::Url::parse("https://cdn.example/p/7/photo.jpg?w=800").unwrap();
+/// assert_eq!(output_path(None, &url, Layout::Flat).unwrap().as_str(), "photo.jpg");
+/// assert_eq!(output_path(None, &url, Layout::Mirror).unwrap().as_str(), "cdn.example/p/7/photo.jpg");
+/// assert!(output_path(Some("../x.jpg"), &url, Layout::Flat).is_err());
+/// ```
 pub fn output_path(manifest_path: Option<&str>, url: &Url, layout: Layout) -> Result<RelPath, String> {
     match manifest_path {
         Some(path) => checked_path(path),
