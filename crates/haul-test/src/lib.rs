@@ -4,6 +4,8 @@
 
 mod fault;
 pub mod nginx;
+mod socks;
 
 pub use fault::{FaultServer, Mix, body_for, sha256_hex};
 pub use nginx::{Nginx, nginx_binary};
+pub use socks::Socks5;

@@ -356,3 +356,24 @@ async fn a_trusted_host_receives_credentials_after_a_redirect() {
     assert_eq!(summary.done, 1, "{summary:?}");
     assert_eq!(cdn.headers_seen()[0].1.get("authorization").unwrap(), "Bearer tok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socks5_proxy_carries_the_requests() {
+    let server = FaultServer::start().await;
+    let socks = haul_test::Socks5::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let manifest = format!(
+        "{}\n{}\n",
+        server.url("s1.bin", 1000, ""),
+        server.url("s2.bin", 2000, "")
+    );
+    let cfg = config(&out).concurrency(1).per_host(1).proxy(Some(socks.url())).build();
+    let (summary, _) = run(cfg, &manifest, Format::Plain).await;
+    assert_eq!(summary.done, 2, "{summary:?}");
+    assert!(socks.relayed() >= 1, "the requests went through the SOCKS5 proxy");
+    assert_eq!(
+        std::fs::read(out.join("s2.bin")).unwrap(),
+        haul_test::body_for("s2.bin", 2000)
+    );
+}
