@@ -156,6 +156,9 @@ pub(crate) struct GetArgs {
     /// The window of --lowest-speed
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub(crate) lowest_speed_window: Duration,
+    /// Accept an empty (0-byte) body as a finished file even without a manifest size of 0
+    #[arg(long)]
+    pub(crate) allow_empty: bool,
     /// Refuse files larger than this (e.g. 2GiB), with or without a Content-Length
     #[arg(long, value_parser = parse_size)]
     pub(crate) max_size: Option<u64>,
@@ -174,10 +177,10 @@ pub(crate) struct GetArgs {
     /// A configuration file with per-host settings ([host NAME] sections of `header = Name: value`)
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
-    /// Basic auth for one host: HOST=USER:PASSWORD (sent to that host only); repeatable
+    /// Basic auth: HOST=USER:PASSWORD (https to that host only) or ORIGIN=USER:PASSWORD with ORIGIN like http://host:8080 (that origin only); repeatable
     #[arg(long = "auth", value_name = "HOST=USER:PASSWORD")]
     pub(crate) auth: Vec<String>,
-    /// A bearer token for one host: HOST=TOKEN (sent to that host only); repeatable
+    /// A bearer token: HOST=TOKEN (https to that host only) or ORIGIN=TOKEN (that origin only); repeatable
     #[arg(long = "bearer", value_name = "HOST=TOKEN")]
     pub(crate) bearer: Vec<String>,
     /// Read credentials from ~/.netrc (or $NETRC); --auth and --bearer win over it
@@ -186,6 +189,12 @@ pub(crate) struct GetArgs {
     /// Read credentials from this netrc file
     #[arg(long, value_name = "FILE")]
     pub(crate) netrc_file: Option<PathBuf>,
+    /// Also send credentials given for a bare host (--auth, --bearer, netrc) over plain http
+    #[arg(long)]
+    pub(crate) allow_insecure_auth: bool,
+    /// A header whose value is a secret, like Authorization: kept to the job's own origin across redirects; repeatable
+    #[arg(long = "secret-header", value_name = "NAME")]
+    pub(crate) secret_headers: Vec<String>,
     /// Send cookies from a Netscape cookies.txt file (to the domains they belong to)
     #[arg(long, value_name = "FILE")]
     pub(crate) cookies: Option<PathBuf>,
@@ -291,7 +300,9 @@ impl GetArgs {
             .no_proxy(self.no_proxy)
             .content_disposition(self.content_disposition)
             .ca_certs(self.ca_cert.clone())
-            .trusted_hosts(self.trusted_hosts.clone());
+            .trusted_hosts(self.trusted_hosts.clone())
+            .secret_headers(self.secret_headers.clone())
+            .allow_empty(self.allow_empty);
         if let Some(agent) = &self.user_agent {
             builder = builder.user_agent(agent.clone());
         }
@@ -326,6 +337,9 @@ impl GetArgs {
     /// Credentials from --auth, --bearer, the netrc file and the cookies file.
     fn credentials(&self) -> Result<haul::Credentials> {
         let mut creds = haul::Credentials::default();
+        if self.allow_insecure_auth {
+            creds.allow_plain_http();
+        }
         for spec in &self.auth {
             let (host, pair) = spec.split_once('=').context("--auth expects HOST=USER:PASSWORD")?;
             let (user, password) = match pair.split_once(':') {

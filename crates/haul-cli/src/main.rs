@@ -9,6 +9,7 @@ mod report;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -123,9 +124,39 @@ fn spool_failed(config: &haul::Config) -> Result<PathBuf, Failure> {
         .archive_path()
         .ok_or_else(|| fail(Exit::Usage, anyhow::anyhow!("--retry-failed needs an archive")))?;
     let reader = haul::archive::ArchiveReader::open(&path).map_err(|e| fail(Exit::Usage, e))?;
-    let spool = config.output_dir.join(haul::STATE_DIR).join("retry-failed.jsonl");
-    std::fs::create_dir_all(spool.parent().expect("has parent")).map_err(|e| fail(Exit::Fatal, e))?;
-    let mut out = std::io::BufWriter::new(File::create(&spool).map_err(|e| fail(Exit::Fatal, e))?);
+    let state = config.output_dir.join(haul::STATE_DIR);
+    std::fs::create_dir_all(&config.output_dir).map_err(|e| fail(Exit::Fatal, e))?;
+    match std::fs::symlink_metadata(&state) {
+        Ok(meta) if !meta.is_dir() => {
+            return Err(fail(
+                Exit::Fatal,
+                anyhow::anyhow!(
+                    "{} must be haul's own directory, but it is a symlink or a file",
+                    state.display()
+                ),
+            ));
+        }
+        Ok(_) => {}
+        Err(_) => std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&state)
+            .map_err(|e| fail(Exit::Fatal, e))?,
+    }
+    // haul's own file: an old one is removed, never followed, and the new one created exclusively
+    // (O_EXCL does not follow a symlink planted at the name).
+    let spool = state.join("retry-failed.jsonl");
+    match std::fs::remove_file(&spool) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(Exit::Fatal, e)),
+        _ => {}
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&spool)
+        .with_context(|| format!("cannot create {}", spool.display()))
+        .map_err(|e| fail(Exit::Fatal, e))?;
+    let mut out = std::io::BufWriter::new(file);
     reader
         .for_each_failed(|id, url, path| {
             let line = serde_json::json!({ "id": id, "url": url, "path": path });

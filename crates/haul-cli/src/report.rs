@@ -75,6 +75,7 @@ impl haul::Reporter for CliReporter {
                 "reason": r.reason,
                 "error": r.error,
                 "line": r.line,
+                "verified": r.verified,
             });
             if let Err(e) = writeln!(report.lock().expect("report"), "{line}") {
                 self.write_error.lock().expect("write error").get_or_insert(e);
@@ -117,10 +118,17 @@ pub(crate) fn print_summary(s: &haul::Summary) {
     for ((reason, host), count) in &s.failed {
         let _ = writeln!(err, "  failed {count} × {reason} on {host}");
     }
+    if s.unverified > 0 {
+        let _ = writeln!(
+            err,
+            "  {} file(s) had no length to check (no Content-Length, no manifest size or sha256): recorded done but unverified",
+            s.unverified
+        );
+    }
     if s.interrupted {
         let _ = writeln!(
             err,
-            "interrupted: run the same command again to finish (done files are skipped, .part files resume)"
+            "interrupted: run the same command again to finish (done files are skipped, partial files resume)"
         );
     }
     if let Some(fatal) = &s.fatal {

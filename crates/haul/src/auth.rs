@@ -1,10 +1,12 @@
 //! Credentials: per-host authorization (from flags or `.netrc`) and cookies (from a Netscape
 //! `cookies.txt` file, the format browser exporters, yt-dlp and gallery-dl use).
 //!
-//! A credential belongs to one host and is sent only in requests to that host. When a redirect
-//! leaves the origin, the HTTP client drops `Authorization` and `Cookie` (reqwest's
-//! `remove_sensitive_headers`, checked by this project's tests). Nothing here is ever printed:
-//! `Debug` shows host names only.
+//! A credential belongs to an origin and is sent only in requests to it. Given for a bare host
+//! (`--bearer cdn.example=…`, a netrc `machine`), it belongs to that host over https, on any
+//! port; plain http gets it only when named explicitly (`--bearer http://host:8080=…`) or with
+//! [`Credentials::allow_plain_http`], so a secret never crosses the network in clear by
+//! accident. When a redirect leaves the origin the fetcher builds the next request without it.
+//! Nothing here is ever printed: `Debug` shows origins only.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -70,8 +72,24 @@ impl fmt::Debug for Auth {
 /// Credentials and cookies by host.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Credentials {
+    /// By origin key (see [`origin_key`]).
     auth: HashMap<String, Auth>,
     cookies: Vec<Cookie>,
+    plain_http: bool,
+}
+
+/// The key of a credential: `scheme://host:port` for an origin URL, the lowercase host alone
+/// for a bare host name.
+fn origin_key(text: &str) -> String {
+    match Url::parse(text) {
+        Ok(url) if text.contains("://") && url.host_str().is_some() => format!(
+            "{}://{}:{}",
+            url.scheme(),
+            url.host_str().unwrap_or_default().to_ascii_lowercase(),
+            url.port_or_known_default().unwrap_or(0)
+        ),
+        _ => text.trim_end_matches('/').to_ascii_lowercase(),
+    }
 }
 
 impl fmt::Debug for Credentials {
@@ -79,22 +97,28 @@ impl fmt::Debug for Credentials {
         let mut hosts: Vec<&String> = self.auth.keys().collect();
         hosts.sort();
         f.debug_struct("Credentials")
-            .field("auth_hosts", &hosts)
+            .field("auth_origins", &hosts)
             .field("cookies", &self.cookies.len())
             .finish()
     }
 }
 
 impl Credentials {
-    /// Sets the credential of `host` (a host name, without port), replacing any earlier one.
+    /// Sets the credential of `origin`, replacing any earlier one: a host name (https, any
+    /// port) or an origin URL such as `http://127.0.0.1:8080` (that scheme, host and port).
     ///
     /// ```
     /// let mut creds = haul::Credentials::default();
     /// creds.set("cdn.example.com", haul::Auth::Bearer("t0ken".into()));
     /// assert!(!format!("{creds:?}").contains("t0ken"));
     /// ```
-    pub fn set(&mut self, host: &str, auth: Auth) {
-        self.auth.insert(host.to_ascii_lowercase(), auth);
+    pub fn set(&mut self, origin: &str, auth: Auth) {
+        self.auth.insert(origin_key(origin), auth);
+    }
+
+    /// Lets credentials given for a bare host go over plain http too (`--allow-insecure-auth`).
+    pub fn allow_plain_http(&mut self) {
+        self.plain_http = true;
     }
 
     /// True when no credential and no cookie is set.
@@ -103,56 +127,37 @@ impl Credentials {
         self.auth.is_empty() && self.cookies.is_empty()
     }
 
-    /// Adds the machines of a `.netrc` file (`machine HOST login USER password PASS`). Hosts that
-    /// already have a credential keep it: flags win over the file. Returns how many were added.
+    /// Adds the machines of a `.netrc` file (`machine HOST login USER password PASS`), parsed
+    /// by the `rust-netrc` crate. Hosts that already have a credential keep it: flags win over
+    /// the file. The `default` entry is never used (too broad to send anywhere). Returns how
+    /// many were added.
     ///
     /// # Errors
-    /// A message naming the token that is out of place.
+    /// The line that does not parse (never its text: it may hold a password).
     pub fn add_netrc(&mut self, text: &str) -> Result<usize, String> {
-        let mut tokens = text.split_whitespace();
+        let parsed = text.parse::<netrc::Netrc>().map_err(|e| {
+            // The crate's message quotes the offending token, which may be a password: keep
+            // only its "(line N)".
+            let text = e.to_string();
+            let line = text.rsplit_once("(line ").map_or("?", |(_, n)| n.trim_end_matches(')'));
+            format!("netrc: cannot parse line {line}")
+        })?;
         let mut added = 0;
-        let mut current: Option<(String, Option<String>, Option<String>)> = None;
-        let mut finish = |entry: Option<(String, Option<String>, Option<String>)>, this: &mut Self| {
-            if let Some((host, Some(user), password)) = entry {
-                let key = host.to_ascii_lowercase();
-                if let std::collections::hash_map::Entry::Vacant(slot) = this.auth.entry(key) {
-                    slot.insert(Auth::Basic { user, password });
-                    added += 1;
-                }
+        let mut hosts: Vec<_> = parsed.hosts.into_iter().filter(|(h, _)| h != "default").collect();
+        hosts.sort_by(|a, b| a.0.cmp(&b.0));
+        for (host, entry) in hosts {
+            if entry.login.is_empty() {
+                continue;
             }
-        };
-        while let Some(token) = tokens.next() {
-            match token {
-                "machine" => {
-                    finish(current.take(), self);
-                    let host = tokens.next().ok_or("netrc: 'machine' without a name")?;
-                    current = Some((host.to_owned(), None, None));
-                }
-                // `default` applies to every host: too broad to send anywhere, so it is ignored.
-                "default" => finish(current.take(), self),
-                "login" | "password" | "account" => {
-                    let value = tokens
-                        .next()
-                        .ok_or_else(|| format!("netrc: '{token}' without a value"))?;
-                    if let Some(entry) = &mut current {
-                        match token {
-                            "login" => entry.1 = Some(value.to_owned()),
-                            "password" => entry.2 = Some(value.to_owned()),
-                            _ => {}
-                        }
-                    }
-                }
-                "macdef" => {
-                    // A macro runs to the next blank line; it carries no credentials for us.
-                    finish(current.take(), self);
-                    let rest = text.split_once("macdef").map_or("", |(_, r)| r);
-                    let after = rest.split_once("\n\n").map_or("", |(_, r)| r);
-                    tokens = after.split_whitespace();
-                }
-                other => return Err(format!("netrc: unexpected token {other:?}")),
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.auth.entry(origin_key(&host)) {
+                let password = (!entry.password.is_empty()).then_some(entry.password);
+                slot.insert(Auth::Basic {
+                    user: entry.login,
+                    password,
+                });
+                added += 1;
             }
         }
-        finish(current.take(), self);
         Ok(added)
     }
 
@@ -198,7 +203,15 @@ impl Credentials {
         if self.auth.is_empty() {
             return None;
         }
-        self.auth.get(&url.host_str()?.to_ascii_lowercase())
+        let host = url.host_str()?.to_ascii_lowercase();
+        let exact = format!("{}://{host}:{}", url.scheme(), url.port_or_known_default().unwrap_or(0));
+        if let Some(auth) = self.auth.get(&exact) {
+            return Some(auth);
+        }
+        // A bare host's credential: https only, unless the user allowed plain http.
+        (url.scheme() == "https" || self.plain_http)
+            .then(|| self.auth.get(&host))
+            .flatten()
     }
 
     /// The `Cookie` header value for `url`, if any cookie matches.
@@ -251,8 +264,34 @@ mod tests {
             None,
             "default is never used"
         );
-        assert!(c.add_netrc("machine").is_err());
+        assert!(c.add_netrc("machine").is_err() || c.add_netrc("machine").unwrap() == 0);
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn netrc_with_two_macros_ends() {
+        // Issue 8: the old parser jumped back to the first macdef and never ended.
+        let mut c = Credentials::default();
+        let text = "macdef a\necho 1\n\nmacdef b\necho 2\n\nmachine h.example login u password p\n";
+        assert_eq!(c.add_netrc(text).unwrap(), 1);
+        assert!(c.auth_for(&url("https://h.example/")).is_some());
+    }
+
+    #[test]
+    fn credentials_keep_to_their_origin_and_https() {
+        let mut c = Credentials::default();
+        c.set("a.example", Auth::Bearer("t".into()));
+        c.set("http://b.example:8080", Auth::Bearer("u".into()));
+        assert!(c.auth_for(&url("https://a.example:8443/x")).is_some());
+        assert_eq!(c.auth_for(&url("http://a.example/x")), None, "no secret in clear");
+        assert!(
+            c.auth_for(&url("http://b.example:8080/x")).is_some(),
+            "named explicitly"
+        );
+        assert_eq!(c.auth_for(&url("http://b.example:8081/x")), None, "another port");
+        assert_eq!(c.auth_for(&url("https://b.example:8080/x")), None, "another scheme");
+        c.allow_plain_http();
+        assert!(c.auth_for(&url("http://a.example/x")).is_some());
     }
 
     #[test]

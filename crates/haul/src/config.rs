@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::auth::Credentials;
-use crate::store::Layout;
+use crate::store::{Layout, STATE_DIR};
 
 /// Transfers in flight at most, over all hosts.
 pub const DEFAULT_CONCURRENCY: usize = 32;
@@ -26,8 +26,6 @@ pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_REDIRECTS: usize = 10;
 /// The archive's file name inside `OUTPUT/.haul/`.
 pub const DEFAULT_ARCHIVE_NAME: &str = "archive.sqlite";
-/// haul's own state directory inside the output directory.
-pub const STATE_DIR: &str = ".haul";
 
 /// What to do when the destination file already exists and the archive does not list it.
 ///
@@ -127,6 +125,11 @@ pub struct Config {
     pub ca_certs: Option<PathBuf>,
     /// Hosts a redirect may take a job's credentials, cookies and per-host headers to.
     pub trusted_hosts: Vec<String>,
+    /// Further header names (beside `Authorization`, `Cookie`, `Proxy-Authorization`) whose
+    /// values are secrets: sent to the job's own origin only.
+    pub secret_headers: Vec<String>,
+    /// Accept a 0-byte body as a finished file even when the manifest gives no size of 0.
+    pub allow_empty: bool,
 }
 
 impl Config {
@@ -170,6 +173,8 @@ impl Config {
                 content_disposition: false,
                 ca_certs: None,
                 trusted_hosts: Vec::new(),
+                secret_headers: Vec::new(),
+                allow_empty: false,
             },
         }
     }
@@ -267,6 +272,10 @@ setters! {
     ca_certs: Option<PathBuf>;
     /// Hosts a redirect may take a job's credentials to.
     trusted_hosts: Vec<String>;
+    /// Further secret header names (sent to the job's own origin only).
+    secret_headers: Vec<String>;
+    /// Accept 0-byte bodies without a manifest size of 0.
+    allow_empty: bool;
 }
 
 impl ConfigBuilder {

@@ -68,6 +68,9 @@ pub enum Error {
         /// Bytes expected.
         expected: u64,
     },
+    /// The server sent an empty body and nothing said the file is empty.
+    #[error("empty body (0 bytes) and the manifest gives no size of 0; pass --allow-empty to accept empty files")]
+    Empty,
     /// The file does not match what the manifest or the server said it should be.
     #[error("{0}")]
     Verify(String),
@@ -106,9 +109,27 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A local file operation on one destination failed (permission, read-only file, name
+    /// too long): that job fails and the run goes on, unless the disk is full.
+    #[error("{op} {}: {source}", path.display())]
+    Local {
+        /// What was being done ("create directory", "rename to").
+        op: &'static str,
+        /// The file concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
     /// The archive (journal) failed.
     #[error("archive: {0}")]
     Archive(String),
+    /// The output directory or the archive is in use by another haul process.
+    #[error("{0}")]
+    Locked(String),
+    /// A job's transfer panicked: a bug in haul, reported as that job's failure.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -119,6 +140,39 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+
+    /// Wraps an I/O error that concerns one destination only (see [`Error::Local`]).
+    pub(crate) fn local(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Self::Local {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// True when the process ran out of file descriptors (EMFILE, ENFILE): back-pressure, not
+    /// a failure of the job.
+    #[must_use]
+    pub fn is_out_of_files(&self) -> bool {
+        let io = match self {
+            Self::Io { source, .. } | Self::Local { source, .. } => Some(source),
+            _ => None,
+        };
+        let mut source: Option<&(dyn std::error::Error + 'static)> = match self {
+            Self::Network(e) => Some(e),
+            _ => None,
+        };
+        if io.is_some_and(is_out_of_files) {
+            return true;
+        }
+        while let Some(cause) = source {
+            if cause.downcast_ref::<io::Error>().is_some_and(is_out_of_files) {
+                return true;
+            }
+            source = cause.source();
+        }
+        false
     }
 
     /// The HTTP status, when the error is one.
@@ -143,6 +197,7 @@ impl Error {
             Self::TooSlow { .. } => "too slow".into(),
             Self::ShortBody { .. } => "short body".into(),
             Self::Verify(_) => "verification".into(),
+            Self::Empty => "empty body".into(),
             Self::Range(_) => "bad range".into(),
             Self::TooLarge { .. } => "too large".into(),
             Self::Path(_) => "bad path".into(),
@@ -150,11 +205,18 @@ impl Error {
             Self::Exists(_) => "exists".into(),
             Self::Url(_) => "bad url".into(),
             Self::Redirect(_) => "redirect".into(),
-            Self::Io { source, .. } if is_disk_full(source) => "disk full".into(),
-            Self::Io { .. } => "io".into(),
+            Self::Io { source, .. } | Self::Local { source, .. } if is_disk_full(source) => "disk full".into(),
+            Self::Io { .. } | Self::Local { .. } => "io".into(),
             Self::Archive(_) => "archive".into(),
+            Self::Locked(_) => "locked".into(),
+            Self::Internal(_) => "internal error".into(),
         }
     }
+}
+
+/// True for EMFILE (this process) and ENFILE (the whole system).
+pub(crate) fn is_out_of_files(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(24 | 23))
 }
 
 /// True for "no space left on device" and "quota exceeded".

@@ -45,7 +45,7 @@ mod engine;
 pub use config::{
     ArchiveMode, Config, ConfigBuilder, DEFAULT_ARCHIVE_NAME, DEFAULT_CONCURRENCY, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_REDIRECTS, DEFAULT_MAX_RETRY_WAIT, DEFAULT_PER_HOST, DEFAULT_READ_TIMEOUT, DEFAULT_RETRIES,
-    DEFAULT_RETRY_CAP, DEFAULT_RETRY_WAIT, OnExists, STATE_DIR,
+    DEFAULT_RETRY_CAP, DEFAULT_RETRY_WAIT, OnExists,
 };
 pub use engine::{Canceller, Engine};
-pub use store::Layout;
+pub use store::{Layout, STATE_DIR};

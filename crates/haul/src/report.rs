@@ -66,6 +66,9 @@ pub struct JobReport<'a> {
     pub error: Option<&'a str>,
     /// The manifest line the job came from.
     pub line: u64,
+    /// True when the file's length or content was checked (always false unless done or
+    /// adopted; see `Summary::unverified`).
+    pub verified: bool,
 }
 
 /// Receives job events. Implementations must be quick and must not fail: they run on the
@@ -340,6 +343,10 @@ pub struct Summary {
     pub fatal: Option<String>,
     /// Set when the run was cancelled (Ctrl-C).
     pub interrupted: bool,
+    /// Files recorded done (or adopted) whose length and content nothing could check: a
+    /// close-delimited body with no manifest size or digest. They are marked unverified in
+    /// the archive and the report.
+    pub unverified: u64,
 }
 
 impl Summary {

@@ -15,6 +15,7 @@
 mod batch;
 
 use std::fs::{self, File};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -46,7 +47,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     error         TEXT,
     attempts      INTEGER NOT NULL DEFAULT 0,
     first_seen    INTEGER NOT NULL,
-    updated       INTEGER NOT NULL
+    updated       INTEGER NOT NULL,
+    verified      INTEGER NOT NULL DEFAULT 1
 ) WITHOUT ROWID;
 -- No index on status: `haul status` scans, and every commit stays one index lighter.
 DROP INDEX IF EXISTS jobs_status;
@@ -95,6 +97,8 @@ pub struct Record {
     pub size: Option<u64>,
     /// SHA-256 hex of the file (done).
     pub sha256: Option<String>,
+    /// False when nothing could check the file's length or content (see `Summary::unverified`).
+    pub verified: bool,
     /// The ETag of the response.
     pub etag: Option<String>,
     /// The Last-Modified of the response.
@@ -147,6 +151,50 @@ fn open_connection(path: &Path) -> Result<Connection, Error> {
     Ok(conn)
 }
 
+/// Creates the archive file (mode 0600: it holds URLs, which may carry tokens) unless it
+/// exists; refuses a symlink there. SQLite creates its `-wal` and `-shm` files with the same
+/// mode.
+fn create_private(path: &Path) -> Result<(), Error> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(Error::Archive(format!(
+            "{} is a symlink; haul does not follow it for its archive",
+            path.display()
+        ))),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match File::options()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+            {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                Err(e) => Err(Error::io("create archive", path, e)),
+            }
+        }
+        Err(e) => Err(Error::io("inspect archive", path, e)),
+    }
+}
+
+/// Brings an archive of an earlier haul up to this schema.
+fn migrate(conn: &Connection) -> Result<(), Error> {
+    let has_verified: bool = conn
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'verified'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(|e| db_error("read schema", e))?
+        > 0;
+    if !has_verified {
+        conn.execute_batch("ALTER TABLE jobs ADD COLUMN verified INTEGER NOT NULL DEFAULT 1")
+            .map_err(|e| db_error("upgrade schema", e))?;
+    }
+    Ok(())
+}
+
 /// An archive opened for a run: holds the lock until dropped.
 #[derive(Debug)]
 pub struct Archive {
@@ -170,6 +218,8 @@ impl Archive {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&lock_path)
             .map_err(|e| Error::io("create archive lock", &lock_path, e))?;
         if wait {
@@ -180,8 +230,10 @@ impl Archive {
                 path.display()
             )));
         }
+        create_private(path)?;
         let conn = open_connection(path)?;
         conn.execute_batch(SCHEMA).map_err(|e| db_error("create schema", e))?;
+        migrate(&conn)?;
         Ok(Self {
             path: path.to_owned(),
             _lock: lock,
@@ -572,11 +624,11 @@ fn write_batch(conn: &Connection, batch: &[Record]) -> rusqlite::Result<()> {
     {
         let mut stmt = tx.prepare_cached(
             "INSERT INTO jobs (id, url, path, size, sha256, etag, last_modified, status, http_status,
-                               error_class, error, attempts, first_seen, updated)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)
+                               error_class, error, attempts, first_seen, updated, verified)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14)
              ON CONFLICT(id) DO UPDATE SET
                url = excluded.url, path = excluded.path, size = excluded.size,
-               sha256 = excluded.sha256, etag = excluded.etag,
+               sha256 = excluded.sha256, etag = excluded.etag, verified = excluded.verified,
                last_modified = excluded.last_modified, status = excluded.status,
                http_status = excluded.http_status, error_class = excluded.error_class,
                error = excluded.error, attempts = jobs.attempts + excluded.attempts,
@@ -598,6 +650,7 @@ fn write_batch(conn: &Connection, batch: &[Record]) -> rusqlite::Result<()> {
                 r.error,
                 r.attempts,
                 now,
+                r.verified,
             ])?;
         }
     }
@@ -654,6 +707,7 @@ mod tests {
             path: Some(id.into()),
             size: Some(3),
             sha256: Some("ab".into()),
+            verified: true,
             etag: Some("\"e\"".into()),
             last_modified: None,
             status,

@@ -14,8 +14,11 @@
 mod transfer;
 
 use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt as _;
 
 use tokio::sync::{mpsc, watch};
 
@@ -30,6 +33,18 @@ use crate::schedule::Scheduler;
 use crate::schedule::backoff::{Backoff, Jitter};
 use crate::store::{RelPath, Store, output_path};
 use transfer::{JobState, Outcome};
+
+/// Attempts a job may lose for want of file descriptors (EMFILE) before it fails: such an
+/// attempt is back-pressure, not the job's fault, so it does not count as an attempt.
+const MAX_STARVED: u32 = 200;
+
+/// A far deadline for waits too long to add to the clock (a Retry-After near `u64::MAX`).
+const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `now + wait`, without overflow.
+fn deadline(now: Instant, wait: Duration) -> Instant {
+    now.checked_add(wait).or_else(|| now.checked_add(FAR)).unwrap_or(now)
+}
 
 /// Bodies at least this large get a `partial` archive row when they start, so a rerun after a
 /// crash can resume them; smaller ones are cheaper to fetch again than to journal twice.
@@ -75,15 +90,32 @@ pub(crate) struct Shared {
     journal: Option<Journal>,
     /// Finds which job owns an existing file (path conflicts across runs).
     path_owner: Option<Mutex<ArchiveReader>>,
-    /// Fingerprints of the paths this run writes: two jobs, one file is a conflict.
+    /// Fingerprints of the paths of jobs in flight (admitted, not yet ended): two of them on one
+    /// file is a conflict. Bounded by the window; a job that ends releases its claims, and a
+    /// later job on a finished path meets the file system's no-replace rename instead.
     claimed: Mutex<HashSet<u64>>,
 }
 
 impl Shared {
-    /// Claims `rel` for one job of this run; false when another job has it.
-    fn claim(&self, rel: &str) -> bool {
+    /// Claims `rel` for one job in flight; `None` when another job in flight has it.
+    fn claim(&self, rel: &str) -> Option<u64> {
         let fingerprint = RelPath::fingerprint_of(rel, self.store.folds_case());
-        self.claimed.lock().expect("claimed paths").insert(fingerprint)
+        self.claimed
+            .lock()
+            .expect("claimed paths")
+            .insert(fingerprint)
+            .then_some(fingerprint)
+    }
+
+    /// Releases a job's claims.
+    fn release(&self, claims: &mut Vec<u64>) {
+        if claims.is_empty() {
+            return;
+        }
+        let mut claimed = self.claimed.lock().expect("claimed paths");
+        for claim in claims.drain(..) {
+            claimed.remove(&claim);
+        }
     }
 
     /// Journals a large transfer as it starts, with its validators, for resume after a crash.
@@ -98,6 +130,7 @@ impl Shared {
             path: Some(state.final_rel.clone()),
             size: total,
             sha256: None,
+            verified: false,
             etag: state.validators.etag.clone(),
             last_modified: state.validators.last_modified.clone(),
             status: RowStatus::Partial,
@@ -119,10 +152,10 @@ enum Input {
     Fatal(Error),
 }
 
-/// What a worker sends back; `result` is `None` when the run was cancelled mid-attempt.
+/// What a worker sends back.
 struct WorkerDone {
     state: Box<JobState>,
-    result: Option<Result<Outcome, Error>>,
+    result: Result<Outcome, Error>,
 }
 
 impl Engine {
@@ -184,15 +217,13 @@ impl Engine {
         I::IntoIter: Send,
     {
         let config = Arc::clone(&self.config);
-        // The archive lock before looking into the output directory: what it holds is only known
-        // once no other haul process can be writing to it.
-        std::fs::create_dir_all(&config.output_dir)
-            .map_err(|e| Error::io("create output directory", &config.output_dir, e))?;
+        // The output directory's lock (taken by the store before it looks inside), then the
+        // archive's: a second haul on either stops here.
+        let store = Arc::new(Store::open(&config.output_dir, config.fsync, config.wait_archive)?);
         let archive = match config.archive_path() {
             Some(path) => Some(Archive::open(&path, config.wait_archive)?),
             None => None,
         };
-        let store = Arc::new(Store::open(&config.output_dir, config.fsync)?);
         let journal = match &archive {
             Some(a) => Some(a.writer(config.batch_records, config.batch_delay, config.fsync)?),
             None => None,
@@ -234,9 +265,16 @@ impl Engine {
             },
             window,
         };
-        let mut summary = dispatcher.run(input_rx, self.cancel.subscribe()).await;
-        let _ = reader.join();
+        let (mut summary, input_ended) = dispatcher.run(input_rx, self.cancel.subscribe()).await;
+        // A reader still blocked on its input (a pipe whose producer stays open) is left to end
+        // with the process: joining it here would hang the cancelled run.
+        if input_ended && reader.join().is_err() {
+            summary
+                .fatal
+                .get_or_insert_with(|| "the manifest reader panicked".to_owned());
+        }
         drop(dispatcher);
+        shared.store.unlock();
         if let Some(journal) = &shared.journal
             && let Err(e) = journal.close()
         {
@@ -268,7 +306,19 @@ fn read_manifest(
 ) {
     let mut count = 0u64;
     let mut batch = Vec::new();
-    for item in jobs {
+    let mut jobs = jobs;
+    loop {
+        // A panicking manifest iterator (a library caller's) ends the run as a fatal error, not
+        // as a clean partial run.
+        let item = match std::panic::catch_unwind(AssertUnwindSafe(|| jobs.next())) {
+            Ok(Some(item)) => item,
+            Ok(None) => break,
+            Err(_) => {
+                batch.push(Input::Fatal(Error::Internal("the manifest reader panicked".into())));
+                let _ = tx.blocking_send(batch);
+                return;
+            }
+        };
         let input = match item {
             Err(bad) => Input::Bad(bad),
             Ok(job) => {
@@ -309,6 +359,7 @@ fn prepare(job: Job, shared: &Shared, archive: Option<&ArchiveReader>) -> Result
         Err(reason) => return Ok(Input::Refused(Box::new(job), Error::Path(reason))),
     };
     let mut validators = Validators::default();
+    let mut known_total = None;
     if let Some(archive) = archive
         && let Some(row) = archive.lookup(&job.id)?
     {
@@ -322,22 +373,14 @@ fn prepare(job: Job, shared: &Shared, archive: Option<&ArchiveReader>) -> Result
                     etag: row.etag,
                     last_modified: row.last_modified,
                 };
+                known_total = row.size.filter(|_| row.status == RowStatus::Partial);
             }
         }
     }
-    let rel = rel.as_str().to_owned();
-    Ok(Input::Job(Box::new(JobState {
-        host: job.host_key(),
-        final_rel: rel.clone(),
-        rel,
-        job,
-        attempts: 0,
-        validators,
-        http_status: None,
-        bytes: 0,
-        checked_exists: false,
-        named_by_server: false,
-    })))
+    let mut state = JobState::new(job, rel.as_str().to_owned());
+    state.validators = validators;
+    state.known_total = known_total;
+    Ok(Input::Job(Box::new(state)))
 }
 
 struct Dispatcher {
@@ -351,7 +394,13 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    async fn run(&mut self, mut input: mpsc::Receiver<Vec<Input>>, mut cancel: watch::Receiver<bool>) -> Summary {
+    /// Runs until every job ended or the run stops; returns the summary and whether the input
+    /// was read to its end.
+    async fn run(
+        &mut self,
+        mut input: mpsc::Receiver<Vec<Input>>,
+        mut cancel: watch::Receiver<bool>,
+    ) -> (Summary, bool) {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<WorkerDone>();
         let mut input_open = true;
         let mut stopping = false;
@@ -399,7 +448,7 @@ impl Dispatcher {
         for state in self.scheduler.take_waiting() {
             self.finish_report(&state, JobStatus::Pending, None, None);
         }
-        std::mem::take(&mut self.summary)
+        (std::mem::take(&mut self.summary), !input_open)
     }
 
     fn spawn(
@@ -415,10 +464,20 @@ impl Dispatcher {
         let done = done.clone();
         let mut cancel = cancel.clone();
         tokio::spawn(async move {
-            let result = tokio::select! {
-                result = transfer::run(&shared, &mut state) => Some(result),
-                _ = cancel.wait_for(|c| *c) => None,
-            };
+            // Cancellation is cooperative (see `transfer`): the attempt ends its body loop and
+            // keeps its part; it is never dropped mid-write or mid-rename. A panic is this job's
+            // failure, never a run that waits forever for its report.
+            let attempt = AssertUnwindSafe(transfer::run(&shared, &mut state, &mut cancel))
+                .catch_unwind()
+                .await;
+            let result = attempt.unwrap_or_else(|panic| {
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a transfer panicked".to_owned());
+                Err(Error::Internal(text))
+            });
             let _ = done.send(WorkerDone { state, result });
         });
     }
@@ -426,12 +485,14 @@ impl Dispatcher {
     /// Handles a reader message; true when the run must stop (a fatal archive error).
     fn on_input(&mut self, message: Input) -> bool {
         match message {
-            Input::Job(state) => {
+            Input::Job(mut state) => {
                 self.shared.monitor.on_read();
-                if !self.shared.claim(&state.rel) {
-                    let error = Error::Conflict(state.rel.clone());
-                    self.fail(&state, &error);
-                    return false;
+                match self.shared.claim(&state.rel) {
+                    Some(claim) => state.claims.push(claim),
+                    None => {
+                        let error = Error::Conflict(state.rel.clone());
+                        return self.fail(&state, &error);
+                    }
                 }
                 let host = state.host.clone();
                 self.scheduler.push(&host, state);
@@ -444,7 +505,7 @@ impl Dispatcher {
             Input::Refused(job, error) => {
                 self.shared.monitor.on_read();
                 let state = skipped_state(*job, String::new());
-                self.fail(&state, &error);
+                return self.fail(&state, &error);
             }
             Input::Bad(bad) => {
                 self.shared.monitor.on_bad_line();
@@ -463,30 +524,36 @@ impl Dispatcher {
     fn on_finished(&mut self, done: WorkerDone) -> bool {
         let WorkerDone { state, result } = done;
         self.scheduler.finish(&state.host);
-        let Some(result) = result else {
-            // Keep the validators so the next run can resume the `.part` file with If-Range.
-            self.shared.note_partial(&state, None);
-            self.finish_report(&state, JobStatus::Pending, Some("interrupted"), None);
-            return false;
-        };
         match result {
-            Ok(Outcome::Done(file)) => {
-                self.record_done(&state, file.bytes, &file.sha256);
-                self.finish_report(&state, JobStatus::Done, None, None);
+            Ok(Outcome::Interrupted) => {
+                // Keep the validators so the next run can resume the part file with If-Range.
+                self.shared.note_partial(&state, state.known_total);
+                self.finish_report(&state, JobStatus::Pending, Some("interrupted"), None);
                 false
             }
-            Ok(Outcome::Adopted(file)) => {
-                self.record_done(&state, file.bytes, &file.sha256);
+            Ok(Outcome::Done { file, verified }) => {
+                let stop = self.record_done(&state, &file, verified);
+                let mut state = state;
+                state.verified = verified;
+                self.summary.unverified += u64::from(!verified);
+                self.finish_report(&state, JobStatus::Done, (!verified).then_some("unverified"), None);
+                stop
+            }
+            Ok(Outcome::Adopted { file, verified }) => {
+                let stop = self.record_done(&state, &file, verified);
+                self.summary.unverified += u64::from(!verified);
                 let mut adopted = state;
                 adopted.bytes = file.bytes;
-                self.finish_report(&adopted, JobStatus::Skipped, Some("exists"), None);
-                false
+                adopted.verified = verified;
+                let reason = if verified { "exists" } else { "exists, unverified" };
+                self.finish_report(&adopted, JobStatus::Skipped, Some(reason), None);
+                stop
             }
             Err(error) => self.on_error(state, error),
         }
     }
 
-    fn on_error(&mut self, state: Box<JobState>, error: Error) -> bool {
+    fn on_error(&mut self, mut state: Box<JobState>, error: Error) -> bool {
         let class = classify(&error);
         let retryable = matches!(class, ErrorClass::Transient | ErrorClass::RetryAfter(_));
         if class == ErrorClass::Fatal {
@@ -496,16 +563,20 @@ impl Dispatcher {
             self.fail(&state, &error);
             return true;
         }
+        if error.is_out_of_files() && state.starved < MAX_STARVED {
+            // Out of descriptors: back-pressure from the other transfers, not this job's fault.
+            state.attempts = state.attempts.saturating_sub(1);
+            state.starved += 1;
+        }
         if !retryable || state.attempts > self.shared.config.retries {
-            self.fail(&state, &error);
-            return false;
+            return self.fail(&state, &error);
         }
         let now = Instant::now();
         let delay = match class {
             ErrorClass::RetryAfter(wait) => {
                 let wait = wait.min(self.shared.config.max_retry_wait);
                 // The server asked the whole host to slow down: pause every job for it.
-                self.scheduler.cool_down(&state.host, now + wait);
+                self.scheduler.cool_down(&state.host, deadline(now, wait));
                 wait
             }
             _ => self.backoff.delay(state.attempts, self.jitter.unit()),
@@ -513,18 +584,23 @@ impl Dispatcher {
         self.shared.monitor.on_retry();
         self.reporter.on_retry(&state.job, state.attempts, &error, delay);
         let host = state.host.clone();
-        self.scheduler.retry_at(&host, state, now + delay);
+        self.scheduler.retry_at(&host, state, deadline(now, delay));
         false
     }
 
-    fn record_done(&mut self, state: &JobState, bytes: u64, sha256: &[u8; 32]) {
-        let Some(journal) = &self.shared.journal else { return };
+    /// Records a finished job; true when the archive failed (the run must stop: files
+    /// downloaded from now on could not be recorded).
+    fn record_done(&mut self, state: &JobState, file: &crate::store::Finished, verified: bool) -> bool {
+        let Some(journal) = &self.shared.journal else {
+            return false;
+        };
         let record = Record {
             id: state.job.id.clone(),
             url: state.job.url.as_str().to_owned(),
             path: Some(state.final_rel.clone()),
-            size: Some(bytes),
-            sha256: Some(to_hex(sha256)),
+            size: Some(file.bytes),
+            sha256: Some(to_hex(&file.sha256)),
+            verified,
             etag: state.validators.etag.clone(),
             last_modified: state.validators.last_modified.clone(),
             status: RowStatus::Done,
@@ -533,21 +609,28 @@ impl Dispatcher {
             error: None,
             attempts: state.attempts,
         };
-        if let Err(e) = journal.record(record) {
-            self.summary.fatal.get_or_insert_with(|| e.to_string());
+        match journal.record(record) {
+            Ok(()) => false,
+            Err(e) => {
+                self.summary.fatal.get_or_insert_with(|| e.to_string());
+                true
+            }
         }
     }
 
-    fn fail(&mut self, state: &JobState, error: &Error) {
+    /// Reports a failed job and records it; true when the archive failed (the run stops).
+    fn fail(&mut self, state: &JobState, error: &Error) -> bool {
+        let mut stop = false;
         if let Some(journal) = &self.shared.journal
             && !matches!(error, Error::Conflict(_))
         {
-            let _ = journal.record(Record {
+            let recorded = journal.record(Record {
                 id: state.job.id.clone(),
                 url: state.job.url.as_str().to_owned(),
                 path: (!state.final_rel.is_empty()).then(|| state.final_rel.clone()),
                 size: state.job.size,
                 sha256: None,
+                verified: false,
                 etag: state.validators.etag.clone(),
                 last_modified: state.validators.last_modified.clone(),
                 status: RowStatus::Failed,
@@ -556,6 +639,10 @@ impl Dispatcher {
                 error: Some(error.to_string()),
                 attempts: state.attempts,
             });
+            if let Err(e) = recorded {
+                self.summary.fatal.get_or_insert_with(|| e.to_string());
+                stop = true;
+            }
         }
         self.finish_report(
             state,
@@ -563,9 +650,14 @@ impl Dispatcher {
             Some(&error.reason()),
             Some(&error.to_string()),
         );
+        stop
     }
 
     fn finish_report(&mut self, state: &JobState, status: JobStatus, reason: Option<&str>, error: Option<&str>) {
+        if !state.claims.is_empty() {
+            let mut claims = state.claims.clone();
+            self.shared.release(&mut claims);
+        }
         let report = JobReport {
             id: &state.job.id,
             url: state.job.safe_url(),
@@ -578,6 +670,7 @@ impl Dispatcher {
             reason,
             error,
             line: state.job.line,
+            verified: state.verified,
         };
         self.shared.monitor.on_finished(status);
         self.summary.record(&report);
@@ -586,18 +679,9 @@ impl Dispatcher {
 }
 
 fn skipped_state(job: Job, path: String) -> JobState {
-    JobState {
-        host: job.host_key(),
-        rel: path.clone(),
-        final_rel: path,
-        job,
-        attempts: 0,
-        validators: Validators::default(),
-        http_status: None,
-        bytes: 0,
-        checked_exists: true,
-        named_by_server: false,
-    }
+    let mut state = JobState::new(job, path);
+    state.checked_exists = true;
+    state
 }
 
 /// What the user can do about a fatal error.
@@ -606,7 +690,7 @@ fn error_hint(error: &Error) -> &'static str {
         Error::Io { source, .. } if crate::error::is_disk_full(source) => {
             "free some space or choose another output directory, then run again: finished files are kept"
         }
-        Error::Io { .. } => "check that the output directory is writable, then run again",
+        Error::Io { .. } | Error::Local { .. } => "check that the output directory is writable, then run again",
         _ => "fix the cause and run again: finished files are kept and skipped",
     }
 }

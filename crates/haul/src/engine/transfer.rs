@@ -1,47 +1,74 @@
 //! One job's work on a worker task: the existing-file check, then one HTTP attempt streamed
-//! into a `.part` file and finished into place.
+//! into its part file and finished into place.
+//!
+//! The attempt follows the state machine of `fetch::range`: a head that cannot continue the
+//! part discards it (and its validators) before the error goes back to the retry loop; a `200`
+//! to a resume request removes the old part before any byte or validator of the new
+//! representation is stored. Cancellation is cooperative: it ends the body loop, the part is
+//! kept for a later resume, and a finish (verify and rename) that has begun always completes.
 
-use std::fs;
-use std::io;
 use std::sync::Arc;
-use std::time::Instant;
+
+use tokio::sync::watch;
 
 use super::Shared;
 use crate::config::OnExists;
 use crate::error::Error;
-use crate::fetch::Validators;
+use crate::fetch::{BodyEnd, BodyLimits, BodySink, Decision, Validators, stream_body};
 use crate::job::Job;
-use crate::store::{Expect, Finished, PartWriter, disposition_filename, part_path};
+use crate::store::{Commit, Entry, Expect, Finished, PartWriter, disposition_filename};
 
 /// A job between attempts: everything the retry loop carries along.
 #[derive(Debug)]
 pub(crate) struct JobState {
     pub(crate) job: Job,
     pub(crate) host: String,
-    /// The checked relative path.
+    /// The checked relative path (the part file is keyed by it).
     pub(crate) rel: String,
     /// Where the file finally goes (differs from `rel` under `--on-exists rename`).
     pub(crate) final_rel: String,
     pub(crate) attempts: u32,
+    /// Attempts that ended for want of file descriptors: not counted as attempts, but bounded.
+    pub(crate) starved: u32,
     pub(crate) validators: Validators,
+    /// The file's total length as a response gave it (checked against later answers).
+    pub(crate) known_total: Option<u64>,
     pub(crate) http_status: Option<u16>,
     pub(crate) bytes: u64,
     /// True once the existing-destination check ran (it runs before the first attempt only).
     pub(crate) checked_exists: bool,
+    /// How the finished file may take its final name (set by the existing-destination check).
+    pub(crate) commit: Commit,
     /// True once a Content-Disposition name replaced the derived one.
     pub(crate) named_by_server: bool,
-}
-
-/// What an attempt achieved.
-#[derive(Debug)]
-pub(crate) enum Outcome {
-    /// Downloaded, verified and renamed into place.
-    Done(Finished),
-    /// The destination already held the right file; it was adopted without a request.
-    Adopted(Finished),
+    /// Fingerprints of the paths this job holds in the in-flight claim set.
+    pub(crate) claims: Vec<u64>,
+    /// True once the finished file's length or content was checked.
+    pub(crate) verified: bool,
 }
 
 impl JobState {
+    /// A fresh state for `job` bound for `rel`.
+    pub(crate) fn new(job: Job, rel: String) -> Self {
+        Self {
+            host: job.host_key(),
+            final_rel: rel.clone(),
+            rel,
+            job,
+            attempts: 0,
+            starved: 0,
+            validators: Validators::default(),
+            known_total: None,
+            http_status: None,
+            bytes: 0,
+            checked_exists: false,
+            commit: Commit::New,
+            named_by_server: false,
+            claims: Vec::new(),
+            verified: false,
+        }
+    }
+
     fn expect(&self, server_total: Option<u64>) -> Expect {
         Expect {
             size: self.job.size.or(server_total),
@@ -49,118 +76,159 @@ impl JobState {
             md5: self.job.md5,
         }
     }
+
+    /// Forgets the part's validators: the next attempt asks for the whole file.
+    fn forget_part(&mut self, shared: &Shared) {
+        shared.store.discard_part(&self.rel);
+        self.validators = Validators::default();
+        self.known_total = None;
+    }
+}
+
+/// What an attempt achieved.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Downloaded, verified and renamed into place. `verified` is false when nothing could
+    /// check the body's length or content (a close-delimited body, no manifest size or digest).
+    Done { file: Finished, verified: bool },
+    /// The destination already held the right file; it was adopted without a request.
+    Adopted { file: Finished, verified: bool },
+    /// The run was cancelled; a resumable part is kept.
+    Interrupted,
+}
+
+impl BodySink for PartWriter {
+    async fn write(&mut self, data: bytes::Bytes) -> Result<(), Error> {
+        PartWriter::write(self, data).await
+    }
+
+    fn total(&self) -> u64 {
+        PartWriter::total(self)
+    }
 }
 
 /// Runs the existing-file check (first time) and one attempt.
-pub(crate) async fn run(shared: &Arc<Shared>, state: &mut JobState) -> Result<Outcome, Error> {
+pub(crate) async fn run(
+    shared: &Arc<Shared>,
+    state: &mut JobState,
+    cancel: &mut watch::Receiver<bool>,
+) -> Result<Outcome, Error> {
     if !state.checked_exists {
         state.checked_exists = true;
         if let Some(adopted) = check_existing(shared, state).await? {
-            return Ok(Outcome::Adopted(adopted));
+            return Ok(adopted);
         }
     }
-    attempt(shared, state).await
+    attempt(shared, state, cancel).await
 }
 
-/// Applies `--on-exists` to a destination that exists. Returns a finished file when it is
-/// adopted as is.
-async fn check_existing(shared: &Arc<Shared>, state: &mut JobState) -> Result<Option<Finished>, Error> {
+/// Applies `--on-exists` to a destination that exists. Returns an outcome when the file there
+/// is adopted as is.
+async fn check_existing(shared: &Arc<Shared>, state: &mut JobState) -> Result<Option<Outcome>, Error> {
+    state.commit = Commit::New;
     if shared.store.started_empty() {
-        // A new output directory: only this run writes there, and it never gives one path to
-        // two jobs (the dispatcher's conflict check), so a stat per job would find nothing.
+        // A new output directory: only this run writes there (the directory lock keeps other
+        // haul processes out), and the no-replace rename catches two jobs on one file.
         return Ok(None);
     }
-    let dest = shared.store.dest(&state.rel);
-    let meta = match fs::symlink_metadata(&dest) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("inspect", &dest, e)),
+    let entry = shared.store.inspect(&state.final_rel)?;
+    let mode = match entry {
+        Entry::Missing => return Ok(None),
+        Entry::Symlink => {
+            return Err(Error::Path(format!(
+                "refused path {:?}: the destination is a symlink",
+                state.final_rel
+            )));
+        }
+        Entry::Directory | Entry::Other => {
+            return Err(Error::Path(format!(
+                "refused path {:?}: the destination is not a regular file",
+                state.final_rel
+            )));
+        }
+        Entry::File { mode, .. } => mode,
     };
-    if meta.file_type().is_symlink() {
-        return Err(Error::Path(format!(
-            "refused path {:?}: the destination is a symlink",
-            state.rel
-        )));
-    }
-    if meta.is_dir() {
-        return Err(Error::Path(format!(
-            "refused path {:?}: the destination is a directory",
-            state.rel
-        )));
+    if shared.store.written_this_run(&entry) {
+        return Err(Error::Conflict(state.final_rel.clone()));
     }
     if let Some(reader) = &shared.path_owner {
-        let owner = reader.lock().expect("archive reader").owner_of(&state.rel)?;
+        let owner = reader.lock().expect("archive reader").owner_of(&state.final_rel)?;
         if owner.is_some_and(|o| o != state.job.id) {
-            return Err(Error::Conflict(state.rel.clone()));
+            return Err(Error::Conflict(state.final_rel.clone()));
         }
     }
     match shared.config.on_exists {
-        OnExists::Overwrite => Ok(None),
-        OnExists::Fail => Err(Error::Exists(state.rel.clone())),
+        OnExists::Overwrite => {
+            state.commit = Commit::Replace { mode };
+            Ok(None)
+        }
+        OnExists::Fail => Err(Error::Exists(state.final_rel.clone())),
         OnExists::Rename => {
-            state.final_rel = free_name(shared, &state.rel);
+            state.final_rel = shared.store.free_name(&state.final_rel)?;
             Ok(None)
         }
         OnExists::Skip => {
             let expect = state.expect(None);
+            let store = Arc::clone(&shared.store);
+            let rel = state.final_rel.clone();
             let want_md5 = expect.md5.is_some();
-            let found = tokio::task::spawn_blocking(move || crate::store::hash_file(&dest, want_md5))
+            let found = tokio::task::spawn_blocking(move || store.hash_existing(&rel, want_md5))
                 .await
-                .map_err(|e| Error::io("read", state.rel.clone(), io::Error::other(e.to_string())))??;
+                .map_err(|e| Error::Internal(e.to_string()))??;
             let (bytes, sha256, md5) = found;
             if crate::store::matches(&expect, bytes, &sha256, md5.as_ref()) {
-                Ok(Some(Finished { bytes, sha256 }))
-            } else {
-                // Not the file the manifest describes (an older version, a torn copy): replace it.
-                Ok(None)
+                let file = Finished { bytes, sha256 };
+                return Ok(Some(Outcome::Adopted {
+                    file,
+                    verified: expect.is_checkable(),
+                }));
             }
+            // Not the file the manifest describes (an older version, a torn copy): replace it.
+            state.commit = Commit::Replace { mode };
+            Ok(None)
         }
     }
 }
 
-/// `stem (N).ext` for the smallest N whose name is free.
-fn free_name(shared: &Shared, rel: &str) -> String {
-    let (dir, name) = rel.rsplit_once('/').map_or(("", rel), |(d, n)| (d, n));
-    let (stem, ext) = match name.rfind('.') {
-        Some(dot) if dot > 0 => (&name[..dot], &name[dot..]),
-        _ => (name, ""),
-    };
-    (1u32..)
-        .map(|n| {
-            let candidate = format!("{stem} ({n}){ext}");
-            if dir.is_empty() {
-                candidate
-            } else {
-                format!("{dir}/{candidate}")
-            }
-        })
-        .find(|candidate| fs::symlink_metadata(shared.store.dest(candidate)).is_err())
-        .expect("some name is free")
-}
-
-/// One HTTP attempt streamed into `.part` and finished into place.
-async fn attempt(shared: &Arc<Shared>, state: &mut JobState) -> Result<Outcome, Error> {
+/// One HTTP attempt streamed into the part file and finished into place.
+async fn attempt(
+    shared: &Arc<Shared>,
+    state: &mut JobState,
+    cancel: &mut watch::Receiver<bool>,
+) -> Result<Outcome, Error> {
     state.attempts += 1;
     let config = &shared.config;
-    let part = part_path(&shared.store.dest(&state.rel));
-    let offset = if state.validators.allow_resume() {
-        fs::symlink_metadata(&part)
-            .map(|m| if m.is_file() { m.len() } else { 0 })
-            .unwrap_or(0)
+    let part_len = if state.validators.allow_resume() {
+        shared.store.part_len(&state.rel)
     } else {
         0
     };
-    let (head, mut response) = shared
-        .fetcher
-        .send(&state.job, offset, &state.validators)
-        .await
-        .inspect_err(|e| {
-            state.http_status = e.http_status();
-        })?;
+    let sent = tokio::select! {
+        biased;
+        _ = cancel.wait_for(|c| *c) => return Ok(Outcome::Interrupted),
+        sent = shared.fetcher.send(&state.job, part_len, &state.validators, state.known_total) => sent,
+    };
+    let (head, mut response) = match sent {
+        Ok(answer) => answer,
+        Err(error) => {
+            state.http_status = error.http_status();
+            if matches!(error, Error::Range(_)) {
+                // The answer cannot continue the part: the next attempt starts from zero.
+                state.forget_part(shared);
+            }
+            return Err(error);
+        }
+    };
     state.http_status = Some(head.status);
-    if head.validators.etag.is_some() || head.validators.last_modified.is_some() || !head.already_complete {
+    if let Decision::Stream { offset: 0, .. } = head.decision {
+        // A new representation (or a first request): the old part goes before any byte or
+        // validator of the new one is stored.
+        if part_len > 0 {
+            shared.store.discard_part(&state.rel);
+        }
         state.validators = head.validators.clone();
     }
+    state.known_total = head.total();
     if let Some(name) = head
         .disposition
         .as_deref()
@@ -173,74 +241,87 @@ async fn attempt(shared: &Arc<Shared>, state: &mut JobState) -> Result<Outcome, 
             None => name,
         };
         if renamed != state.rel {
-            if !shared.claim(&renamed) {
-                return Err(Error::Conflict(renamed));
+            match shared.claim(&renamed) {
+                Some(claim) => state.claims.push(claim),
+                None => return Err(Error::Conflict(renamed)),
             }
             state.rel.clone_from(&renamed);
             state.final_rel = renamed;
+            state.validators = head.validators.clone();
             if let Some(adopted) = check_existing(shared, state).await? {
-                return Ok(Outcome::Adopted(adopted));
+                return Ok(adopted);
             }
         }
     }
-    let total = head.total.or(state.job.size);
-    if let (Some(limit), Some(total)) = (config.max_size, total)
-        && total > limit
+    let total = head.total();
+    // Size discipline: a length that disagrees with the manifest fails before the body.
+    if let (Some(want), Some(announced)) = (state.job.size, total)
+        && want != announced
+    {
+        state.forget_part(shared);
+        return Err(Error::Verify(format!(
+            "the server announces {announced} bytes, the manifest says {want}"
+        )));
+    }
+    if let (Some(limit), Some(size)) = (config.max_size, total.or(state.job.size))
+        && size > limit
     {
         return Err(Error::TooLarge { limit });
     }
-    let expect = state.expect(head.total);
-    let mut writer = PartWriter::new(Arc::clone(&shared.store), &state.rel, head.offset, expect.md5.is_some());
-    if head.already_complete {
-        return writer.finish(expect, &state.final_rel).await.map(Outcome::Done);
+    let expect = state.expect(total);
+    let mut writer = PartWriter::new(
+        Arc::clone(&shared.store),
+        &state.rel,
+        head.offset(),
+        expect.md5.is_some(),
+    );
+    if let Decision::Complete { .. } = head.decision {
+        let file = writer.finish(expect, &state.final_rel, state.commit).await?;
+        return Ok(Outcome::Done { file, verified: true });
     }
     shared.note_partial(state, total);
     let guard = shared.monitor.start_transfer(&state.rel, total);
-    guard.set_received(head.offset);
-    let mut window = (Instant::now(), 0u64);
-    loop {
-        let chunk = match response.chunk().await {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
-            Err(e) => {
-                state.bytes = writer.total();
-                keep_or_drop(writer, &state.validators).await;
-                return Err(Error::Network(e));
-            }
-        };
-        let len = chunk.len() as u64;
-        guard.add_bytes(len);
-        writer.write(chunk).await?;
-        if let Some(limit) = config.max_size
-            && writer.total() > limit
-        {
-            drop(writer);
-            let _ = fs::remove_file(&part);
-            return Err(Error::TooLarge { limit });
+    guard.set_received(head.offset());
+    let limits = BodyLimits {
+        expected: expect.size,
+        max_size: config.max_size,
+        lowest_speed: config.lowest_speed,
+    };
+    let end = stream_body(&mut response, &mut writer, limits, |n| guard.add_bytes(n), cancel).await;
+    drop(response);
+    state.bytes = writer.total();
+    match end {
+        Ok(BodyEnd::Complete) => {}
+        Ok(BodyEnd::Cancelled) => {
+            keep_or_drop(writer, &state.validators).await;
+            return Ok(Outcome::Interrupted);
         }
-        if let Some((lowest, span)) = config.lowest_speed {
-            window.1 += len;
-            let elapsed = window.0.elapsed();
-            if elapsed >= span {
-                let rate = (u128::from(window.1) * 1000 / elapsed.as_millis().max(1)) as u64;
-                if rate < lowest {
-                    state.bytes = writer.total();
-                    keep_or_drop(writer, &state.validators).await;
-                    return Err(Error::TooSlow { rate, window: span });
-                }
-                window = (Instant::now(), 0);
-            }
+        Err(error @ (Error::Verify(_) | Error::TooLarge { .. })) => {
+            // Bytes past what was expected: this part is not the file.
+            writer.discard().await;
+            state.validators = Validators::default();
+            state.known_total = None;
+            return Err(error);
+        }
+        Err(error) => {
+            keep_or_drop(writer, &state.validators).await;
+            return Err(error);
         }
     }
-    state.bytes = writer.total();
-    if let Some(expected) = head.total
+    if let Some(expected) = total
         && writer.total() < expected
     {
         let got = writer.total();
         keep_or_drop(writer, &state.validators).await;
         return Err(Error::ShortBody { got, expected });
     }
-    writer.finish(expect, &state.final_rel).await.map(Outcome::Done)
+    if writer.total() == 0 && state.job.size != Some(0) && !config.allow_empty {
+        writer.discard().await;
+        return Err(Error::Empty);
+    }
+    let verified = expect.is_checkable() || head.framed;
+    let file = writer.finish(expect, &state.final_rel, state.commit).await?;
+    Ok(Outcome::Done { file, verified })
 }
 
 /// `--content-disposition` names a file only when the manifest did not, and only once.
@@ -248,8 +329,8 @@ fn wants_server_name(shared: &Shared, state: &JobState) -> bool {
     shared.config.content_disposition && state.job.path.is_none() && !state.named_by_server
 }
 
-/// After a failed body: keep the `.part` file when a later attempt can resume it safely, else
-/// remove it (without validators the next attempt restarts from zero anyway).
+/// After a failed or interrupted body: keep the part file when a later attempt can resume it
+/// safely, else remove it (without validators the next attempt restarts from zero anyway).
 async fn keep_or_drop(writer: PartWriter, validators: &Validators) {
     if validators.allow_resume() {
         let _ = writer.keep_partial().await;

@@ -2,7 +2,7 @@
 
 use std::io;
 
-use crate::error::{Error, ErrorClass, is_disk_full};
+use crate::error::{Error, ErrorClass, is_disk_full, is_out_of_files};
 
 /// Classifies an error once; the retry loop acts only on the class.
 ///
@@ -29,13 +29,16 @@ pub fn classify(err: &Error) -> ErrorClass {
         // turns a mismatch that persists into a failure.
         | Error::Verify(_) => ErrorClass::Transient,
         Error::TooLarge { .. }
+        | Error::Empty
         | Error::Path(_)
         | Error::Conflict(_)
         | Error::Exists(_)
         | Error::Url(_)
         | Error::Redirect(_) => ErrorClass::Permanent,
         Error::Io { source, .. } => classify_io(source),
-        Error::Archive(_) => ErrorClass::Fatal,
+        Error::Local { source, .. } => classify_local(source),
+        Error::Archive(_) | Error::Locked(_) => ErrorClass::Fatal,
+        Error::Internal(_) => ErrorClass::Permanent,
     }
 }
 
@@ -63,7 +66,24 @@ fn classify_status(status: u16, retry_after: Option<std::time::Duration>) -> Err
     }
 }
 
+/// An error on one destination fails that job only; a full disk stops the run, and running
+/// out of descriptors is back-pressure.
+fn classify_local(err: &io::Error) -> ErrorClass {
+    if is_disk_full(err) {
+        ErrorClass::Fatal
+    } else if is_out_of_files(err) {
+        ErrorClass::Transient
+    } else {
+        ErrorClass::Permanent
+    }
+}
+
+/// An error of haul's shared state (the output root, the parts directory).
 fn classify_io(err: &io::Error) -> ErrorClass {
+    if is_out_of_files(err) {
+        // EMFILE/ENFILE: descriptors come back as other transfers end.
+        return ErrorClass::Transient;
+    }
     if is_disk_full(err) {
         // ENOSPC / EDQUOT: every further write would fail too.
         return ErrorClass::Fatal;
@@ -131,6 +151,24 @@ mod tests {
         }
         let enospc = Error::io("write", "/x", io::Error::from_raw_os_error(28));
         assert_eq!(classify(&enospc), ErrorClass::Fatal);
+        let emfile = Error::io("create", "/x", io::Error::from_raw_os_error(24));
+        assert_eq!(classify(&emfile), ErrorClass::Transient);
+        assert!(emfile.is_out_of_files());
+        // One destination's trouble is that job's, not the run's.
+        let local = [
+            (io::ErrorKind::PermissionDenied, ErrorClass::Permanent),
+            (io::ErrorKind::ReadOnlyFilesystem, ErrorClass::Permanent),
+            (io::ErrorKind::StorageFull, ErrorClass::Fatal),
+        ];
+        for (kind, want) in local {
+            assert_eq!(
+                classify(&Error::local("rename to", "/x", kind.into())),
+                want,
+                "{kind:?}"
+            );
+        }
+        let enametoolong = Error::local("rename to", "/x", io::Error::from_raw_os_error(36));
+        assert_eq!(classify(&enametoolong), ErrorClass::Permanent);
     }
 
     #[test]

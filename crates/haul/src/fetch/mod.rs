@@ -1,19 +1,21 @@
-//! One HTTP attempt: build the request, validate the response head, hand back the body.
+//! One HTTP attempt: build the request, follow redirects, decide what the response head means
+//! for the part file (the state machine in [`range`]), and stream the body into a sink.
 //!
-//! This module knows HTTP and nothing of paths, the archive or the display. It decides whether
-//! a response continues a `.part` file (a `206` whose Content-Range starts exactly at our offset,
-//! RFC 9110 §14.4) or restarts it (a `200`: the server ignored `Range`, or `If-Range` found the
-//! validator changed), and turns every other status into a classified [`Error`].
+//! This module knows HTTP and nothing of paths, the archive or the display; it is the only one
+//! that touches reqwest's types besides the engine's handle on a [`Response`].
 
 mod classify;
+mod range;
 mod redirect;
 
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{self, HeaderMap, HeaderValue};
-use reqwest::{Client, Response, StatusCode};
+use reqwest::{Client, Response};
 
 pub use classify::classify;
+pub(crate) use range::Decision;
+use range::{Answer, Asked};
 
 use std::collections::HashMap;
 
@@ -61,21 +63,40 @@ impl Validators {
     }
 }
 
-/// A response whose head was accepted.
+/// A response whose head was accepted, and what it means for the part file.
 #[derive(Debug)]
 pub(crate) struct Head {
     /// The last status.
     pub(crate) status: u16,
-    /// Where the body starts in the file: the resume offset for a 206, else 0.
-    pub(crate) offset: u64,
-    /// The full size of the file, when the server said.
-    pub(crate) total: Option<u64>,
+    /// What to do with the body (never [`Decision::Restart`] or [`Decision::Status`]).
+    pub(crate) decision: Decision,
     /// The response's validators.
     pub(crate) validators: Validators,
-    /// True when a 416 showed the `.part` file is already complete.
-    pub(crate) already_complete: bool,
     /// The `Content-Disposition` header, if any.
     pub(crate) disposition: Option<String>,
+    /// True when the body's end can be told from a cut connection: a length, chunked framing
+    /// or HTTP/2 (a close-delimited HTTP/1 body cannot).
+    pub(crate) framed: bool,
+}
+
+impl Head {
+    /// The file's total length, when this response tells it.
+    pub(crate) fn total(&self) -> Option<u64> {
+        match self.decision {
+            Decision::Stream { total, .. } => total,
+            Decision::Complete { total } => Some(total),
+            _ => None,
+        }
+    }
+
+    /// Where the body starts in the file.
+    pub(crate) fn offset(&self) -> u64 {
+        match self.decision {
+            Decision::Stream { offset, .. } => offset,
+            Decision::Complete { total } => total,
+            _ => 0,
+        }
+    }
 }
 
 /// Response headers accepted at most.
@@ -85,7 +106,14 @@ const MAX_RESPONSE_HEADERS: usize = 100;
 #[derive(Debug)]
 pub(crate) struct Fetcher {
     client: Client,
+    /// Headers for every request that carry no secret.
     headers: HeaderMap,
+    /// Headers for every request that are secrets (`Authorization`, `Cookie`,
+    /// `Proxy-Authorization`, and those named by `--secret-header`): sent to the job's own
+    /// origin only.
+    secret_headers: HeaderMap,
+    /// Lowercase names of further secret headers (`--secret-header`).
+    secret_names: Vec<String>,
     credentials: Credentials,
     host_headers: HashMap<String, HeaderMap>,
     max_redirects: usize,
@@ -105,7 +133,9 @@ impl Fetcher {
             .tcp_nodelay(true)
             // A response head with more headers than this is refused (hyper also caps its size).
             .http1_max_headers(MAX_RESPONSE_HEADERS)
-            .redirect(redirect::policy(config.max_redirects, config.allow_https_downgrade));
+            // haul follows every hop itself: one count for the whole chain, and credentials
+            // decided afresh for each origin (see `redirect`).
+            .redirect(reqwest::redirect::Policy::none());
         if config.http2_prior_knowledge {
             builder = builder.http2_prior_knowledge();
         }
@@ -122,22 +152,28 @@ impl Fetcher {
             builder = builder.no_proxy();
         }
         if let Some(proxy) = &config.proxy {
-            let proxy =
-                reqwest::Proxy::all(proxy.as_str()).map_err(|_| Error::Url(format!("bad --proxy {proxy:?}")))?;
+            let proxy = reqwest::Proxy::all(proxy.as_str()).map_err(|_| Error::Url("bad --proxy URL".to_owned()))?;
             builder = builder.proxy(proxy);
         }
+        let secret_names: Vec<String> = config.secret_headers.iter().map(|h| h.to_ascii_lowercase()).collect();
         let mut host_headers: HashMap<String, HeaderMap> = HashMap::new();
         for (host, name, value) in &config.host_headers {
             let map = host_headers.entry(host.to_ascii_lowercase()).or_default();
             append_header(map, name, value)?;
         }
-        let mut headers = HeaderMap::new();
+        let (mut headers, mut secret_headers) = (HeaderMap::new(), HeaderMap::new());
         for (name, value) in &config.headers {
-            append_header(&mut headers, name, value)?;
+            if is_secret_header(name, &secret_names) {
+                append_header(&mut secret_headers, name, value)?;
+            } else {
+                append_header(&mut headers, name, value)?;
+            }
         }
         Ok(Self {
             client: builder.build().map_err(Error::Network)?,
             headers,
+            secret_headers,
+            secret_names,
             credentials: config.credentials.clone(),
             host_headers,
             max_redirects: config.max_redirects,
@@ -153,12 +189,13 @@ impl Fetcher {
     }
 
     /// One GET for `url`. On the job's own origin (or a host the user trusts) it carries the
-    /// job's credentials, cookies and per-host headers; after a redirect to another origin
-    /// (`own_origin` false) it carries none of them, and no `Authorization`/`Cookie` from the
-    /// manifest either. On a trusted host the original host's credentials are sent.
+    /// job's credentials, cookies, per-host headers and secret headers; after a redirect to
+    /// another origin (`own_origin` false) it carries none of them. On a trusted host the
+    /// original origin's credentials are sent.
     fn request(&self, url: &Url, job: &Job, range: Option<(u64, &str)>, own_origin: bool) -> reqwest::RequestBuilder {
         let mut request = self.client.get(url.clone()).headers(self.headers.clone());
         if own_origin {
+            request = request.headers(self.secret_headers.clone());
             // The job's own origin decides (a trusted host gets the original host's secrets).
             let origin = &job.url;
             if let Some(own) = origin
@@ -185,7 +222,7 @@ impl Fetcher {
         // and byte ranges that mean what they say.
         request = request.header(header::ACCEPT_ENCODING, "identity");
         for (name, value) in &job.headers {
-            if own_origin || !is_credential_header(name) {
+            if own_origin || !is_secret_header(name, &self.secret_names) {
                 request = request.header(name.as_str(), value.as_str());
             }
         }
@@ -198,15 +235,20 @@ impl Fetcher {
     }
 
     /// Sends one GET for `job`, asking for bytes from `offset` when a resumable part exists,
-    /// and follows redirects that leave the origin (see [`redirect`]).
+    /// follows redirects (every hop counted, credentials kept to their origin), and decides
+    /// what the answer means for the part (see [`range`]).
+    ///
+    /// # Errors
+    /// [`Error::Range`] when the answer cannot continue the part (the caller discards it),
+    /// [`Error::Status`] for other statuses, [`Error::Redirect`] and [`Error::Network`].
     pub(crate) async fn send(
         &self,
         job: &Job,
         offset: u64,
         validators: &Validators,
+        known_total: Option<u64>,
     ) -> Result<(Head, Response), Error> {
         let range = validators.if_range().filter(|_| offset > 0).map(|v| (offset, v));
-        let resuming = range.is_some();
         let mut url = job.url.clone();
         let mut visited = vec![url.clone()];
         let response = loop {
@@ -215,121 +257,146 @@ impl Fetcher {
                 .request(&url, job, range, own_origin)
                 .send()
                 .await
-                .map_err(Error::Network)?;
-            let location = response
-                .headers()
-                .get(header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .filter(|_| response.status().is_redirection());
-            let Some(location) = location else { break response };
-            // The client stopped at a redirect to another origin: follow it here.
-            let next = response
-                .url()
+                .map_err(|e| Error::Network(e.without_url()))?;
+            if !response.status().is_redirection() {
+                break response;
+            }
+            let Some(location) = response.headers().get(header::LOCATION) else {
+                break response;
+            };
+            let location = location
+                .to_str()
+                .map_err(|_| Error::Redirect("a Location header that is not text".into()))?;
+            let next = url
                 .join(location)
-                .map_err(|_| Error::Redirect(format!("bad Location {location:?}")))?;
-            visited.push(response.url().clone());
+                .map_err(|_| Error::Redirect("a Location that is not a URL".into()))?;
             redirect::check(&visited, &next, self.max_redirects, self.allow_downgrade).map_err(Error::Redirect)?;
+            visited.push(next.clone());
             url = next;
         };
-        let status = response.status();
-        let head_validators = Validators::from_headers(response.headers());
+        let headers = response.headers();
+        let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+        let validators_got = Validators::from_headers(headers);
         let content_length = response.content_length();
-        let disposition = response
-            .headers()
-            .get(header::CONTENT_DISPOSITION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        match status {
-            StatusCode::OK => Ok((
+        let chunked = text(header::TRANSFER_ENCODING).is_some_and(|t| t.to_ascii_lowercase().contains("chunked"));
+        let framed = content_length.is_some() || chunked || response.version() >= reqwest::Version::HTTP_2;
+        let decision = range::decide(
+            Asked {
+                offset: if range.is_some() { offset } else { 0 },
+                validators,
+                known_total,
+            },
+            Answer {
+                status: response.status().as_u16(),
+                content_range: text(header::CONTENT_RANGE),
+                content_length,
+                validators: &validators_got,
+            },
+        );
+        match decision {
+            Decision::Restart(why) => Err(Error::Range(why)),
+            Decision::Status => Err(Error::Status {
+                status: response.status().as_u16(),
+                retry_after: retry_after(headers),
+            }),
+            decision => Ok((
                 Head {
-                    status: 200,
-                    offset: 0,
-                    total: content_length,
-                    validators: head_validators,
-                    already_complete: false,
-                    disposition: disposition.clone(),
+                    status: response.status().as_u16(),
+                    decision,
+                    disposition: text(header::CONTENT_DISPOSITION).map(str::to_owned),
+                    validators: validators_got,
+                    framed,
                 },
                 response,
             )),
-            StatusCode::PARTIAL_CONTENT => {
-                if !resuming {
-                    return Err(Error::Range("206 Partial Content to a request without Range".into()));
-                }
-                let range = response
-                    .headers()
-                    .get(header::CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .ok_or_else(|| Error::Range("206 without Content-Range".into()))?;
-                let (start, end, total) = parse_content_range(range)
-                    .ok_or_else(|| Error::Range(format!("unparsable Content-Range {range:?}")))?;
-                if start != offset {
-                    return Err(Error::Range(format!(
-                        "Content-Range starts at {start}, asked for {offset}"
-                    )));
-                }
-                if let (Some(len), Some(end)) = (content_length, end)
-                    && len != end + 1 - start
-                {
-                    return Err(Error::Range(format!(
-                        "Content-Length {len} disagrees with Content-Range {range:?}"
-                    )));
-                }
-                if head_validators.etag.is_some()
-                    && validators.etag.is_some()
-                    && head_validators.etag != validators.etag
-                {
-                    return Err(Error::Range("ETag changed in a 206 response".into()));
-                }
-                let total = total.or_else(|| content_length.map(|l| l + offset));
-                Ok((
-                    Head {
-                        status: 206,
-                        offset,
-                        total,
-                        validators: head_validators,
-                        already_complete: false,
-                        disposition: disposition.clone(),
-                    },
-                    response,
-                ))
-            }
-            StatusCode::RANGE_NOT_SATISFIABLE if resuming => {
-                // RFC 9110 §15.5.17: "bytes */LENGTH" tells the current length; if our part already
-                // has it all, it only needs verifying.
-                let total = response
-                    .headers()
-                    .get(header::CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(parse_content_range)
-                    .and_then(|(_, _, total)| total);
-                if total == Some(offset) {
-                    let head = Head {
-                        status: 416,
-                        offset,
-                        total,
-                        validators: validators.clone(),
-                        already_complete: true,
-                        disposition: disposition.clone(),
-                    };
-                    return Ok((head, response));
-                }
-                Err(Error::Range(format!(
-                    "416 for offset {offset} (server length {total:?}); restarting"
-                )))
-            }
-            _ => Err(Error::Status {
-                status: status.as_u16(),
-                retry_after: retry_after(response.headers()),
-            }),
         }
     }
 }
 
-/// Headers that carry credentials: never sent to an origin other than the job's own.
-fn is_credential_header(name: &str) -> bool {
+/// Where a body goes: the engine's part writer, or a test's buffer.
+pub(crate) trait BodySink {
+    /// Appends bytes.
+    async fn write(&mut self, data: bytes::Bytes) -> Result<(), Error>;
+    /// Bytes of the file so far (a resumed prefix included).
+    fn total(&self) -> u64;
+}
+
+/// What bounds a body as it streams.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct BodyLimits {
+    /// The file's expected length: the first byte past it fails the attempt.
+    pub(crate) expected: Option<u64>,
+    /// `--max-size`.
+    pub(crate) max_size: Option<u64>,
+    /// `--lowest-speed`: (bytes per second, over this window).
+    pub(crate) lowest_speed: Option<(u64, Duration)>,
+}
+
+/// How a body loop ended without error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyEnd {
+    /// The server ended the body.
+    Complete,
+    /// The run was cancelled; the sink holds what arrived.
+    Cancelled,
+}
+
+/// Streams `response`'s body into `sink`, enforcing `limits`, until it ends, fails or
+/// `cancel` turns true. `on_bytes` sees every chunk's length.
+///
+/// # Errors
+/// [`Error::Network`] mid-body, [`Error::TooLarge`], [`Error::Verify`] (longer than expected),
+/// [`Error::TooSlow`], or the sink's error.
+pub(crate) async fn stream_body<S: BodySink>(
+    response: &mut Response,
+    sink: &mut S,
+    limits: BodyLimits,
+    mut on_bytes: impl FnMut(u64),
+    cancel: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<BodyEnd, Error> {
+    let mut window = (std::time::Instant::now(), 0u64);
+    loop {
+        let chunk = tokio::select! {
+            biased;
+            chunk = response.chunk() => chunk.map_err(|e| Error::Network(e.without_url()))?,
+            _ = cancel.wait_for(|c| *c) => return Ok(BodyEnd::Cancelled),
+        };
+        let Some(chunk) = chunk else {
+            return Ok(BodyEnd::Complete);
+        };
+        let len = chunk.len() as u64;
+        let after = sink.total().saturating_add(len);
+        if let Some(limit) = limits.max_size.filter(|&l| after > l) {
+            return Err(Error::TooLarge { limit });
+        }
+        if let Some(expected) = limits.expected.filter(|&e| after > e) {
+            return Err(Error::Verify(format!(
+                "the body is longer than the expected {expected} bytes"
+            )));
+        }
+        on_bytes(len);
+        sink.write(chunk).await?;
+        if let Some((lowest, span)) = limits.lowest_speed {
+            window.1 += len;
+            let elapsed = window.0.elapsed();
+            if elapsed >= span {
+                let rate = u64::try_from(u128::from(window.1) * 1000 / elapsed.as_millis().max(1)).unwrap_or(u64::MAX);
+                if rate < lowest {
+                    return Err(Error::TooSlow { rate, window: span });
+                }
+                window = (std::time::Instant::now(), 0);
+            }
+        }
+    }
+}
+
+/// Headers that carry secrets: never sent to an origin other than the job's own, whether they
+/// come from `-H`, the manifest or `--secret-header`.
+fn is_secret_header(name: &str, extra: &[String]) -> bool {
     ["authorization", "cookie", "cookie2", "proxy-authorization"]
         .iter()
         .any(|h| name.eq_ignore_ascii_case(h))
+        || extra.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
 fn append_header(map: &mut HeaderMap, name: &str, value: &str) -> Result<(), Error> {
@@ -337,25 +404,6 @@ fn append_header(map: &mut HeaderMap, name: &str, value: &str) -> Result<(), Err
     let value = HeaderValue::from_str(value).map_err(|_| Error::Url(format!("bad value for header {name}")))?;
     map.append(name, value);
     Ok(())
-}
-
-/// Parses `bytes START-END/TOTAL`, `bytes START-END/*` or `bytes */TOTAL`.
-pub(crate) fn parse_content_range(value: &str) -> Option<(u64, Option<u64>, Option<u64>)> {
-    let rest = value.trim().strip_prefix("bytes")?.trim_start();
-    let (range, total) = rest.split_once('/')?;
-    let total = match total.trim() {
-        "*" => None,
-        t => Some(t.parse().ok()?),
-    };
-    if range.trim() == "*" {
-        return Some((0, None, total));
-    }
-    let (start, end) = range.split_once('-')?;
-    let (start, end): (u64, u64) = (start.trim().parse().ok()?, end.trim().parse().ok()?);
-    if end < start || total.is_some_and(|t| end >= t) {
-        return None;
-    }
-    Some((start, Some(end), total))
 }
 
 /// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
@@ -371,17 +419,6 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn content_range_forms() {
-        assert_eq!(parse_content_range("bytes 0-9/10"), Some((0, Some(9), Some(10))));
-        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, Some(9), None)));
-        assert_eq!(parse_content_range("bytes */10"), Some((0, None, Some(10))));
-        assert_eq!(parse_content_range("bytes 9-5/10"), None);
-        assert_eq!(parse_content_range("bytes 0-10/10"), None);
-        assert_eq!(parse_content_range("items 0-1/2"), None);
-        assert_eq!(parse_content_range("bytes x-1/2"), None);
-    }
 
     #[test]
     fn retry_after_forms() {

@@ -1,9 +1,9 @@
 //! Redirects: which ones are followed, and by whom.
 //!
-//! Same-origin redirects are followed by the HTTP client. A redirect to another origin stops
-//! there and [`super::Fetcher::send`] follows it itself, with a request built afresh for the new
-//! origin: credentials, cookies and per-host headers of the old host stay behind, and those of
-//! the new host (if the user gave any) apply. Every hop is checked by [`check`].
+//! [`super::Fetcher::send`] follows every hop itself (the HTTP client follows none), with a
+//! request built afresh for each: on another origin, credentials, cookies, per-host and secret
+//! headers of the job's origin stay behind. Every hop is checked by [`check`], and
+//! `--max-redirects` counts every hop of a chain, same-origin or not.
 
 use url::Url;
 
@@ -31,19 +31,6 @@ pub(crate) fn check(previous: &[Url], next: &Url, max: usize, allow_downgrade: b
 /// True when `a` and `b` differ in scheme, host or port.
 pub(crate) fn is_cross_origin(a: &Url, b: &Url) -> bool {
     a.scheme() != b.scheme() || a.host_str() != b.host_str() || a.port_or_known_default() != b.port_or_known_default()
-}
-
-/// The client's policy: follow checked same-origin redirects, stop at cross-origin ones.
-pub(crate) fn policy(max: usize, allow_downgrade: bool) -> reqwest::redirect::Policy {
-    reqwest::redirect::Policy::custom(move |attempt| {
-        if let Err(why) = check(attempt.previous(), attempt.url(), max, allow_downgrade) {
-            return attempt.error(why);
-        }
-        match attempt.previous().last() {
-            Some(last) if is_cross_origin(last, attempt.url()) => attempt.stop(),
-            _ => attempt.follow(),
-        }
-    })
 }
 
 #[cfg(test)]

@@ -1,25 +1,29 @@
-//! The output directory: confined names, `.part` files, checksums, and the final rename.
+//! The output directory: confined names, haul's state directory, temporary files, checksums,
+//! and the final rename. Every filesystem call of the engine is made here.
 //!
-//! Data reaches a final name only through `PartWriter::finish`: the body is written to
-//! `NAME.part` beside the destination, its size and digests are checked, and only then is it
-//! renamed into place. Nothing here knows HTTP; the engine hands bytes in.
+//! Layout: `OUTPUT/.haul/` (mode 0700) is haul's own: the directory lock, the archive (by
+//! default) and `parts/`, where every temporary file lives as `<hash of the destination>.part`.
+//! No manifest path or server name can reach it: `.haul` is refused as a path component (see
+//! [`path`]). Data reaches a final name only through `PartWriter::finish`: the body is written
+//! to its part file, its size and digests are checked, and only then is it renamed into place,
+//! with `renameat` on descriptors opened without following symlinks (see [`tree`]).
 //!
 //! A small body (up to 64 KiB) is finished on the calling task in one go (open, write, hash,
 //! verify, rename) while the disk keeps each such finish under 2 ms; after a slower one, every
 //! finish goes to tokio's blocking pool for 5 s, so a slow disk never stalls the network side for
-//! long. Larger bodies are written in 256 KiB blocks on the blocking pool while the next block is
-//! being received (double buffering), and hashed there too.
+//! long. Larger bodies, resumed parts (their prefix is hashed again) and `--fsync` finishes are
+//! written in 256 KiB blocks on the blocking pool while the next block is being received.
 
 mod disposition;
 mod path;
+mod tree;
 
-use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use md5::Md5;
@@ -28,23 +32,33 @@ use tokio::task::JoinHandle;
 
 pub use disposition::disposition_filename;
 pub use path::{Layout, RelPath, checked_path, output_path};
+pub(crate) use tree::Entry;
+use tree::{Parent, Replace, WalkError};
 
 use crate::error::Error;
 
 /// Bytes gathered before a write is handed to the blocking pool.
 const BLOCK: usize = 256 * 1024;
-/// Directories known to be safe are remembered up to this many, then forgotten and rechecked.
-const DIR_CACHE: usize = 16_384;
 
-/// The suffix of files that hold partial data.
+/// haul's own state directory inside the output directory.
+pub const STATE_DIR: &str = ".haul";
+/// The directory of temporary files inside [`STATE_DIR`].
+const PARTS_DIR: &str = "parts";
+/// The output directory's lock file inside [`STATE_DIR`].
+const LOCK_FILE: &str = "lock";
+/// The suffix of files that hold partial data (inside `.haul/parts/` only).
 pub const PART_SUFFIX: &str = ".part";
 
 /// The output directory and how files are finished in it.
 #[derive(Debug)]
 pub(crate) struct Store {
-    root: PathBuf,
+    root_path: PathBuf,
+    root: OwnedFd,
+    parts: OwnedFd,
+    /// Held for the run: a second haul process on this output directory stops at start.
+    /// Released by [`Store::unlock`] when the run ends (a task may still hold the store then).
+    lock: Mutex<Option<File>>,
     fsync: bool,
-    safe_dirs: Mutex<HashSet<String>>,
     /// Bounds the file finishes (create, write, rename) running at once. Many threads creating
     /// and renaming in one directory spin on its inode lock in the kernel: measured with perf,
     /// 16 concurrent finishers spent ~27% of all CPU in `rwsem_spin_on_owner`.
@@ -56,6 +70,9 @@ pub(crate) struct Store {
     folds_case: bool,
     /// Until when small finishes must go to the blocking pool (after a slow inline finish).
     slow_until: Mutex<Option<Instant>>,
+    /// When this run started (ns since the epoch): a destination changed since was written by
+    /// this run.
+    started_ns: i128,
 }
 
 /// File finishes running at once (see [`Store::finishers`]).
@@ -77,6 +94,13 @@ pub(crate) struct Expect {
     pub(crate) md5: Option<[u8; 16]>,
 }
 
+impl Expect {
+    /// True when something checks the file's content or length.
+    pub(crate) fn is_checkable(&self) -> bool {
+        self.size.is_some() || self.sha256.is_some() || self.md5.is_some()
+    }
+}
+
 /// A file that was verified and renamed into place.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Finished {
@@ -84,29 +108,82 @@ pub(crate) struct Finished {
     pub(crate) sha256: [u8; 32],
 }
 
+/// How a finished file takes its final name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Commit {
+    /// Nothing may be there: an existing file at the final name is a conflict.
+    New,
+    /// Replace the file there (the user's `--on-exists`), keeping its permission bits.
+    Replace { mode: u32 },
+}
+
+fn now_ns() -> i128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
+}
+
+/// Splits `dir/leaf` into its directory (maybe empty) and file name.
+fn split(rel: &str) -> (&str, &str) {
+    rel.rsplit_once('/').unwrap_or(("", rel))
+}
+
 impl Store {
-    /// Opens the output directory, creating it, and checks that it can be written.
-    pub(crate) fn open(root: &Path, fsync: bool) -> Result<Self, Error> {
-        fs::create_dir_all(root).map_err(|e| Error::io("create output directory", root, e))?;
-        let root = fs::canonicalize(root).map_err(|e| Error::io("open output directory", root, e))?;
-        let was_empty = fs::read_dir(&root)
-            .map_err(|e| Error::io("read output directory", &root, e))?
-            .all(|entry| entry.is_ok_and(|e| e.file_name() == crate::config::STATE_DIR));
-        let probe = root.join(format!(".haul-write-test-{}", std::process::id()));
-        File::create(&probe).map_err(|e| Error::io("write in output directory", &root, e))?;
+    /// Opens the output directory (creating it), locks it for this process, prepares haul's
+    /// state directory, and checks that it can be written.
+    ///
+    /// The lock comes before anything is inspected: what the directory holds is only known
+    /// once no other haul process can be writing to it. With `wait`, blocks until it is free.
+    pub(crate) fn open(root: &Path, fsync: bool, wait: bool) -> Result<Self, Error> {
+        std::fs::create_dir_all(root).map_err(|e| Error::io("create output directory", root, e))?;
+        let root_path = std::fs::canonicalize(root).map_err(|e| Error::io("open output directory", root, e))?;
+        let root_fd: OwnedFd = File::open(&root_path)
+            .map_err(|e| Error::io("open output directory", &root_path, e))?
+            .into();
+        let state_path = root_path.join(STATE_DIR);
+        let state = open_private_dir(&root_fd, STATE_DIR, &state_path)?;
+        let lock_path = state_path.join(LOCK_FILE);
+        let lock = tree::open_write(state.as_fd(), LOCK_FILE, false).map_err(|e| Error::io("create", &lock_path, e))?;
+        if wait {
+            lock.lock().map_err(|e| Error::io("lock", &lock_path, e))?;
+        } else if lock.try_lock().is_err() {
+            return Err(Error::Locked(format!(
+                "the output directory {} is in use by another haul process; wait for it to finish, or pass --wait-archive",
+                root_path.display()
+            )));
+        }
+        let parts = open_private_dir(&state, PARTS_DIR, &state_path.join(PARTS_DIR))?;
+        let was_empty = std::fs::read_dir(&root_path)
+            .map_err(|e| Error::io("read output directory", &root_path, e))?
+            .all(|entry| entry.is_ok_and(|e| e.file_name() == STATE_DIR));
+        let pid = std::process::id();
+        let probe = format!(".haul-write-test-{pid}");
+        tree::create_new(root_fd.as_fd(), &probe, 0o600)
+            .map_err(|e| Error::io("write in output directory", &root_path, e))?;
         // The same name in upper case finds the probe only where the file system folds case
         // (vfat, exFAT, APFS, NTFS, ext4 casefold directories).
-        let folds_case = fs::symlink_metadata(root.join(format!(".HAUL-WRITE-TEST-{}", std::process::id()))).is_ok();
-        let _ = fs::remove_file(&probe);
+        let folds_case = !matches!(
+            tree::inspect(root_fd.as_fd(), &format!(".HAUL-WRITE-TEST-{pid}")),
+            Ok(Entry::Missing) | Err(_)
+        );
+        let _ = tree::remove(root_fd.as_fd(), &probe);
         Ok(Self {
-            root,
+            root_path,
+            root: root_fd,
+            parts,
+            lock: Mutex::new(Some(lock)),
             fsync,
             was_empty,
             folds_case,
-            safe_dirs: Mutex::new(HashSet::new()),
             finishers: tokio::sync::Semaphore::new(FINISHERS),
             slow_until: Mutex::new(None),
+            started_ns: now_ns(),
         })
+    }
+
+    /// Releases the output directory's lock (at the end of a run).
+    pub(crate) fn unlock(&self) {
+        self.lock.lock().expect("directory lock").take();
     }
 
     /// True when the output directory's file system folds case (so `A.jpg` is `a.jpg`).
@@ -119,6 +196,12 @@ impl Store {
         self.was_empty
     }
 
+    /// True when a file found at a destination was changed after this run started: a file
+    /// this run wrote for another job.
+    pub(crate) fn written_this_run(&self, entry: &Entry) -> bool {
+        matches!(entry, Entry::File { changed_ns, .. } if *changed_ns >= self.started_ns)
+    }
+
     /// True unless a recent inline finish was slow (see [`INLINE_BUDGET`]).
     fn disk_is_fast(&self) -> bool {
         self.slow_until
@@ -127,64 +210,138 @@ impl Store {
             .is_none_or(|until| Instant::now() >= until)
     }
 
-    /// The absolute destination of a relative path.
-    pub(crate) fn dest(&self, rel: &str) -> PathBuf {
-        self.root.join(rel)
+    /// The absolute path of a relative one, for messages.
+    pub(crate) fn display(&self, rel: &str) -> PathBuf {
+        self.root_path.join(rel)
     }
 
-    /// Creates the parent directories of `rel`, refusing to pass through a symlink or a file,
-    /// so no write can land outside the output directory.
-    pub(crate) fn ensure_parent(&self, rel: &str) -> Result<(), Error> {
-        let Some((dir, _)) = rel.rsplit_once('/') else {
-            return Ok(());
-        };
-        if self.safe_dirs.lock().expect("dir cache").contains(dir) {
-            return Ok(());
+    /// The name of the temporary file of the destination `rel` in `.haul/parts/`.
+    fn part_name(&self, rel: &str) -> String {
+        if self.folds_case {
+            part_name(&rel.to_lowercase())
+        } else {
+            part_name(rel)
         }
-        let mut current = self.root.clone();
-        for component in dir.split('/') {
-            current.push(component);
-            match fs::symlink_metadata(&current) {
-                Ok(meta) if meta.is_dir() => {}
-                Ok(meta) if meta.file_type().is_symlink() => {
-                    return Err(Error::Path(format!(
-                        "refused path {rel:?}: {} is a symlink, which haul does not follow",
-                        current.display()
-                    )));
-                }
-                Ok(_) => {
-                    return Err(Error::Path(format!(
-                        "refused path {rel:?}: {} is a file, not a directory",
-                        current.display()
-                    )));
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&current) {
-                    Ok(()) => {}
-                    // Another job created it meanwhile: check it again next time round.
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                        if !fs::symlink_metadata(&current).is_ok_and(|m| m.is_dir()) {
-                            return Err(Error::Path(format!("refused path {rel:?}: raced with a non-directory")));
-                        }
-                    }
-                    Err(e) => return Err(Error::io("create directory", &current, e)),
-                },
-                Err(e) => return Err(Error::io("inspect", &current, e)),
+    }
+
+    /// The length of the temporary file of `rel`, if one is there.
+    pub(crate) fn part_len(&self, rel: &str) -> u64 {
+        match tree::inspect(self.parts.as_fd(), &self.part_name(rel)) {
+            Ok(Entry::File { size, .. }) => size,
+            _ => 0,
+        }
+    }
+
+    /// Removes the temporary file of `rel`.
+    pub(crate) fn discard_part(&self, rel: &str) {
+        let _ = tree::remove(self.parts.as_fd(), &self.part_name(rel));
+    }
+
+    /// Opens the directory that holds `rel`.
+    fn parent(&self, rel: &str, create: bool) -> Result<Option<Parent<'_>>, Error> {
+        let (dir, _) = split(rel);
+        match tree::open_parent(self.root.as_fd(), dir, create) {
+            Ok(parent) => Ok(Some(parent)),
+            Err(WalkError::Missing) => Ok(None),
+            Err(WalkError::NotDirectory(component)) => Err(Error::Path(format!(
+                "refused path {rel:?}: {component:?} is a symlink or a file, which haul does not follow"
+            ))),
+            Err(WalkError::Io(component, e)) => {
+                let shown = dir
+                    .split_inclusive('/')
+                    .take_while(|c| c.trim_end_matches('/') != component);
+                let upto: String = shown.collect();
+                Err(Error::local(
+                    "create directory",
+                    self.display(&format!("{upto}{component}")),
+                    e,
+                ))
             }
         }
-        let mut cache = self.safe_dirs.lock().expect("dir cache");
-        if cache.len() >= DIR_CACHE {
-            cache.clear();
+    }
+
+    /// What is at the destination `rel` now (never following a symlink).
+    pub(crate) fn inspect(&self, rel: &str) -> Result<Entry, Error> {
+        let Some(parent) = self.parent(rel, false)? else {
+            return Ok(Entry::Missing);
+        };
+        tree::inspect(parent.fd(), split(rel).1).map_err(|e| Error::local("inspect", self.display(rel), e))
+    }
+
+    /// `stem (N).ext` for the smallest N whose name is free.
+    pub(crate) fn free_name(&self, rel: &str) -> Result<String, Error> {
+        let (dir, name) = split(rel);
+        let (stem, ext) = match name.rfind('.') {
+            Some(dot) if dot > 0 => (&name[..dot], &name[dot..]),
+            _ => (name, ""),
+        };
+        for n in 1u32..=10_000 {
+            let candidate = format!("{stem} ({n}){ext}");
+            let candidate = if dir.is_empty() {
+                candidate
+            } else {
+                format!("{dir}/{candidate}")
+            };
+            if self.inspect(&candidate)? == Entry::Missing {
+                return Ok(candidate);
+            }
         }
-        cache.insert(dir.to_owned());
-        Ok(())
+        Err(Error::Path(format!(
+            "refused path {rel:?}: no free name among 10,000 renames"
+        )))
+    }
+
+    /// The length and digests of the file at `rel` (to adopt a file already at its destination).
+    pub(crate) fn hash_existing(&self, rel: &str, want_md5: bool) -> Result<FileDigest, Error> {
+        let path = self.display(rel);
+        let parent = self
+            .parent(rel, false)?
+            .ok_or_else(|| Error::local("open", &path, io::ErrorKind::NotFound.into()))?;
+        let mut file = tree::open_read(parent.fd(), split(rel).1).map_err(|e| Error::local("open", &path, e))?;
+        let mut digests = Digests::new(want_md5);
+        let total = digests.read_from(&mut file, &path, None)?;
+        let (sha256, md5) = digests.finish();
+        Ok((total, sha256, md5))
     }
 }
 
-/// The `.part` path beside a destination.
-pub(crate) fn part_path(dest: &Path) -> PathBuf {
-    let mut name = dest.as_os_str().to_owned();
-    name.push(PART_SUFFIX);
-    PathBuf::from(name)
+/// The name of the temporary file of a destination: a hash of its relative path, so two
+/// destinations never share one and no name is too long.
+fn part_name(rel: &str) -> String {
+    let digest = Sha256::digest(rel.as_bytes());
+    format!("{}{PART_SUFFIX}", crate::job::to_hex(&digest[..16]))
+}
+
+/// Where haul keeps the partial data of the destination `rel` of `output_dir` (on a file system
+/// that does not fold case): `OUTPUT/.haul/parts/<hash>.part`.
+///
+/// ```
+/// let part = haul::store::part_path("out".as_ref(), "photos/a.jpg");
+/// assert!(part.starts_with("out/.haul/parts") && part.to_string_lossy().ends_with(".part"));
+/// ```
+#[must_use]
+pub fn part_path(output_dir: &Path, rel: &str) -> PathBuf {
+    output_dir.join(STATE_DIR).join(PARTS_DIR).join(part_name(rel))
+}
+
+/// Creates (mode 0700) or opens a directory of haul's own, refusing a symlink or a file there.
+fn open_private_dir(parent: &OwnedFd, name: &str, path: &Path) -> Result<OwnedFd, Error> {
+    match rustix::fs::mkdirat(parent, name, rustix::fs::Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => return Err(Error::io("create", path, e.into())),
+    }
+    let dir = tree::open_dir(parent.as_fd(), name).map_err(|e| {
+        if tree::is_not_directory(&e) {
+            Error::Path(format!(
+                "{} must be haul's own directory, but it is a symlink or a file: move it away",
+                path.display()
+            ))
+        } else {
+            Error::io("open", path, e)
+        }
+    })?;
+    rustix::fs::fchmod(&dir, rustix::fs::Mode::from_raw_mode(0o700)).map_err(|e| Error::io("chmod", path, e.into()))?;
+    Ok(dir)
 }
 
 /// The digests of a file: SHA-256 always (the archive keeps it), MD5 when the manifest asks.
@@ -287,10 +444,15 @@ type BlockWrite = JoinHandle<Result<Sink, Error>>;
 /// Digests of an existing file: (length, SHA-256, MD5 when asked).
 pub(crate) type FileDigest = (u64, [u8; 32], Option<[u8; 16]>);
 
-/// Streams one body into `DEST.part` and finishes it into `DEST`.
+/// Streams one body into its part file and finishes it into place.
+///
+/// Dropping a writer that has a block on the blocking pool leaves that block to finish writing
+/// into the part file; the engine never drops one mid-body (cancellation ends the body loop and
+/// calls [`PartWriter::keep_partial`]), so no write can re-create a part after it was removed.
 pub(crate) struct PartWriter {
     store: Arc<Store>,
     rel: String,
+    part: String,
     /// Where the part starts: bytes of an earlier attempt kept for a resumed transfer.
     offset: u64,
     want_md5: bool,
@@ -302,12 +464,15 @@ pub(crate) struct PartWriter {
 }
 
 impl PartWriter {
-    /// A writer for `rel` that keeps the first `offset` bytes of an existing `.part` file
-    /// (0 starts afresh). Nothing touches the disk until the first block or `finish`.
+    /// A writer for `rel` that keeps the first `offset` bytes of an existing part file (0
+    /// starts afresh: the part is truncated when it is opened, before any byte is written).
+    /// Nothing touches the disk until the first block or `finish`.
     pub(crate) fn new(store: Arc<Store>, rel: &str, offset: u64, want_md5: bool) -> Self {
+        let part = store.part_name(rel);
         Self {
             store,
             rel: rel.to_owned(),
+            part,
             offset,
             want_md5,
             buffer: Chunks::default(),
@@ -340,20 +505,20 @@ impl PartWriter {
         };
         let data = std::mem::take(&mut self.buffer).chunks;
         let store = Arc::clone(&self.store);
-        let rel = self.rel.clone();
+        let part = self.part.clone();
         let (offset, want_md5) = (self.offset, self.want_md5);
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             let mut sink = match sink {
                 Some(sink) => sink,
-                None => open_part(&store, &rel, offset, want_md5)?,
+                None => open_part(&store, &part, offset, want_md5)?,
             };
-            sink.write(&part_path(&store.dest(&rel)), &data)?;
+            sink.write(&store.part_display(&part), &data)?;
             Ok(sink)
         }));
         Ok(())
     }
 
-    /// Writes what is buffered and leaves the `.part` file for a later resume.
+    /// Writes what is buffered and leaves the part file for a later resume.
     pub(crate) async fn keep_partial(mut self) -> Result<u64, Error> {
         if self.buffer.len > 0 {
             self.flush_block().await?;
@@ -364,51 +529,44 @@ impl PartWriter {
         Ok(self.total)
     }
 
-    /// Removes the `.part` file (after any block still being written).
+    /// Removes the part file (after any block still being written).
     pub(crate) async fn discard(mut self) {
         if let Some(handle) = self.in_flight.take() {
             let _ = handle.await;
         }
-        let part = part_path(&self.store.dest(&self.rel));
-        let _ = tokio::task::spawn_blocking(move || fs::remove_file(part)).await;
+        self.store.discard_part(&self.rel);
     }
 
-    /// Writes the rest, verifies size and digests, and renames the part to `final_rel`.
-    /// On a mismatch the part file is removed and nothing is renamed.
-    pub(crate) async fn finish(mut self, expect: Expect, final_rel: &str) -> Result<Finished, Error> {
+    /// Writes the rest, verifies size and digests, and renames the part to `final_rel` as
+    /// `commit` allows. On a mismatch the part file is removed and nothing is renamed.
+    pub(crate) async fn finish(mut self, expect: Expect, final_rel: &str, commit: Commit) -> Result<Finished, Error> {
         let sink = match self.in_flight.take() {
             Some(handle) => Some(join(handle).await?),
             None => self.sink.take(),
         };
         let store = Arc::clone(&self.store);
-        let rel = std::mem::take(&mut self.rel);
+        let part = std::mem::take(&mut self.part);
         let final_rel = final_rel.to_owned();
         let Chunks { chunks: data, len } = std::mem::take(&mut self.buffer);
         let (offset, want_md5, total) = (self.offset, self.want_md5, self.total);
-        let inline = sink.is_none() && len <= INLINE_MAX && self.store.disk_is_fast();
+        // Only a fresh small body is finished here: a resumed prefix is hashed again and an
+        // fsync waits for the disk, both too slow for the network thread.
+        let inline = sink.is_none() && offset == 0 && !store.fsync && len <= INLINE_MAX && store.disk_is_fast();
         let work = move || {
-            let part = part_path(&store.dest(&rel));
+            let part_path = store.part_display(&part);
             let mut sink = match sink {
                 Some(sink) => sink,
-                None => open_part(&store, &rel, offset, want_md5)?,
+                None => open_part(&store, &part, offset, want_md5)?,
             };
-            sink.write(&part, &data)?;
+            sink.write(&part_path, &data)?;
             let Sink { file, digests } = sink;
             let (sha256, md5) = digests.finish();
             if let Err(e) = verify(&expect, total, &sha256, md5.as_ref()) {
                 drop(file);
-                let _ = fs::remove_file(&part);
+                let _ = tree::remove(store.parts.as_fd(), &part);
                 return Err(e);
             }
-            if store.fsync {
-                file.sync_all().map_err(|e| Error::io("fsync", &part, e))?;
-            }
-            drop(file);
-            let dest = store.dest(&final_rel);
-            fs::rename(&part, &dest).map_err(|e| Error::io("rename", &dest, e))?;
-            if store.fsync {
-                sync_parent(&dest)?;
-            }
+            store.commit(file, &part, &final_rel, commit)?;
             Ok(Finished { bytes: total, sha256 })
         };
         if inline {
@@ -424,6 +582,45 @@ impl PartWriter {
     }
 }
 
+impl Store {
+    /// The path of a part file, for messages.
+    fn part_display(&self, part: &str) -> PathBuf {
+        self.root_path.join(STATE_DIR).join(PARTS_DIR).join(part)
+    }
+
+    /// Moves a verified part file to its final name.
+    fn commit(&self, file: File, part: &str, final_rel: &str, commit: Commit) -> Result<(), Error> {
+        let dest = self.display(final_rel);
+        if let Commit::Replace { mode } = commit {
+            // A replaced file keeps its permission bits (a 0600 file stays private).
+            tree::set_mode(&file, mode).map_err(|e| Error::local("chmod", &dest, e))?;
+        }
+        if self.fsync {
+            file.sync_all()
+                .map_err(|e| Error::io("fsync", self.part_display(part), e))?;
+        }
+        drop(file);
+        let parent = self.parent(final_rel, true)?.expect("created");
+        let replace = match commit {
+            Commit::New => Replace::Never,
+            Commit::Replace { .. } => Replace::Allowed,
+        };
+        let result = tree::rename(self.parts.as_fd(), part, parent.fd(), split(final_rel).1, replace);
+        if let Err(e) = result {
+            let _ = tree::remove(self.parts.as_fd(), part);
+            return Err(if e.kind() == io::ErrorKind::AlreadyExists {
+                Error::Conflict(final_rel.to_owned())
+            } else {
+                Error::local("rename to", &dest, e)
+            });
+        }
+        if self.fsync {
+            tree::sync_dir(parent.fd()).map_err(|e| Error::local("fsync", &dest, e))?;
+        }
+        Ok(())
+    }
+}
+
 async fn join<T>(handle: JoinHandle<Result<T, Error>>) -> Result<T, Error> {
     match handle.await {
         Ok(result) => result,
@@ -431,32 +628,24 @@ async fn join<T>(handle: JoinHandle<Result<T, Error>>) -> Result<T, Error> {
     }
 }
 
-/// Opens `DEST.part` without following a symlink; keeps and hashes its first `offset` bytes.
-fn open_part(store: &Store, rel: &str, offset: u64, want_md5: bool) -> Result<Sink, Error> {
-    store.ensure_parent(rel)?;
-    let part = part_path(&store.dest(rel));
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(offset == 0)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&part)
-        .map_err(|e| Error::io("create", &part, e))?;
+/// Opens a part file (never through a symlink); keeps and hashes its first `offset` bytes.
+fn open_part(store: &Store, part: &str, offset: u64, want_md5: bool) -> Result<Sink, Error> {
+    let path = store.part_display(part);
+    let mut file =
+        tree::open_write(store.parts.as_fd(), part, offset == 0).map_err(|e| Error::io("create", &path, e))?;
     let mut digests = Digests::new(want_md5);
     if offset > 0 {
-        // Re-hash the kept prefix: the digest must cover the whole file, not just this attempt.
-        if digests.read_from(&mut file, &part, Some(offset))? < offset {
+        // Hash the kept prefix again: the digest covers the whole file, not just this attempt.
+        if digests.read_from(&mut file, &path, Some(offset))? < offset {
             return Err(Error::Range(format!(
                 "part file shorter than the resume offset {offset}"
             )));
         }
-        file.set_len(offset).map_err(|e| Error::io("truncate", &part, e))?;
+        file.set_len(offset).map_err(|e| Error::io("truncate", &path, e))?;
         file.seek(SeekFrom::Start(offset))
-            .map_err(|e| Error::io("seek", &part, e))?;
+            .map_err(|e| Error::io("seek", &path, e))?;
     }
-    let sink = Sink { file, digests };
-    Ok(sink)
+    Ok(Sink { file, digests })
 }
 
 fn verify(expect: &Expect, total: u64, sha256: &[u8; 32], md5: Option<&[u8; 16]>) -> Result<(), Error> {
@@ -483,26 +672,6 @@ fn verify(expect: &Expect, total: u64, sha256: &[u8; 32], md5: Option<&[u8; 16]>
         )));
     }
     Ok(())
-}
-
-fn sync_parent(dest: &Path) -> Result<(), Error> {
-    let parent = dest.parent().unwrap_or(dest);
-    File::open(parent)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("fsync", parent, e))
-}
-
-/// The SHA-256 and length of an existing file (to adopt a file already at its destination).
-pub(crate) fn hash_file(path: &Path, want_md5: bool) -> Result<FileDigest, Error> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| Error::io("open", path, e))?;
-    let mut digests = Digests::new(want_md5);
-    let total = digests.read_from(&mut file, path, None)?;
-    let (sha256, md5) = digests.finish();
-    Ok((total, sha256, md5))
 }
 
 /// Checks an existing file against what is known of it.

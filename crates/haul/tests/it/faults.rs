@@ -157,7 +157,8 @@ async fn max_size_refuses_bodies_with_and_without_length() {
         (JobStatus::Failed, Some("too large"))
     );
     for t in [tmp, tmp2] {
-        assert!(!t.path().join("out/x.bin").exists() && !t.path().join("out/x.bin.part").exists());
+        let out = t.path().join("out");
+        assert!(!out.join("x.bin").exists() && !haul::store::part_path(&out, "x.bin").exists());
     }
 }
 
@@ -221,8 +222,9 @@ async fn range_not_satisfiable_on_a_complete_part_finishes_it() {
     let out = tmp.path().join("out");
     let size = 2_000_000;
     let url = server.url("x.bin", size, "");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("x.bin.part"), body_for("x.bin", size)).unwrap();
+    let part = haul::store::part_path(&out, "x.bin");
+    std::fs::create_dir_all(part.parent().unwrap()).unwrap();
+    std::fs::write(&part, body_for("x.bin", size)).unwrap();
     let archive = haul::archive::Archive::open(&out.join(".haul/archive.sqlite"), false).unwrap();
     let journal = archive.writer(10, Duration::from_millis(10), false).unwrap();
     journal
@@ -232,6 +234,7 @@ async fn range_not_satisfiable_on_a_complete_part_finishes_it() {
             path: Some("x.bin".into()),
             size: Some(size),
             sha256: None,
+            verified: false,
             etag: Some(format!("\"x.bin-{size}-v0\"")),
             last_modified: None,
             status: haul::archive::RowStatus::Partial,
@@ -248,7 +251,7 @@ async fn range_not_satisfiable_on_a_complete_part_finishes_it() {
     let report = reports.by_id().remove(&url).unwrap();
     assert_eq!((report.attempts, report.http_status), (1, Some(416)));
     assert_file(&tmp, size);
-    assert!(!out.join("x.bin.part").exists());
+    assert!(!part.exists());
     let range = server.headers_seen()[0].1.get("range").cloned().unwrap();
     assert_eq!(range, format!("bytes={size}-").as_str());
 }

@@ -134,7 +134,8 @@ async fn credentials_and_cookies_never_follow_a_redirect_to_another_origin() {
     let other = FaultServer::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let mut creds = Credentials::default();
-    creds.set("127.0.0.1", Auth::Bearer("s3cret-token".into()));
+    // Named with its scheme and port: plain http is the user's explicit choice.
+    creds.set(&origin.base(), Auth::Bearer("s3cret-token".into()));
     creds
         .add_cookies_txt("127.0.0.1\tFALSE\t/\tFALSE\t0\tsession\tc00kie\n")
         .unwrap();
@@ -344,7 +345,7 @@ async fn a_trusted_host_receives_credentials_after_a_redirect() {
     let cdn = FaultServer::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let mut creds = Credentials::default();
-    creds.set("127.0.0.1", Auth::Bearer("tok".into()));
+    creds.set(&origin.base(), Auth::Bearer("tok".into()));
     // The CDN is reached as "localhost": another host, trusted explicitly.
     let target = cdn.url("c.bin", 10, "").replace("127.0.0.1", "localhost");
     let via = format!("{}/redirect?to={}", origin.base(), encode(&target));

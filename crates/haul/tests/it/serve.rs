@@ -31,11 +31,15 @@ fn assert_all_downloaded(site: &Site, sub: &str) {
         let path = site.out.join(sub).join(name);
         assert_eq!(&sha256_file(&path), sha, "{}", path.display());
     }
+    let parts = site.out.join(".haul/parts");
+    assert!(
+        !parts.exists() || std::fs::read_dir(&parts).unwrap().next().is_none(),
+        "no part file is left after a clean run"
+    );
     assert!(
         files_under(&site.out)
             .iter()
-            .all(|p| !p.to_string_lossy().ends_with(".part")),
-        "no .part file is left after a clean run"
+            .all(|p| !p.to_string_lossy().ends_with(".part"))
     );
 }
 
@@ -88,7 +92,7 @@ async fn jsonl_with_paths_sizes_and_checksums() {
     assert_eq!(bad.status, JobStatus::Failed);
     assert_eq!(bad.attempts, 3);
     assert!(bad.error.unwrap().contains("sha256 mismatch"));
-    assert!(!s.out.join("wrong.bin").exists() && !s.out.join("wrong.bin.part").exists());
+    assert!(!s.out.join("wrong.bin").exists() && !haul::store::part_path(&s.out, "wrong.bin").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,10 +149,12 @@ async fn on_exists_policies() {
     assert_eq!(sha256_file(&s.out.join(renamed)), s.files[0].1);
     assert_eq!(std::fs::read(s.out.join(&s.files[0].0)).unwrap(), stale);
 
-    // skip (default) with nothing known to compare: adopted as is, no download.
+    // skip (default) with nothing known to compare: adopted as is, no download, and said to
+    // be unverified.
     let before = s.nginx.access_log().len();
     let summary = with_policy(&s.out, &manifest, OnExists::Skip).await;
-    assert_eq!(summary.skipped.get("exists"), Some(&3));
+    assert_eq!(summary.skipped.get("exists, unverified"), Some(&3), "{summary:?}");
+    assert_eq!(summary.unverified, 3);
     assert_eq!(s.nginx.access_log().len(), before, "adopting makes no request");
 
     // overwrite: replaced with the served bytes.
