@@ -89,6 +89,14 @@ pub enum Error {
     /// Another job of this run writes the same path.
     #[error("path conflict: {0} is already the destination of another job")]
     Conflict(String),
+    /// Another line of the manifest has this job's id with another URL or path; the first wins.
+    #[error("id {id:?} repeats line {line} with another URL or path (the first line wins; give each job its own id)")]
+    RepeatedId {
+        /// The id.
+        id: String,
+        /// The line of the first job with it.
+        line: u64,
+    },
     /// The destination exists and `--on-exists fail` is set.
     #[error("destination exists: {0}")]
     Exists(String),
@@ -202,6 +210,7 @@ impl Error {
             Self::TooLarge { .. } => "too large".into(),
             Self::Path(_) => "bad path".into(),
             Self::Conflict(_) => "path conflict".into(),
+            Self::RepeatedId { .. } => "repeated id".into(),
             Self::Exists(_) => "exists".into(),
             Self::Url(_) => "bad url".into(),
             Self::Redirect(_) => "redirect".into(),

@@ -117,7 +117,7 @@ impl fmt::Display for SafeUrl<'_> {
     }
 }
 
-fn is_secret_param(name: &str) -> bool {
+pub(crate) fn is_secret_param(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     SECRET_PARAMS.iter().any(|s| lower.contains(s))
 }

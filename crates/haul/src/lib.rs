@@ -35,7 +35,7 @@ pub use auth::{Auth, Credentials};
 pub use error::{Error, ErrorClass};
 pub use fetch::classify;
 pub use job::{Job, SafeUrl, to_hex};
-pub use manifest::{ArchiveKey, Format, ManifestError, ManifestReader, parse_url};
+pub use manifest::{ArchiveKey, Format, MAX_LINE, ManifestError, ManifestReader, parse_url};
 pub mod archive;
 mod report;
 mod schedule;

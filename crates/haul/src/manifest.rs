@@ -1,8 +1,13 @@
 //! The manifest: a lazily read list of jobs in one of three formats.
 //!
 //! [`ManifestReader`] turns any `BufRead` into an iterator of `Result<Job, ManifestError>`.
-//! It holds one line at a time: a manifest of any length costs the same memory. A bad line is
-//! an error naming its line number, and the iterator goes on with the next line.
+//! It holds one line at a time: a manifest of any length costs the same memory, and a line
+//! longer than [`MAX_LINE`] is a bad line, skipped without being held or shown. A bad line is
+//! an error naming its line number (physical lines, counting from 1, in every format), and the
+//! iterator goes on with the next line. A UTF-8 byte order mark at the start is ignored.
+//! URLs in messages are shown redacted (passwords and signature values hidden).
+//!
+//! CSV is read one record per line: a quoted field may hold commas and quotes, not newlines.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,7 +17,7 @@ use std::path::Path;
 use serde::Deserialize;
 use url::Url;
 
-use crate::job::{Job, parse_hex};
+use crate::job::{Job, SafeUrl, parse_hex};
 
 /// The syntax of a manifest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +75,9 @@ pub struct ManifestError {
     pub reason: String,
 }
 
+/// The longest manifest line accepted, in bytes.
+pub const MAX_LINE: usize = 1024 * 1024;
+
 /// Reads jobs one line at a time.
 ///
 /// ```
@@ -88,13 +96,11 @@ pub struct ManifestReader<R> {
 enum Lines<R> {
     Text {
         reader: R,
-        buf: String,
+        buf: Vec<u8>,
         line: u64,
         format: Format,
-    },
-    Csv {
-        records: Box<csv::StringRecordsIntoIter<R>>,
-        columns: CsvColumns,
+        /// CSV only: the column positions, once the header line is read.
+        columns: Option<CsvColumns>,
     },
     Failed(Option<ManifestError>),
 }
@@ -102,30 +108,14 @@ enum Lines<R> {
 impl<R: BufRead> ManifestReader<R> {
     /// A reader of `format` over `reader`, keyed by id-or-URL.
     pub fn new(reader: R, format: Format) -> Self {
-        let lines = match format {
-            Format::Plain | Format::Jsonl => Lines::Text {
+        Self {
+            lines: Lines::Text {
                 reader,
-                buf: String::new(),
+                buf: Vec::new(),
                 line: 0,
                 format,
+                columns: None,
             },
-            Format::Csv => {
-                let mut csv = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
-                match csv.headers().map(CsvColumns::from_header) {
-                    Ok(Ok(columns)) => Lines::Csv {
-                        records: Box::new(csv.into_records()),
-                        columns,
-                    },
-                    Ok(Err(reason)) => Lines::Failed(Some(ManifestError { line: 1, reason })),
-                    Err(e) => Lines::Failed(Some(ManifestError {
-                        line: 1,
-                        reason: e.to_string(),
-                    })),
-                }
-            }
-        };
-        Self {
-            lines,
             key: ArchiveKey::default(),
         }
     }
@@ -136,6 +126,46 @@ impl<R: BufRead> ManifestReader<R> {
         self.key = key;
         self
     }
+}
+
+/// Reads one line into `buf` (without its end), keeping at most `max` bytes: returns `None`
+/// at the end of input, else whether the line was longer than `max` (the rest is skipped).
+fn read_bounded_line(reader: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> std::io::Result<Option<bool>> {
+    buf.clear();
+    let mut too_long = false;
+    let mut any = false;
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(available) => available,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return Ok(any.then_some(too_long));
+        }
+        any = true;
+        let (chunk, found) = match memchr_newline(available) {
+            Some(i) => (&available[..i], Some(i)),
+            None => (available, None),
+        };
+        if !too_long {
+            if buf.len() + chunk.len() > max {
+                too_long = true;
+                buf.clear();
+            } else {
+                buf.extend_from_slice(chunk);
+            }
+        }
+        let used = found.map_or(available.len(), |i| i + 1);
+        reader.consume(used);
+        if found.is_some() {
+            return Ok(Some(too_long));
+        }
+    }
+}
+
+fn memchr_newline(bytes: &[u8]) -> Option<usize> {
+    bytes.iter().position(|&b| b == b'\n')
 }
 
 impl<R: BufRead> Iterator for ManifestReader<R> {
@@ -150,62 +180,59 @@ impl<R: BufRead> Iterator for ManifestReader<R> {
                 buf,
                 line,
                 format,
+                columns,
             } => loop {
-                buf.clear();
                 *line += 1;
-                match reader.read_line(buf) {
-                    Ok(0) => return None,
-                    Ok(_) => {}
+                let bad = |line: u64, reason: String| ManifestError { line, reason };
+                match read_bounded_line(reader, buf, MAX_LINE) {
+                    Ok(None) => return None,
+                    Ok(Some(false)) => {}
+                    Ok(Some(true)) => {
+                        break Err(bad(*line, format!("longer than {} bytes (not shown)", MAX_LINE)));
+                    }
                     Err(e) => {
-                        // Invalid UTF-8 only spoils this line; other read errors end the input.
-                        let err = ManifestError {
-                            line: *line,
-                            reason: format!("cannot read: {e}"),
-                        };
-                        if e.kind() != std::io::ErrorKind::InvalidData {
-                            self.lines = Lines::Failed(None);
-                        }
-                        break Err(err);
+                        let err = bad(*line, format!("cannot read: {e}"));
+                        self.lines = Lines::Failed(Some(err));
+                        return self.next();
                     }
                 }
-                let text = buf.trim_end_matches(['\n', '\r']);
+                let Ok(mut text) = std::str::from_utf8(buf) else {
+                    break Err(bad(*line, "not valid UTF-8".into()));
+                };
+                if *line == 1 {
+                    text = text.strip_prefix('\u{feff}').unwrap_or(text);
+                }
+                let text = text.trim_end_matches('\r');
                 let trimmed = text.trim();
-                if trimmed.is_empty() || trimmed.starts_with('#') {
+                if trimmed.is_empty() || (trimmed.starts_with('#') && *format != Format::Csv) {
                     continue;
                 }
                 let parsed = match format {
                     Format::Jsonl => parse_json(trimmed),
-                    _ => parse_plain(text),
+                    Format::Plain => parse_plain(text),
+                    Format::Csv => match columns {
+                        None => {
+                            match csv_fields(text).and_then(|header| CsvColumns::from_header(&header)) {
+                                Ok(found) => {
+                                    *columns = Some(found);
+                                    continue;
+                                }
+                                Err(reason) => {
+                                    // Without its header no line of the file can be read.
+                                    let err = bad(*line, reason);
+                                    self.lines = Lines::Failed(None);
+                                    break Err(err);
+                                }
+                            }
+                        }
+                        Some(columns) => csv_fields(text).and_then(|record| columns.job(&record)),
+                    },
                 };
-                break parsed
-                    .map_err(|reason| ManifestError { line: *line, reason })
-                    .map(|mut job| {
-                        job.line = *line;
-                        job
-                    });
+                break parsed.map_err(|reason| bad(*line, reason)).map(|mut job| {
+                    job.line = *line;
+                    job
+                });
             },
-            Lines::Csv { records, columns } => {
-                let record = records.next()?;
-                match record {
-                    Ok(record) => {
-                        let line = record.position().map_or(0, csv::Position::line);
-                        columns
-                            .job(&record)
-                            .map(|mut job| {
-                                job.line = line;
-                                job
-                            })
-                            .map_err(|reason| ManifestError { line, reason })
-                    }
-                    Err(e) => {
-                        let line = e.position().map_or(0, csv::Position::line);
-                        Err(ManifestError {
-                            line,
-                            reason: e.to_string(),
-                        })
-                    }
-                }
-            }
         };
         Some(item.map(|mut job| {
             if key == ArchiveKey::Url {
@@ -213,6 +240,20 @@ impl<R: BufRead> Iterator for ManifestReader<R> {
             }
             job
         }))
+    }
+}
+
+/// The fields of one CSV line.
+fn csv_fields(line: &str) -> Result<csv::StringRecord, String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .buffer_capacity(line.len().max(64))
+        .from_reader(line.as_bytes());
+    let mut record = csv::StringRecord::new();
+    match reader.read_record(&mut record) {
+        Ok(_) => Ok(record),
+        Err(e) => Err(format!("invalid CSV: {e}")),
     }
 }
 
@@ -234,19 +275,52 @@ impl<R> fmt::Debug for ManifestReader<R> {
 /// assert!(haul::parse_url("ftp://example.com/a.jpg").unwrap_err().contains("unsupported scheme"));
 /// ```
 pub fn parse_url(text: &str) -> Result<Url, String> {
-    let url = Url::parse(text.trim()).map_err(|e| format!("invalid URL {text:?}: {e}"))?;
+    let url = Url::parse(text.trim()).map_err(|e| format!("invalid URL {:?}: {e}", redact_text(text)))?;
     match url.scheme() {
         "http" | "https" => {}
         other => {
             return Err(format!(
-                "unsupported scheme {other:?} in {text:?} (only http and https)"
+                "unsupported scheme {other:?} in {:?} (only http and https)",
+                SafeUrl(&url).to_string()
             ));
         }
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("URL has no host: {text:?}"));
+        return Err(format!("URL has no host: {:?}", SafeUrl(&url).to_string()));
     }
     Ok(url)
+}
+
+/// Text that failed to parse as a URL, for a message: a password between `://` and `@` is
+/// hidden, secret-looking query values too, and it is cut at 200 characters.
+fn redact_text(text: &str) -> String {
+    let text = text.trim();
+    if let Ok(url) = Url::parse(text) {
+        return SafeUrl(&url).to_string();
+    }
+    let mut shown = text.to_owned();
+    if let Some(start) = shown.find("://").map(|i| i + 3) {
+        let end = shown[start..].find(['/', '?', '#']).map_or(shown.len(), |i| start + i);
+        if let Some(at) = shown[start..end].rfind('@').map(|i| start + i)
+            && let Some(colon) = shown[start..at].find(':').map(|i| start + i)
+        {
+            shown.replace_range(colon + 1..at, "***");
+        }
+    }
+    if let Some((head, query)) = shown.split_once('?') {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if crate::job::is_secret_param(name) => format!("{name}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        shown = format!("{head}?{}", pairs.join("&"));
+    }
+    if shown.chars().count() > 200 {
+        shown = shown.chars().take(200).chain("…".chars()).collect();
+    }
+    shown
 }
 
 fn parse_plain(text: &str) -> Result<Job, String> {
@@ -348,9 +422,23 @@ struct CsvColumns {
 
 impl CsvColumns {
     fn from_header(header: &csv::StringRecord) -> Result<Self, String> {
+        let header = {
+            let mut cleaned = csv::StringRecord::new();
+            for (i, field) in header.iter().enumerate() {
+                cleaned.push_field(if i == 0 {
+                    field.trim_start_matches('\u{feff}')
+                } else {
+                    field
+                });
+            }
+            cleaned
+        };
         let find = |name: &str| header.iter().position(|h| h.trim().eq_ignore_ascii_case(name));
         Ok(Self {
-            url: find("url").ok_or("CSV header has no \"url\" column")?,
+            url: find("url").ok_or_else(|| {
+                let names: Vec<&str> = header.iter().map(str::trim).collect();
+                format!("CSV header has no \"url\" column (its columns: {})", names.join(", "))
+            })?,
             path: find("path"),
             id: find("id"),
             size: find("size"),
@@ -432,6 +520,55 @@ mod tests {
         assert!(items[2].as_ref().unwrap_err().reason.contains("size"));
         let missing = read("id,path\n1,a\n", Format::Csv);
         assert!(missing[0].as_ref().unwrap_err().reason.contains("url"));
+    }
+
+    #[test]
+    fn byte_order_mark_is_ignored_in_every_format() {
+        let plain = read("\u{feff}http://h/a\n", Format::Plain);
+        assert_eq!(plain[0].as_ref().unwrap().url.as_str(), "http://h/a");
+        let jsonl = read("\u{feff}{\"url\":\"http://h/a\"}\n", Format::Jsonl);
+        assert!(jsonl[0].is_ok(), "{jsonl:?}");
+        let csv = read("\u{feff}url,path\nhttp://h/a,a\n", Format::Csv);
+        assert_eq!(csv[0].as_ref().unwrap().path.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn csv_line_numbers_are_physical_lines_with_crlf() {
+        let items = read(
+            "url,path\r\nhttp://h/a,a\r\n\r\nnope,b\r\nhttp://h/c,\"c,1\"\r\n",
+            Format::Csv,
+        );
+        assert_eq!(items.len(), 3);
+        assert_eq!(items[0].as_ref().unwrap().line, 2);
+        assert_eq!(items[1].as_ref().unwrap_err().line, 4);
+        let third = items[2].as_ref().unwrap();
+        assert_eq!((third.line, third.path.as_deref()), (5, Some("c,1")));
+        let no_url = read("id,link\n1,http://h/a\n", Format::Csv);
+        let err = no_url[0].as_ref().unwrap_err();
+        assert!(err.reason.contains("its columns: id, link"), "{err}");
+    }
+
+    #[test]
+    fn long_lines_are_bad_lines_not_held_or_shown() {
+        let long = format!("http://h/{}\nhttp://h/b\n", "x".repeat(MAX_LINE + 10));
+        let items = read(&long, Format::Plain);
+        assert_eq!(items.len(), 2);
+        let err = items[0].as_ref().unwrap_err();
+        assert_eq!(err.line, 1);
+        assert!(err.reason.contains("not shown") && err.reason.len() < 100, "{err}");
+        assert_eq!(items[1].as_ref().unwrap().line, 2);
+    }
+
+    #[test]
+    fn bad_line_messages_hide_passwords() {
+        for text in [
+            "ftp://u:s3cret@h/a",
+            "http://u:s3cret@/a",
+            "http://u:s3cret@h:99999/a?token=t0k",
+        ] {
+            let err = read(&format!("{text}\n"), Format::Plain).remove(0).unwrap_err();
+            assert!(!err.reason.contains("s3cret") && !err.reason.contains("t0k"), "{err}");
+        }
     }
 
     #[test]

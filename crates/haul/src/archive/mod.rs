@@ -13,6 +13,7 @@
 //! `synchronous=FULL`, so a record implies the file survives power loss.
 
 mod batch;
+mod seen;
 
 use std::fs::{self, File};
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, params};
 
 pub(crate) use batch::Batcher;
+pub(crate) use seen::{Seen, SeenIndex};
 
 use crate::error::Error;
 

@@ -22,7 +22,7 @@ use futures_util::FutureExt as _;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::archive::{Archive, ArchiveReader, Journal, Record, RowStatus};
+use crate::archive::{Archive, ArchiveReader, Journal, Record, RowStatus, Seen, SeenIndex};
 use crate::config::Config;
 use crate::error::{Error, ErrorClass};
 use crate::fetch::{Fetcher, Validators, classify};
@@ -145,7 +145,8 @@ impl Shared {
 /// What the reader thread sends to the dispatcher.
 enum Input {
     Job(Box<JobState>),
-    Skip(Box<Job>, String, &'static str),
+    /// A job not to fetch: (job, its path, reason, detail).
+    Skip(Box<Job>, String, &'static str, Option<String>),
     Refused(Box<Job>, Error),
     Bad(ManifestError),
     End(u64),
@@ -245,12 +246,13 @@ impl Engine {
         });
         self.monitor.restart_clock();
 
+        let seen = SeenIndex::create(&shared.store.state_path(&format!("seen-{}.sqlite", std::process::id())))?;
         let window = shared.config.concurrency * 4 + 64;
         let (input_tx, input_rx) = mpsc::channel(4);
         let reader_shared = Arc::clone(&shared);
         let reader = std::thread::Builder::new()
             .name("haul-manifest".into())
-            .spawn(move || read_manifest(jobs.into_iter(), &reader_shared, skip_reader.as_ref(), &input_tx))
+            .spawn(move || read_manifest(jobs.into_iter(), &reader_shared, skip_reader.as_ref(), seen, &input_tx))
             .map_err(|e| Error::io("start manifest reader", "", e))?;
 
         let mut dispatcher = Dispatcher {
@@ -302,6 +304,7 @@ fn read_manifest(
     jobs: impl Iterator<Item = Result<Job, ManifestError>>,
     shared: &Shared,
     archive: Option<&ArchiveReader>,
+    mut seen: SeenIndex,
     tx: &mpsc::Sender<Vec<Input>>,
 ) {
     let mut count = 0u64;
@@ -323,7 +326,7 @@ fn read_manifest(
             Err(bad) => Input::Bad(bad),
             Ok(job) => {
                 count += 1;
-                match prepare(job, shared, archive) {
+                match prepare(job, shared, archive, &mut seen) {
                     Ok(input) => input,
                     Err(fatal) => {
                         batch.push(Input::Fatal(fatal));
@@ -353,11 +356,34 @@ fn read_manifest(
 }
 
 /// Decides a job's path and checks the archive.
-fn prepare(job: Job, shared: &Shared, archive: Option<&ArchiveReader>) -> Result<Input, Error> {
+fn prepare(job: Job, shared: &Shared, archive: Option<&ArchiveReader>, seen: &mut SeenIndex) -> Result<Input, Error> {
     let rel: RelPath = match output_path(job.path.as_deref(), &job.url, shared.config.layout) {
         Ok(rel) => rel,
         Err(reason) => return Ok(Input::Refused(Box::new(job), Error::Path(reason))),
     };
+    match seen.note(&job)? {
+        Seen::First => {}
+        Seen::Duplicate(line) => {
+            let detail = if line > 0 {
+                format!("duplicate of line {line}")
+            } else {
+                "duplicate of an earlier job".to_owned()
+            };
+            return Ok(Input::Skip(
+                Box::new(job),
+                rel.as_str().to_owned(),
+                "duplicate",
+                Some(detail),
+            ));
+        }
+        Seen::RepeatedId(line) => {
+            let error = Error::RepeatedId {
+                id: job.id.clone(),
+                line,
+            };
+            return Ok(Input::Refused(Box::new(job), error));
+        }
+    }
     let mut validators = Validators::default();
     let mut known_total = None;
     if let Some(archive) = archive
@@ -366,7 +392,7 @@ fn prepare(job: Job, shared: &Shared, archive: Option<&ArchiveReader>) -> Result
         match row.status {
             RowStatus::Done => {
                 let path = row.path.unwrap_or_else(|| rel.as_str().to_owned());
-                return Ok(Input::Skip(Box::new(job), path, "archived"));
+                return Ok(Input::Skip(Box::new(job), path, "archived", None));
             }
             RowStatus::Partial | RowStatus::Failed => {
                 validators = Validators {
@@ -497,10 +523,10 @@ impl Dispatcher {
                 let host = state.host.clone();
                 self.scheduler.push(&host, state);
             }
-            Input::Skip(job, path, reason) => {
+            Input::Skip(job, path, reason, detail) => {
                 self.shared.monitor.on_read();
                 let state = skipped_state(*job, path);
-                self.finish_report(&state, JobStatus::Skipped, Some(reason), None);
+                self.finish_report(&state, JobStatus::Skipped, Some(reason), detail.as_deref());
             }
             Input::Refused(job, error) => {
                 self.shared.monitor.on_read();
@@ -622,7 +648,8 @@ impl Dispatcher {
     fn fail(&mut self, state: &JobState, error: &Error) -> bool {
         let mut stop = false;
         if let Some(journal) = &self.shared.journal
-            && !matches!(error, Error::Conflict(_))
+            // A conflict's row would overwrite the row of the job that holds the path or id.
+            && !matches!(error, Error::Conflict(_) | Error::RepeatedId { .. })
         {
             let recorded = journal.record(Record {
                 id: state.job.id.clone(),

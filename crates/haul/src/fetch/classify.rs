@@ -32,6 +32,7 @@ pub fn classify(err: &Error) -> ErrorClass {
         | Error::Empty
         | Error::Path(_)
         | Error::Conflict(_)
+        | Error::RepeatedId { .. }
         | Error::Exists(_)
         | Error::Url(_)
         | Error::Redirect(_) => ErrorClass::Permanent,

@@ -3,6 +3,10 @@
 //! `filename*` wins over `filename` when both are present (RFC 6266 §4.3). Only the last path
 //! component of the name is used, and it is sanitised like any other name, so a server can
 //! choose a file name but never a directory.
+//!
+//! A server may not choose a launcher: a name whose extension runs or opens something when
+//! double-clicked ([`LAUNCHER_EXTENSIONS`]: `.exe`, `.desktop`, `.lnk`, `.url`, `.sh`, …) is
+//! not used, and the file keeps the name derived from its URL (or the manifest's path).
 
 /// The file name a `Content-Disposition` value suggests, already sanitised; `None` when it gives
 /// none (or only an unusable one such as `..`).
@@ -30,7 +34,61 @@ pub fn disposition_filename(value: &str) -> Option<String> {
     if matches!(last, "" | "." | "..") {
         return None;
     }
-    Some(super::path::sanitize(last))
+    let clean = super::path::sanitize(last);
+    (!is_launcher(&clean)).then_some(clean)
+}
+
+/// Extensions (lowercase, without the dot) of files that run code or open another target when
+/// opened: Windows executables, scripts and shortcuts, desktop launchers, macOS and Linux
+/// executables and installers.
+pub const LAUNCHER_EXTENSIONS: &[&str] = &[
+    "exe",
+    "com",
+    "scr",
+    "pif",
+    "bat",
+    "cmd",
+    "msi",
+    "msp",
+    "cpl",
+    "hta",
+    "jar",
+    "js",
+    "jse",
+    "vbs",
+    "vbe",
+    "wsf",
+    "wsh",
+    "ps1",
+    "psm1",
+    "reg",
+    "lnk",
+    "url",
+    "inf",
+    "scf",
+    "application",
+    "appref-ms",
+    "desktop",
+    "sh",
+    "bash",
+    "zsh",
+    "csh",
+    "ksh",
+    "command",
+    "run",
+    "appimage",
+    "app",
+    "pkg",
+    "dmg",
+    "webloc",
+];
+
+/// True when a name's extension is a launcher (trailing dots and spaces ignored, as Windows
+/// does).
+fn is_launcher(name: &str) -> bool {
+    let name = name.trim_end_matches(['.', ' ']);
+    name.rsplit_once('.')
+        .is_some_and(|(_, ext)| LAUNCHER_EXTENSIONS.iter().any(|l| l.eq_ignore_ascii_case(ext)))
 }
 
 /// `name=value` parameters after the disposition type; quoted values unescaped.
@@ -102,6 +160,30 @@ fn decode_extended(value: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn launchers_are_not_used() {
+        for name in [
+            "setup.exe",
+            "a.desktop",
+            "x.LNK",
+            "site.url",
+            "run.sh",
+            "evil.exe.",
+            "y.ps1",
+        ] {
+            let header = format!("attachment; filename=\"{name}\"");
+            assert_eq!(super::disposition_filename(&header), None, "{name}");
+        }
+        assert_eq!(
+            super::disposition_filename("attachment; filename=\"data.bin\"").as_deref(),
+            Some("data.bin")
+        );
+        assert_eq!(
+            super::disposition_filename("attachment; filename=\"sh\"").as_deref(),
+            Some("sh")
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -30,7 +30,7 @@ use md5::Md5;
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
-pub use disposition::disposition_filename;
+pub use disposition::{LAUNCHER_EXTENSIONS, disposition_filename};
 pub use path::{Layout, RelPath, checked_path, output_path};
 pub(crate) use tree::Entry;
 use tree::{Parent, Replace, WalkError};
@@ -179,6 +179,12 @@ impl Store {
             slow_until: Mutex::new(None),
             started_ns: now_ns(),
         })
+    }
+
+    /// A file of haul's own in the state directory (which [`Store::open`] checked is a real
+    /// directory, mode 0700).
+    pub(crate) fn state_path(&self, name: &str) -> PathBuf {
+        self.root_path.join(STATE_DIR).join(name)
     }
 
     /// Releases the output directory's lock (at the end of a run).

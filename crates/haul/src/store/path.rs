@@ -3,6 +3,11 @@
 //! A job's path comes from the manifest (checked, refused when unsafe) or from its URL
 //! (sanitised). Either way the result is a [`RelPath`]: `/`-separated, relative, free of `..`,
 //! `.`, empty, NUL and control characters, with each component short enough for the file system.
+//!
+//! Reserved: a component that is haul's state directory (`.haul`, in any case) is refused in a
+//! manifest path and renamed `_haul` in a derived name, so no job can reach haul's own files.
+//! Invisible format characters (bidi controls such as U+202E, zero-width spaces, the BOM) are
+//! replaced by `_` in every name: `photo\u{202E}gpj.exe` cannot pass for `photoexe.jpg`.
 
 use std::hash::{BuildHasher, Hasher};
 
@@ -100,7 +105,10 @@ pub fn checked_path(path: &str) -> Result<RelPath, String> {
         match component {
             "" | "." => {}
             ".." => return refuse("'..' leaves the output directory"),
-            name => parts.push(shorten(name)),
+            name if is_reserved(name) => {
+                return refuse("'.haul' is haul's own state directory");
+            }
+            name => parts.push(shorten(&map_invisible(name))),
         }
     }
     if parts.is_empty() {
@@ -153,12 +161,13 @@ fn decode_component(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Makes one component safe: no separators, no control characters, not `.`/`..`, not too long.
+/// Makes one component safe: no separators, no control or invisible format characters, not
+/// `.`/`..`, not haul's state directory, not too long.
 pub(crate) fn sanitize(name: &str) -> String {
     let cleaned: String = name
         .chars()
         .map(|c| {
-            if c == '/' || c == '\\' || c.is_control() {
+            if c == '/' || c == '\\' || c.is_control() || is_invisible(c) {
                 '_'
             } else {
                 c
@@ -167,8 +176,27 @@ pub(crate) fn sanitize(name: &str) -> String {
         .collect();
     match cleaned.as_str() {
         "" | "." | ".." => "_".to_owned(),
+        name if is_reserved(name) => format!("_{}", &name[1..]),
         _ => shorten(&cleaned),
     }
+}
+
+/// True for haul's state directory name, in any case (a case-folding file system would see
+/// `.HAUL` as `.haul`).
+fn is_reserved(component: &str) -> bool {
+    component.eq_ignore_ascii_case(crate::store::STATE_DIR)
+}
+
+/// Unicode format characters that change how a name is shown without being seen: bidi
+/// embeddings, overrides and isolates, zero-width characters, the soft hyphen, the BOM.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+}
+
+fn map_invisible(name: &str) -> String {
+    name.chars().map(|c| if is_invisible(c) { '_' } else { c }).collect()
 }
 
 /// Shortens a component over [`MAX_COMPONENT`] bytes deterministically: a prefix, a hash of
@@ -240,6 +268,31 @@ mod tests {
         assert!(!path.as_str().split('/').any(|c| c == ".."), "{path:?}");
         // The URL parser already resolves `%2e%2e` as a dot-dot segment; the encoded slash stays text.
         assert_eq!(path.as_str(), "h/.._etc_passwd");
+    }
+
+    #[test]
+    fn haul_state_directory_is_reserved() {
+        for bad in [".haul/archive.sqlite", "a/.HAUL/x", ".Haul"] {
+            let err = checked_path(bad).unwrap_err();
+            assert!(err.contains("haul's own"), "{bad:?}: {err}");
+        }
+        assert_eq!(checked_path(".haulx/a").unwrap().as_str(), ".haulx/a");
+        assert_eq!(sanitize(".haul"), "_haul");
+        assert_eq!(sanitize(".HAUL"), "_HAUL");
+        let url = url("http://h/.haul");
+        assert_eq!(output_path(None, &url, Layout::Flat).unwrap().as_str(), "_haul");
+        let mirror = Url::parse("http://h/.haul/archive.sqlite").unwrap();
+        assert_eq!(
+            output_path(None, &mirror, Layout::Mirror).unwrap().as_str(),
+            "h/_haul/archive.sqlite"
+        );
+    }
+
+    #[test]
+    fn invisible_format_characters_are_mapped() {
+        let url = url("http://h/photo%E2%80%AEgpj.exe");
+        assert_eq!(output_path(None, &url, Layout::Flat).unwrap().as_str(), "photo_gpj.exe");
+        assert_eq!(checked_path("a\u{200B}b/c\u{FEFF}").unwrap().as_str(), "a_b/c_");
     }
 
     #[test]

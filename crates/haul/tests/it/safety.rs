@@ -248,7 +248,13 @@ async fn content_disposition_names_are_confined_and_opt_in() {
     let evil = server.url(
         "a",
         10,
-        &format!("disposition={}", encode("attachment; filename=\"../../evil.sh\"")),
+        &format!("disposition={}", encode("attachment; filename=\"../../evil.txt\"")),
+    );
+    // A launcher is never a server-chosen name: the URL's name stays.
+    let launcher = server.url(
+        "e",
+        10,
+        &format!("disposition={}", encode("attachment; filename=\"photo.jpg.desktop\"")),
     );
     let utf8 = server.url(
         "b",
@@ -268,15 +274,16 @@ async fn content_disposition_names_are_confined_and_opt_in() {
         10,
         &format!("disposition={}", encode("attachment; filename=same.bin")),
     );
-    let manifest = format!("{evil}\n{utf8}\n{twin1}\n{twin2}\n");
+    let manifest = format!("{evil}\n{utf8}\n{twin1}\n{twin2}\n{launcher}\n");
     let (summary, _) = run(
         config(&out).concurrency(1).content_disposition(true).build(),
         &manifest,
         Format::Plain,
     )
     .await;
-    assert_eq!((summary.done, summary.failed_total()), (3, 1), "{summary:?}");
-    assert!(out.join("evil.sh").exists());
+    assert_eq!((summary.done, summary.failed_total()), (4, 1), "{summary:?}");
+    assert!(out.join("evil.txt").exists());
+    assert!(out.join("e").exists() && !out.join("photo.jpg.desktop").exists());
     assert!(out.join("€.bin").exists(), "filename* wins over filename");
     assert!(out.join("same.bin").exists());
     assert_eq!(summary.failed.keys().next().unwrap().0, "path conflict");
@@ -285,7 +292,7 @@ async fn content_disposition_names_are_confined_and_opt_in() {
     let plain = tmp.path().join("plain");
     let (summary, _) = run(config(&plain).build(), &format!("{evil}\n"), Format::Plain).await;
     assert_eq!(summary.done, 1);
-    assert!(plain.join("a").exists() && !plain.join("evil.sh").exists());
+    assert!(plain.join("a").exists() && !plain.join("evil.txt").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
