@@ -88,6 +88,12 @@ impl haul::Reporter for CliReporter {
             self.problem(&format!("bad manifest {error}"));
         }
     }
+
+    fn on_notice(&self, message: &str) {
+        if !self.quiet {
+            self.display.println(&format!("note: {message}"));
+        }
+    }
 }
 
 #[expect(clippy::cast_precision_loss, reason = "display only")]

@@ -96,6 +96,9 @@ pub trait Reporter: Send + Sync {
     fn on_job_finished(&self, _report: &JobReport<'_>) {}
     /// A manifest line was refused; the run goes on.
     fn on_bad_line(&self, _error: &ManifestError) {}
+    /// Something the user should know about the run as a whole (for example that `-j` was
+    /// lowered to fit the open-file limit).
+    fn on_notice(&self, _message: &str) {}
 }
 
 /// A reporter that ignores everything.

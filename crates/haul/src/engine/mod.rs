@@ -11,6 +11,7 @@
 //! Finished jobs are recorded by the archive's writer thread in batches, and only after the
 //! file has been renamed into place.
 
+mod limits;
 mod transfer;
 
 use std::collections::HashSet;
@@ -217,7 +218,16 @@ impl Engine {
         I: IntoIterator<Item = Result<Job, ManifestError>> + Send + 'static,
         I::IntoIter: Send,
     {
-        let config = Arc::clone(&self.config);
+        let mut config = Arc::clone(&self.config);
+        let fit = limits::fit_concurrency(config.concurrency);
+        if fit.concurrency < config.concurrency {
+            let mut lowered = (*config).clone();
+            lowered.concurrency = fit.concurrency;
+            config = Arc::new(lowered);
+        }
+        if let Some(notice) = &fit.notice {
+            reporter.on_notice(notice);
+        }
         // The output directory's lock (taken by the store before it looks inside), then the
         // archive's: a second haul on either stops here.
         let store = Arc::new(Store::open(&config.output_dir, config.fsync, config.wait_archive)?);
