@@ -1,11 +1,14 @@
-//! Test support for haul: a fault-injecting HTTP server and fixtures for real nginx.
+//! Test support for haul: a fault-injecting HTTP server, a scripted raw-socket server whose
+//! every byte a test chooses, and fixtures for real nginx.
 //!
 //! This crate does not depend on `haul`, so the library's tests can use it without a cycle.
 
 mod fault;
 pub mod nginx;
+mod scripted;
 mod socks;
 
 pub use fault::{FaultServer, Mix, body_for, sha256_hex};
 pub use nginx::{Nginx, nginx_binary};
+pub use scripted::{Reply, Scripted, Seen};
 pub use socks::Socks5;

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use haul_test::{FaultServer, Nginx, body_for, sha256_hex};
 
+mod resume;
+
 fn haul() -> Command {
     Command::new(env!("CARGO_BIN_EXE_haul"))
 }

@@ -132,6 +132,8 @@ pub struct Row {
     pub etag: Option<String>,
     /// The Last-Modified seen.
     pub last_modified: Option<String>,
+    /// False when nothing could check the file's length or content.
+    pub verified: bool,
 }
 
 fn db_error(context: &str, e: impl std::fmt::Display) -> Error {
@@ -351,7 +353,7 @@ impl ArchiveReader {
         self.in_transaction.set(self.in_transaction.get() + 1);
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT status, path, size, sha256, etag, last_modified FROM jobs WHERE id = ?1")
+            .prepare_cached("SELECT status, path, size, sha256, etag, last_modified, verified FROM jobs WHERE id = ?1")
             .map_err(|e| db_error("prepare lookup", e))?;
         stmt.query_row([id], |r| {
             Ok(Row {
@@ -361,6 +363,7 @@ impl ArchiveReader {
                 sha256: r.get(3)?,
                 etag: r.get(4)?,
                 last_modified: r.get(5)?,
+                verified: r.get(6)?,
             })
         })
         .optional()

@@ -409,7 +409,7 @@ fn prepare(job: Job, shared: &Shared, archive: Option<&ArchiveReader>, seen: &mu
                     etag: row.etag,
                     last_modified: row.last_modified,
                 };
-                known_total = row.size.filter(|_| row.status == RowStatus::Partial);
+                known_total = row.size;
             }
         }
     }
@@ -665,7 +665,8 @@ impl Dispatcher {
                 id: state.job.id.clone(),
                 url: state.job.url.as_str().to_owned(),
                 path: (!state.final_rel.is_empty()).then(|| state.final_rel.clone()),
-                size: state.job.size,
+                // The length the server gave with these validators: a resume must agree with it.
+                size: state.known_total.or(state.job.size),
                 sha256: None,
                 verified: false,
                 etag: state.validators.etag.clone(),

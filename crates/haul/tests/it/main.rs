@@ -1,6 +1,7 @@
 //! Integration tests of the haul library against a real nginx and haul's fault server.
 
 mod faults;
+mod props;
 mod safety;
 mod serve;
 mod support;
