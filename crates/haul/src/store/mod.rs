@@ -611,7 +611,19 @@ impl Store {
             Commit::New => Replace::Never,
             Commit::Replace { .. } => Replace::Allowed,
         };
-        let result = tree::rename(self.parts.as_fd(), part, parent.fd(), split(final_rel).1, replace);
+        let mut result = tree::rename(self.parts.as_fd(), part, parent.fd(), split(final_rel).1, replace);
+        if result.as_ref().is_err_and(tree::is_cross_device) {
+            // The destination is on another file system (a mount inside the output tree).
+            let mode = match commit {
+                Commit::Replace { mode } => Some(mode),
+                Commit::New => None,
+            };
+            let leaf = split(final_rel).1;
+            result =
+                tree::copy_across(self.parts.as_fd(), part, parent.fd(), leaf, replace, mode, self.fsync).map(|()| {
+                    let _ = tree::remove(self.parts.as_fd(), part);
+                });
+        }
         if let Err(e) = result {
             let _ = tree::remove(self.parts.as_fd(), part);
             return Err(if e.kind() == io::ErrorKind::AlreadyExists {

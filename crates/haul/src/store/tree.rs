@@ -194,6 +194,66 @@ pub(crate) fn rename(
     }
 }
 
+/// Moves a complete file to another file system (a mount point inside the output tree, where
+/// `rename` fails with EXDEV): its bytes are copied into an unnamed `O_TMPFILE` in the target
+/// directory, which gets its name only once complete (`linkat`), so no partial bytes ever
+/// stand at a final name. `mode` sets the permission bits first.
+pub(crate) fn copy_across(
+    from_dir: BorrowedFd<'_>,
+    from: &str,
+    to_dir: BorrowedFd<'_>,
+    to: &str,
+    replace: Replace,
+    mode: Option<u32>,
+    fsync: bool,
+) -> io::Result<()> {
+    let mut source = open_read(from_dir, from)?;
+    let unnamed = rustix::fs::openat(
+        to_dir,
+        ".",
+        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o666),
+    )?;
+    let mut target = std::fs::File::from(unnamed);
+    io::copy(&mut source, &mut target)?;
+    if let Some(mode) = mode {
+        set_mode(&target, mode)?;
+    }
+    if fsync {
+        target.sync_all()?;
+    }
+    let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&target));
+    let link = |name: &str| {
+        rustix::fs::linkat(
+            rustix::fs::CWD,
+            proc_path.as_str(),
+            to_dir,
+            name,
+            AtFlags::SYMLINK_FOLLOW,
+        )
+    };
+    match replace {
+        // linkat never replaces: the file system arbitrates, as RENAME_NOREPLACE does.
+        Replace::Never => link(to).map_err(Into::into),
+        Replace::Allowed => {
+            // A complete copy under a temporary name, then renamed over the old file.
+            let temporary = format!(".haul-replace-{}-{to}", std::process::id());
+            let temporary = if temporary.len() > 250 {
+                format!(".haul-replace-{}", std::process::id())
+            } else {
+                temporary
+            };
+            link(&temporary)?;
+            rustix::fs::renameat(to_dir, temporary.as_str(), to_dir, to).map_err(Into::into)
+        }
+    }
+}
+
+/// True for EXDEV: a rename across file systems.
+pub(crate) fn is_cross_device(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error())
+}
+
 /// Sets a file's permission bits.
 pub(crate) fn set_mode(file: &std::fs::File, mode: u32) -> io::Result<()> {
     rustix::fs::fchmod(file, Mode::from_raw_mode(mode)).map_err(Into::into)

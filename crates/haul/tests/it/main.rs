@@ -2,6 +2,7 @@
 
 mod faults;
 mod props;
+mod regress;
 mod safety;
 mod serve;
 mod support;

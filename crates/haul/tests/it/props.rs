@@ -31,8 +31,7 @@ fn answer(kind: u8, cut: usize) -> Reply {
                 "HTTP/1.1 206 Partial Content\nContent-Range: {range}\nContent-Length: {}\n{etag}",
                 body.len()
             )
-            .trim_end()
-            .to_owned(),
+            .trim_end(),
             body,
         )
     };
