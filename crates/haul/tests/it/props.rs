@@ -27,7 +27,7 @@ fn answer(kind: u8, cut: usize) -> Reply {
     let partial = |start: usize, range: String, etag: &str| {
         let body = one[start.min(N)..].to_vec();
         Reply::new(
-            &format!(
+            format!(
                 "HTTP/1.1 206 Partial Content\nContent-Range: {range}\nContent-Length: {}\n{etag}",
                 body.len()
             )
