@@ -9,6 +9,7 @@ plain `cp -r` of the data set the disk-side ceiling.
 
     python3 bench/bench.py                      # all sets, 3 rounds (medians)
     python3 bench/bench.py --sets small --rounds 1
+    python3 bench/bench.py --tools haul --baseline /path/to/older/haul   # a change against the build before it
 
 Needs: nginx-light curl wget2 aria2 wrk (Debian packages) and a release build of haul.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench" / "data"
 HAUL = ROOT / "target" / "release" / "haul"
+BASELINE = None
 SETS = {
     "small": dict(count=30000, sizes=lambda r: r.randint(2048, 8192)),
     "medium": dict(count=5000, sizes=lambda r: max(1024, int(r.lognormvariate(11.9, 0.6)))),  # median ~150 KB
@@ -106,6 +108,7 @@ def tools(port, setname, sums, work, j):
     return {
         "haul": lambda out: [str(HAUL), "get", "-i", str(work / "urls.txt"), "-o", str(out), "-j", str(j), "--per-host", str(j), "--progress", "none"],
         "haul-noarchive": lambda out: [str(HAUL), "get", "-i", str(work / "urls.txt"), "-o", str(out), "-j", str(j), "--per-host", str(j), "--progress", "none", "--no-archive"],
+        "baseline": lambda out: [str(BASELINE), "get", "-i", str(work / "urls.txt"), "-o", str(out), "-j", str(j), "--per-host", str(j), "--progress", "none"],
         "curl": lambda out: ["curl", "-s", "--parallel", "--parallel-max", str(j), "--output-dir", str(out), "-K", str(curl_cfg)],
         "wget2": lambda out: ["wget2", "-q", "--max-threads", str(j), "--no-robots", "-i", str(work / "urls.txt"), "-P", str(out)],
         "aria2c": lambda out: ["aria2c", "-q", "-j", str(j), "-x1", "--file-allocation=none", "--allow-overwrite=true", "--auto-file-renaming=false", "-i", str(work / "urls.txt"), "-d", str(out)],
@@ -129,10 +132,16 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("-j", type=int, default=16)
     ap.add_argument("--tools", default="haul,haul-noarchive,curl,wget2,aria2c")
+    ap.add_argument("--baseline", help="another haul binary (an earlier build) to run as the tool 'baseline'")
     ap.add_argument("--out-root", default="/dev/shm" if os.path.isdir("/dev/shm") else None,
                     help="where downloads go (default tmpfs: on this machine's ext4, creating files right "
                          "after deleting thousands is dominated by the kernel's inode allocation)")
     args = ap.parse_args()
+    global BASELINE
+    if args.baseline:
+        BASELINE = Path(args.baseline).resolve()
+        if "baseline" not in args.tools.split(","):
+            args.tools += ",baseline"
     if not HAUL.exists():
         subprocess.run(["cargo", "build", "--release", "-p", "haul-cli"], cwd=ROOT, check=True)
     work = Path(tempfile.mkdtemp(prefix="haul-bench."))

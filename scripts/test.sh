@@ -7,7 +7,8 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace 2>&1 | tee "$log"
+# Bounded: a test that hangs fails the run instead of stalling CI (the suite takes a few minutes).
+timeout --kill-after=30 1500 cargo test --workspace 2>&1 | tee "$log"
 # One closing line for the whole suite (cargo prints one per test binary, the last often empty).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

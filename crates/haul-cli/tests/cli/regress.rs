@@ -13,7 +13,7 @@ use super::{get_args, haul, manifest, path, run, runtime, stderr};
 
 /// Mounts a tmpfs with `options` at `dir`, or says why it could not (it needs root; CI runs as
 /// root, so there the test must run: a skip under CI is a failure).
-fn mount_tmpfs(dir: &Path, options: &str) -> bool {
+pub(crate) fn mount_tmpfs(dir: &Path, options: &str) -> bool {
     std::fs::create_dir_all(dir).unwrap();
     let mounted = Command::new("mount")
         .args(["-t", "tmpfs", "-o", options, "tmpfs", path(dir)])
@@ -31,7 +31,7 @@ fn mount_tmpfs(dir: &Path, options: &str) -> bool {
     false
 }
 
-fn unmount(dir: &Path) {
+pub(crate) fn unmount(dir: &Path) {
     let _ = Command::new("umount").arg(path(dir)).status();
 }
 

@@ -371,6 +371,27 @@ fn prepare(job: Job, shared: &Shared, archive: Option<&ArchiveReader>, seen: &mu
         Ok(rel) => rel,
         Err(reason) => return Ok(Input::Refused(Box::new(job), Error::Path(reason))),
     };
+    let mut validators = Validators::default();
+    let mut known_total = None;
+    if let Some(archive) = archive
+        && let Some(row) = archive.lookup(&job.id)?
+    {
+        match row.status {
+            RowStatus::Done => {
+                let path = row.path.unwrap_or_else(|| rel.as_str().to_owned());
+                return Ok(Input::Skip(Box::new(job), path, "archived", None));
+            }
+            RowStatus::Partial | RowStatus::Failed => {
+                validators = Validators {
+                    etag: row.etag,
+                    last_modified: row.last_modified,
+                };
+                known_total = row.size;
+            }
+        }
+    }
+    // After the archive: a done job is skipped as archived whatever its twins, so the index
+    // (a few microseconds a job) is paid only by jobs that will be fetched.
     match seen.note(&job)? {
         Seen::First => {}
         Seen::Duplicate(line) => {
@@ -392,25 +413,6 @@ fn prepare(job: Job, shared: &Shared, archive: Option<&ArchiveReader>, seen: &mu
                 line,
             };
             return Ok(Input::Refused(Box::new(job), error));
-        }
-    }
-    let mut validators = Validators::default();
-    let mut known_total = None;
-    if let Some(archive) = archive
-        && let Some(row) = archive.lookup(&job.id)?
-    {
-        match row.status {
-            RowStatus::Done => {
-                let path = row.path.unwrap_or_else(|| rel.as_str().to_owned());
-                return Ok(Input::Skip(Box::new(job), path, "archived", None));
-            }
-            RowStatus::Partial | RowStatus::Failed => {
-                validators = Validators {
-                    etag: row.etag,
-                    last_modified: row.last_modified,
-                };
-                known_total = row.size;
-            }
         }
     }
     let mut state = JobState::new(job, rel.as_str().to_owned());

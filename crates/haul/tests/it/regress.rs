@@ -10,19 +10,7 @@ use std::time::{Duration, Instant};
 use haul::{Engine, Format, JobStatus, Layout, OnExists};
 use haul_test::{FaultServer, body_for, sha256_hex};
 
-use crate::support::{config, run, sha256_file};
-
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
+use crate::support::{config, encode, run, sha256_file};
 
 /// Class 5: no manifest path or server name reaches haul's state; `x` and `x.part` are two
 /// files; a symlinked state directory is refused.

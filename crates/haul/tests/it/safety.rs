@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use haul::{Auth, Credentials, Format, JobStatus, Layout, OnExists};
 use haul_test::FaultServer;
 
-use crate::support::{config, run};
+use crate::support::{config, encode, run};
 
 /// Every path under `root` (files, directories, symlinks), relative.
 fn snapshot(root: &Path) -> BTreeSet<PathBuf> {
@@ -36,18 +36,6 @@ fn assert_contained(parent: &Path, before: &BTreeSet<PathBuf>, out: &str) {
             path.display()
         );
     }
-}
-
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

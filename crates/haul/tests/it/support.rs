@@ -107,3 +107,16 @@ pub(crate) fn files_under(root: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Percent-encodes `text` for a query value.
+pub(crate) fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
