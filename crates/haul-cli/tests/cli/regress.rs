@@ -220,3 +220,23 @@ fn a_low_open_file_limit_lowers_concurrency() {
     );
     assert!(text.contains("300 done"), "{text}");
 }
+
+/// Class 5: a symlink planted at the `--retry-failed` spool file is replaced, not followed.
+#[test]
+fn the_retry_spool_is_never_followed() {
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let list = manifest(tmp.path(), &[server.url("gone.bin", 10, "status=404")]);
+    let first = run(&get_args(&list, &out, &["--progress", "none"]));
+    assert_eq!(first.status.code(), Some(1));
+    let victim = tmp.path().join("victim.txt");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::os::unix::fs::symlink(&victim, out.join(".haul/retry-failed.jsonl")).unwrap();
+    let retry = run(&["get", "-o", path(&out), "--retry-failed", "--progress", "none"]);
+    assert_eq!(retry.status.code(), Some(1), "{}", stderr(&retry));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    let spool = std::fs::symlink_metadata(out.join(".haul/retry-failed.jsonl")).unwrap();
+    assert!(spool.is_file(), "haul's own file, created exclusively");
+}

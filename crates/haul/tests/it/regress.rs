@@ -307,3 +307,29 @@ async fn mirror_layout_still_reserves_state() {
     let host = server.base().trim_start_matches("http://").replace(':', "_");
     assert!(Path::new(&out.join(host).join("f/_haul")).is_file());
 }
+
+/// Class 10: a Retry-After near `u64::MAX` with `--max-retry-wait` as large: no overflow, the
+/// job waits (here until the run is cancelled) and is reported pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enormous_retry_after_does_not_overflow() {
+    let server = FaultServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let url = server.url("w.bin", 10, &format!("status=503&retry_after={}", u64::MAX));
+    let engine = Engine::new(config(&tmp.path().join("out")).max_retry_wait(Duration::MAX).build());
+    let canceller = engine.canceller();
+    let jobs = haul::ManifestReader::new(std::io::Cursor::new(format!("{url}\n")), Format::Plain);
+    let run = engine.run(jobs, Arc::new(haul::NullReporter));
+    let cancel = async {
+        while server.total_hits() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        canceller.cancel();
+    };
+    let (summary, ()) = tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(run, cancel) })
+        .await
+        .expect("the run ends");
+    let summary = summary.unwrap();
+    assert_eq!((summary.pending, summary.done), (1, 0), "{summary:?}");
+    assert_eq!(server.total_hits(), 1);
+}
