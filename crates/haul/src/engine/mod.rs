@@ -256,7 +256,7 @@ impl Engine {
         });
         self.monitor.restart_clock();
 
-        let seen = SeenIndex::create(&shared.store.state_path(&format!("seen-{}.sqlite", std::process::id())))?;
+        let seen = SeenIndex::new(&shared.store.state_path(&format!("seen-{}.sqlite", std::process::id())));
         let window = shared.config.concurrency * 4 + 64;
         let (input_tx, input_rx) = mpsc::channel(4);
         let reader_shared = Arc::clone(&shared);
