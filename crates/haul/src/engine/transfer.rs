@@ -16,7 +16,7 @@ use crate::config::OnExists;
 use crate::error::Error;
 use crate::fetch::{BodyEnd, BodyLimits, BodySink, Decision, Validators, stream_body};
 use crate::job::Job;
-use crate::store::{Commit, Entry, Expect, Finished, PartWriter, disposition_filename};
+use crate::store::{Commit, Entry, Expect, Finished, PartWriter, disposition_filename, with_file_name};
 
 /// A job between attempts: everything the retry loop carries along.
 #[derive(Debug)]
@@ -236,10 +236,7 @@ async fn attempt(
         .and_then(disposition_filename)
     {
         state.named_by_server = true;
-        let renamed = match state.rel.rsplit_once('/') {
-            Some((dir, _)) => format!("{dir}/{name}"),
-            None => name,
-        };
+        let renamed = with_file_name(&state.rel, &name);
         if renamed != state.rel {
             match shared.claim(&renamed) {
                 Some(claim) => state.claims.push(claim),

@@ -78,6 +78,16 @@ pub fn output_path(manifest_path: Option<&str>, url: &Url, layout: Layout) -> Re
     }
 }
 
+/// The destination named by a server (`Content-Disposition`) for a job bound for `rel`: the
+/// server's file name (already sanitised, see [`super::disposition_filename`]) in `rel`'s
+/// directory. Every naming rule of haul lives in this module.
+pub(crate) fn with_file_name(rel: &str, name: &str) -> String {
+    match rel.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/{name}"),
+        None => name.to_owned(),
+    }
+}
+
 /// Checks a path given by the manifest: relative, no `..`, no control characters.
 ///
 /// ```
