@@ -132,9 +132,15 @@ pub(crate) struct GetArgs {
     /// Transfers in flight at most
     #[arg(short = 'j', long, default_value_t = haul::DEFAULT_CONCURRENCY)]
     pub(crate) concurrency: usize,
-    /// Transfers in flight at most to one host (host:port)
+    /// Transfers in flight at most to one host (host:port): the ceiling of its adaptive limit
     #[arg(long, default_value_t = haul::DEFAULT_PER_HOST)]
     pub(crate) per_host: usize,
+    /// Keep every host at --per-host instead of adapting its limit to what it bears
+    #[arg(long)]
+    pub(crate) no_adaptive: bool,
+    /// Requests per second at most to each host: N/s, N/m or N/h (e.g. 50/s)
+    #[arg(long, value_parser = haul::Rate::parse, value_name = "N/s")]
+    pub(crate) rate: Option<haul::Rate>,
     /// Retries after the first attempt (transient errors, 429/503)
     #[arg(long, default_value_t = haul::DEFAULT_RETRIES)]
     pub(crate) retries: u32,
@@ -268,6 +274,8 @@ impl GetArgs {
         let mut builder = haul::Config::builder(&self.output)
             .concurrency(self.concurrency)
             .per_host(self.per_host)
+            .adaptive(!self.no_adaptive)
+            .rate(self.rate)
             .layout(match self.layout {
                 LayoutArg::Flat => haul::Layout::Flat,
                 LayoutArg::Mirror => haul::Layout::Mirror,

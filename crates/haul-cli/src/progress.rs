@@ -133,7 +133,13 @@ async fn bars(multi: MultiProgress, monitor: Arc<haul::Monitor>, mut stop: tokio
         let finished = stats.done + stats.skipped + stats.failed;
         main.set_length(stats.total.unwrap_or(stats.read).max(finished));
         main.set_position(finished);
-        main.set_message(overall(&stats, &largest));
+        let hosts = monitor.hosts();
+        let mut message = overall(&stats, &largest);
+        if let Some(busy) = hosts.iter().find(|h| h.paused_for.is_some()).or_else(|| hosts.first()) {
+            message.push_str(" · ");
+            message.push_str(&host_line(busy));
+        }
+        main.set_message(message);
         main.tick();
         for (i, bar) in rows.iter().enumerate() {
             match largest.get(i) {
@@ -162,7 +168,7 @@ async fn bars(multi: MultiProgress, monitor: Arc<haul::Monitor>, mut stop: tokio
 
 async fn lines(monitor: Arc<haul::Monitor>, mut stop: tokio::sync::watch::Receiver<bool>, json: bool) {
     let every = if json {
-        Duration::from_secs(2)
+        Duration::from_secs(1)
     } else {
         Duration::from_secs(5)
     };
@@ -185,13 +191,45 @@ async fn lines(monitor: Arc<haul::Monitor>, mut stop: tokio::sync::watch::Receiv
                 "retries": stats.retries,
                 "bytes": stats.bytes,
                 "active": stats.active,
+                "hosts": monitor.hosts().iter().map(|h| serde_json::json!({
+                    "host": h.host,
+                    "limit": h.limit,
+                    "in_flight": h.in_flight,
+                    "waiting": h.waiting,
+                    "ttfb_ms": h.ttfb.map(|t| t.as_secs_f64() * 1000.0),
+                    "paused_s": h.paused_for.map(|p| p.as_secs_f64()),
+                    "phase": h.phase,
+                })).collect::<Vec<_>>(),
             })
             .to_string()
         } else {
-            overall(&stats, &[])
+            let mut text = overall(&stats, &[]);
+            let hosts = monitor.hosts();
+            if hosts.len() > 1 || hosts.iter().any(|h| h.paused_for.is_some()) {
+                for host in &hosts {
+                    text.push_str("\n  ");
+                    text.push_str(&host_line(host));
+                }
+            }
+            text
         };
         let _ = writeln!(std::io::stderr(), "{line}");
     }
+}
+
+/// One busy host: `cdn:443 · limit 6 · 6 in flight · 12 waiting · ttfb 52 ms · steady`, with the
+/// pause when it is paused.
+pub(crate) fn host_line(h: &haul::HostView) -> String {
+    let ttfb = h
+        .ttfb
+        .map_or_else(String::new, |t| format!(" · ttfb {:.0} ms", t.as_secs_f64() * 1000.0));
+    let paused = h
+        .paused_for
+        .map_or_else(String::new, |p| format!(" · paused {:.1} s more", p.as_secs_f64()));
+    format!(
+        "{} · limit {} · {} in flight · {} waiting{ttfb} · {}{paused}",
+        h.host, h.limit, h.in_flight, h.waiting, h.phase
+    )
 }
 
 /// `1.5 MiB`-style sizes.

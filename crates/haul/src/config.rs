@@ -67,8 +67,12 @@ pub struct Config {
     pub output_dir: PathBuf,
     /// Transfers in flight at most.
     pub concurrency: usize,
-    /// Transfers in flight at most per host.
+    /// Transfers in flight at most per host: the ceiling of each host's adaptive limit.
     pub per_host: usize,
+    /// Adapt each host's limit to what it bears (on by default); off: `per_host`, fixed.
+    pub adaptive: bool,
+    /// Requests per second at most to each host.
+    pub rate: Option<crate::Rate>,
     /// How URLs map to paths when the manifest gives none.
     pub layout: Layout,
     /// What to do with existing files.
@@ -145,6 +149,8 @@ impl Config {
                 output_dir: output_dir.as_ref().to_owned(),
                 concurrency: DEFAULT_CONCURRENCY,
                 per_host: DEFAULT_PER_HOST,
+                adaptive: true,
+                rate: None,
                 layout: Layout::Flat,
                 on_exists: OnExists::Skip,
                 retries: DEFAULT_RETRIES,
@@ -214,8 +220,12 @@ macro_rules! setters {
 setters! {
     /// Transfers in flight at most (at least 1).
     concurrency: usize;
-    /// Transfers in flight at most per host (at least 1).
+    /// Transfers in flight at most per host (at least 1): the adaptive limit's ceiling.
     per_host: usize;
+    /// Adapt each host's limit (default on).
+    adaptive: bool;
+    /// Requests per second at most to each host.
+    rate: Option<crate::Rate>;
     /// How URLs map to paths.
     layout: Layout;
     /// What to do with existing files.

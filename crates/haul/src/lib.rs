@@ -40,6 +40,8 @@ pub mod archive;
 mod report;
 mod schedule;
 pub use report::{JobReport, JobStatus, Monitor, NullReporter, Reporter, Stats, Summary, Transfer};
+pub use schedule::HostView;
+pub use schedule::rate::Rate;
 mod config;
 mod engine;
 pub use config::{

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 use crate::job::{Job, SafeUrl};
 use crate::manifest::ManifestError;
+use crate::schedule::HostView;
 
 /// How a job ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -166,6 +167,7 @@ pub struct Monitor {
     active: AtomicU64,
     next_transfer: AtomicU64,
     transfers: Mutex<HashMap<u64, Arc<TransferState>>>,
+    hosts: Mutex<Vec<HostView>>,
 }
 
 impl Default for Monitor {
@@ -183,12 +185,24 @@ impl Default for Monitor {
             bytes: AtomicU64::new(0),
             active: AtomicU64::new(0),
             next_transfer: AtomicU64::new(0),
+            hosts: Mutex::new(Vec::new()),
             transfers: Mutex::new(HashMap::new()),
         }
     }
 }
 
 impl Monitor {
+    /// The busiest hosts as the scheduler last saw them: adaptive limit, in flight, time to
+    /// first byte, pause (refreshed a few times a second).
+    #[must_use]
+    pub fn hosts(&self) -> Vec<HostView> {
+        self.hosts.lock().expect("hosts").clone()
+    }
+
+    pub(crate) fn set_hosts(&self, views: Vec<HostView>) {
+        *self.hosts.lock().expect("hosts") = views;
+    }
+
     /// A snapshot of the counters.
     ///
     /// ```

@@ -30,8 +30,9 @@ use crate::fetch::{Fetcher, Validators, classify};
 use crate::job::{Job, to_hex};
 use crate::manifest::ManifestError;
 use crate::report::{JobReport, JobStatus, Monitor, Reporter, Summary};
-use crate::schedule::Scheduler;
 use crate::schedule::backoff::{Backoff, Jitter};
+use crate::schedule::host::Signal;
+use crate::schedule::{Policy, Scheduler};
 use crate::store::{RelPath, Store, output_path};
 use transfer::{JobState, Outcome};
 
@@ -268,7 +269,15 @@ impl Engine {
         let mut dispatcher = Dispatcher {
             shared: Arc::clone(&shared),
             reporter,
-            scheduler: Scheduler::new(shared.config.concurrency, shared.config.per_host),
+            scheduler: Scheduler::new(
+                shared.config.concurrency,
+                Policy {
+                    per_host: shared.config.per_host,
+                    adaptive: shared.config.adaptive,
+                    rate: shared.config.rate,
+                },
+            ),
+            views_at: Instant::now(),
             summary: Summary::default(),
             jitter: Jitter::new(seed()),
             backoff: Backoff {
@@ -421,7 +430,14 @@ fn prepare(job: Job, shared: &Shared, archive: Option<&ArchiveReader>, seen: &mu
     Ok(Input::Job(Box::new(state)))
 }
 
+/// How often the monitor's view of the busiest hosts is refreshed.
+const HOST_VIEWS_EVERY: Duration = Duration::from_millis(250);
+/// Hosts shown at most.
+const HOST_VIEWS: usize = 8;
+
 struct Dispatcher {
+    /// When the monitor's host views were last refreshed.
+    views_at: Instant,
     shared: Arc<Shared>,
     reporter: Arc<dyn Reporter>,
     scheduler: Scheduler<Box<JobState>>,
@@ -443,11 +459,18 @@ impl Dispatcher {
         let mut input_open = true;
         let mut stopping = false;
         loop {
+            let now = Instant::now();
             if !stopping {
-                let now = Instant::now();
-                while let Some((_, state)) = self.scheduler.pop(now) {
+                while let Some(started) = self.scheduler.pop(now) {
+                    let mut state = started.job;
+                    debug_assert_eq!(started.host, state.host);
+                    state.ticket = started.ticket;
                     self.spawn(state, &done_tx, &cancel);
                 }
+            }
+            if now.saturating_duration_since(self.views_at) >= HOST_VIEWS_EVERY {
+                self.views_at = now;
+                self.shared.monitor.set_hosts(self.scheduler.views(now, HOST_VIEWS));
             }
             if (!input_open || stopping) && self.scheduler.active() == 0 && (stopping || self.scheduler.waiting() == 0)
             {
@@ -533,7 +556,7 @@ impl Dispatcher {
                     }
                 }
                 let host = state.host.clone();
-                self.scheduler.push(&host, state);
+                self.scheduler.push(&host, state, Instant::now());
             }
             Input::Skip(job, path, reason, detail) => {
                 self.shared.monitor.on_read();
@@ -561,7 +584,8 @@ impl Dispatcher {
     /// Handles a worker's result; true when the run must stop (fatal error).
     fn on_finished(&mut self, done: WorkerDone) -> bool {
         let WorkerDone { state, result } = done;
-        self.scheduler.finish(&state.host);
+        let signal = load_signal(&result, state.ttfb);
+        self.scheduler.finish(&state.host, state.ticket, signal, Instant::now());
         match result {
             Ok(Outcome::Interrupted) => {
                 // Keep the validators so the next run can resume the part file with If-Range.
@@ -611,18 +635,20 @@ impl Dispatcher {
         }
         let now = Instant::now();
         let delay = match class {
-            ErrorClass::RetryAfter(wait) => {
-                let wait = wait.min(self.shared.config.max_retry_wait);
-                // The server asked the whole host to slow down: pause every job for it.
-                self.scheduler.cool_down(&state.host, deadline(now, wait));
-                wait
-            }
+            ErrorClass::RetryAfter(wait) => wait.min(self.shared.config.max_retry_wait),
             _ => self.backoff.delay(state.attempts, self.jitter.unit()),
         };
+        // A 429 says "too many" of the whole client: the host pauses for its Retry-After. A 503
+        // or another error pauses only this job (its Retry-After or backoff), and the host's
+        // limit went down in `finish` — unless most of the host's recent answers are errors (an
+        // outage): then the host pauses too, and probes with one request at a time.
+        if error.http_status() == Some(429) || self.scheduler.in_outage(&state.host) {
+            self.scheduler.cool_down(&state.host, deadline(now, delay), now);
+        }
         self.shared.monitor.on_retry();
         self.reporter.on_retry(&state.job, state.attempts, &error, delay);
         let host = state.host.clone();
-        self.scheduler.retry_at(&host, state, deadline(now, delay));
+        self.scheduler.retry_at(&host, state, deadline(now, delay), now);
         false
     }
 
@@ -722,6 +748,23 @@ fn skipped_state(job: Job, path: String) -> JobState {
     let mut state = JobState::new(job, path);
     state.checked_exists = true;
     state
+}
+
+/// What an attempt's end says of its host's load (see `schedule::host`).
+fn load_signal(result: &Result<Outcome, Error>, ttfb: Option<Duration>) -> Signal {
+    match result {
+        Ok(Outcome::Done { .. }) => ttfb.map_or(Signal::Nothing, Signal::Answer),
+        Ok(Outcome::Adopted { .. } | Outcome::Interrupted) => Signal::Nothing,
+        Err(Error::Status { status: 429, .. }) => Signal::Refused,
+        Err(Error::Status {
+            status: 408 | 500 | 502 | 503 | 504,
+            ..
+        }) => Signal::Error,
+        Err(Error::Status { .. } | Error::Range(_)) => ttfb.map_or(Signal::Nothing, Signal::Answer),
+        Err(Error::Network(e)) if e.is_connect() || e.is_timeout() => Signal::Error,
+        Err(Error::Network(_) | Error::IdleTimeout(_) | Error::ShortBody { .. }) => Signal::Error,
+        Err(_) => Signal::Nothing,
+    }
 }
 
 /// What the user can do about a fatal error.

@@ -8,6 +8,7 @@
 //! kept for a later resume, and a finish (verify and rename) that has begun always completes.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -16,6 +17,7 @@ use crate::config::OnExists;
 use crate::error::Error;
 use crate::fetch::{BodyEnd, BodyLimits, BodySink, Decision, Validators, stream_body};
 use crate::job::Job;
+use crate::schedule::host::Ticket;
 use crate::store::{Commit, Entry, Expect, Finished, PartWriter, disposition_filename, with_file_name};
 
 /// A job between attempts: everything the retry loop carries along.
@@ -45,6 +47,10 @@ pub(crate) struct JobState {
     pub(crate) claims: Vec<u64>,
     /// True once the finished file's length or content was checked.
     pub(crate) verified: bool,
+    /// The scheduler's ticket of the running attempt.
+    pub(crate) ticket: Ticket,
+    /// The last attempt's time to first byte (the response head), when it got one.
+    pub(crate) ttfb: Option<Duration>,
 }
 
 impl JobState {
@@ -66,6 +72,8 @@ impl JobState {
             named_by_server: false,
             claims: Vec::new(),
             verified: false,
+            ticket: Ticket::default(),
+            ttfb: None,
         }
     }
 
@@ -203,11 +211,16 @@ async fn attempt(
     } else {
         0
     };
+    let sent_at = Instant::now();
+    state.ttfb = None;
     let sent = tokio::select! {
         biased;
         _ = cancel.wait_for(|c| *c) => return Ok(Outcome::Interrupted),
         sent = shared.fetcher.send(&state.job, part_len, &state.validators, state.known_total) => sent,
     };
+    if sent.is_ok() || matches!(sent, Err(Error::Status { .. } | Error::Range(_))) {
+        state.ttfb = Some(sent_at.elapsed());
+    }
     let (head, mut response) = match sent {
         Ok(answer) => answer,
         Err(error) => {

@@ -1,15 +1,38 @@
-//! When a job may start: a global limit, per-host limits, host cool-downs and retry delays.
+//! When a job may start: a global limit, per-host adaptive limits, per-host request rates, host
+//! cool-downs and retry delays.
 //!
 //! [`Scheduler`] is plain data driven by the engine's dispatcher: it knows host keys and
 //! instants, never HTTP or paths, and takes `now` as an argument so it is tested without sleeping.
 //! Hosts that may start a job wait in a round-robin ring, so picking the next job costs O(1)
-//! however many hosts are queued.
+//! however many hosts are queued. Each host has a [`host::Controller`] (its adaptive limit under
+//! `--per-host`) and, with `--rate`, a [`rate::Bucket`]. A host with nothing to do is forgotten,
+//! but its controller is remembered (up to [`REMEMBERED`] hosts), so a host met again later does
+//! not start learning from scratch.
 
 pub(crate) mod backoff;
+pub(crate) mod host;
+pub(crate) mod rate;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use host::{Controller, Phase, Signal, Ticket};
+use rate::{Bucket, Rate};
+
+/// Controllers of idle hosts remembered at most (then forgotten all at once).
+const REMEMBERED: usize = 4096;
+
+/// How every host is treated.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Policy {
+    /// `--per-host`: the ceiling of each host's limit.
+    pub(crate) per_host: usize,
+    /// Adapt each host's limit under the ceiling (else: the ceiling, fixed).
+    pub(crate) adaptive: bool,
+    /// `--rate`: requests per host per second at most.
+    pub(crate) rate: Option<Rate>,
+}
 
 /// The queue of one host.
 #[derive(Debug)]
@@ -17,51 +40,79 @@ struct Host<T> {
     queue: VecDeque<T>,
     /// Jobs waiting for a retry, with the instant they may go again.
     delayed: Vec<(Instant, T)>,
-    active: usize,
     cool_until: Option<Instant>,
     in_ring: bool,
+    control: Controller,
+    bucket: Option<Bucket>,
 }
 
 impl<T> Host<T> {
-    fn new() -> Self {
-        Self {
-            queue: VecDeque::new(),
-            delayed: Vec::new(),
-            active: 0,
-            cool_until: None,
-            in_ring: false,
-        }
+    fn wants_to_start(&self) -> bool {
+        self.cool_until.is_none() && !self.queue.is_empty() && self.control.in_flight() < self.control.limit()
     }
 
-    fn can_start(&self, limit: usize) -> bool {
-        self.active < limit && self.cool_until.is_none() && !self.queue.is_empty()
+    fn is_idle(&mut self, now: Instant) -> bool {
+        self.queue.is_empty()
+            && self.delayed.is_empty()
+            && self.control.in_flight() == 0
+            && self.cool_until.is_none()
+            && self.bucket.as_mut().is_none_or(|b| b.is_full(now))
     }
+}
 
-    fn is_idle(&self) -> bool {
-        self.queue.is_empty() && self.delayed.is_empty() && self.active == 0 && self.cool_until.is_none()
-    }
+/// A job allowed to start.
+#[derive(Debug)]
+pub(crate) struct Started<T> {
+    pub(crate) host: String,
+    pub(crate) job: T,
+    /// Goes back with [`Scheduler::finish`].
+    pub(crate) ticket: Ticket,
+}
+
+/// One busy host, as the display shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostView {
+    /// `host:port`.
+    pub host: String,
+    /// Requests it may have in flight now (its adaptive limit).
+    pub limit: usize,
+    /// Requests in flight.
+    pub in_flight: usize,
+    /// Jobs queued or waiting for a retry.
+    pub waiting: usize,
+    /// The mean time to first byte, once known.
+    pub ttfb: Option<Duration>,
+    /// How long it stays paused (Retry-After, an outage), if it is.
+    pub paused_for: Option<Duration>,
+    /// `slow start`, `steady` or `outage`.
+    pub phase: &'static str,
 }
 
 /// Jobs waiting to start, grouped by host.
 #[derive(Debug)]
 pub(crate) struct Scheduler<T> {
     hosts: HashMap<String, Host<T>>,
+    remembered: HashMap<String, Controller>,
     ring: VecDeque<String>,
     timers: BinaryHeap<Reverse<(Instant, String)>>,
-    per_host: usize,
+    policy: Policy,
     total_limit: usize,
     active: usize,
     waiting: usize,
 }
 
 impl<T> Scheduler<T> {
-    /// A scheduler running at most `total_limit` jobs, at most `per_host` of them on one host.
-    pub(crate) fn new(total_limit: usize, per_host: usize) -> Self {
+    /// A scheduler running at most `total_limit` jobs, each host within `policy`.
+    pub(crate) fn new(total_limit: usize, policy: Policy) -> Self {
         Self {
             hosts: HashMap::new(),
+            remembered: HashMap::new(),
             ring: VecDeque::new(),
             timers: BinaryHeap::new(),
-            per_host: per_host.max(1),
+            policy: Policy {
+                per_host: policy.per_host.max(1),
+                ..policy
+            },
             total_limit: total_limit.max(1),
             active: 0,
             waiting: 0,
@@ -78,23 +129,44 @@ impl<T> Scheduler<T> {
         self.active
     }
 
-    /// Queues a job for `host`.
-    pub(crate) fn push(&mut self, host: &str, job: T) {
-        self.waiting += 1;
-        let h = self.hosts.entry(host.to_owned()).or_insert_with(Host::new);
-        h.queue.push_back(job);
-        Self::enlist(&mut self.ring, host, h, self.per_host);
+    fn host(&mut self, key: &str, now: Instant) -> &mut Host<T> {
+        if !self.hosts.contains_key(key) {
+            let control = self
+                .remembered
+                .remove(key)
+                .unwrap_or_else(|| Controller::new(self.policy.per_host, self.policy.adaptive, now));
+            let host = Host {
+                queue: VecDeque::new(),
+                delayed: Vec::new(),
+                cool_until: None,
+                in_ring: false,
+                control,
+                bucket: self.policy.rate.map(|rate| Bucket::new(rate, now)),
+            };
+            self.hosts.insert(key.to_owned(), host);
+        }
+        self.hosts.get_mut(key).expect("inserted above")
     }
 
-    fn enlist(ring: &mut VecDeque<String>, key: &str, host: &mut Host<T>, per_host: usize) {
-        if !host.in_ring && host.can_start(per_host) {
+    /// Queues a job for `host`.
+    pub(crate) fn push(&mut self, host: &str, job: T, now: Instant) {
+        self.waiting += 1;
+        self.host(host, now).queue.push_back(job);
+        self.enlist(host);
+    }
+
+    fn enlist(&mut self, key: &str) {
+        if let Some(host) = self.hosts.get_mut(key)
+            && !host.in_ring
+            && host.wants_to_start()
+        {
             host.in_ring = true;
-            ring.push_back(key.to_owned());
+            self.ring.push_back(key.to_owned());
         }
     }
 
     /// The next job allowed to start at `now`, counted as running until [`Scheduler::finish`].
-    pub(crate) fn pop(&mut self, now: Instant) -> Option<(String, T)> {
+    pub(crate) fn pop(&mut self, now: Instant) -> Option<Started<T>> {
         self.fire_timers(now);
         if self.active >= self.total_limit {
             return None;
@@ -102,42 +174,64 @@ impl<T> Scheduler<T> {
         while let Some(key) = self.ring.pop_front() {
             let Some(host) = self.hosts.get_mut(&key) else { continue };
             host.in_ring = false;
-            if !host.can_start(self.per_host) {
+            if !host.wants_to_start() {
                 continue;
             }
-            let job = host.queue.pop_front().expect("can_start implies a queued job");
-            host.active += 1;
+            if let Some(bucket) = &mut host.bucket {
+                let at = bucket.ready_at(now);
+                if at > now {
+                    // No token yet: the host comes back when one is there.
+                    self.timers.push(Reverse((at, key)));
+                    continue;
+                }
+                bucket.take(now);
+            }
+            let job = host.queue.pop_front().expect("wants_to_start implies a queued job");
+            let ticket = host.control.on_start();
             self.active += 1;
             self.waiting -= 1;
-            Self::enlist(&mut self.ring, &key, host, self.per_host);
-            return Some((key, job));
+            self.enlist(&key);
+            return Some(Started { host: key, job, ticket });
         }
         None
     }
 
-    /// A job of `host` stopped running.
-    pub(crate) fn finish(&mut self, host: &str) {
+    /// A job of `host` stopped running; `signal` is what its answer said of the host's load.
+    pub(crate) fn finish(&mut self, host: &str, ticket: Ticket, signal: Signal, now: Instant) {
         self.active -= 1;
         if let Some(h) = self.hosts.get_mut(host) {
-            h.active -= 1;
-            Self::enlist(&mut self.ring, host, h, self.per_host);
-            if h.is_idle() {
-                self.hosts.remove(host);
+            h.control.on_end(ticket, signal, now);
+        }
+        self.enlist(host);
+        self.forget_if_idle(host, now);
+    }
+
+    /// True while most of the host's recent answers are errors (see [`Controller`]).
+    pub(crate) fn in_outage(&self, host: &str) -> bool {
+        self.hosts.get(host).is_some_and(|h| h.control.in_outage())
+    }
+
+    fn forget_if_idle(&mut self, key: &str, now: Instant) {
+        let Some(host) = self.hosts.get_mut(key) else { return };
+        if host.is_idle(now) {
+            let host = self.hosts.remove(key).expect("present");
+            if self.remembered.len() >= REMEMBERED {
+                self.remembered.clear();
             }
+            self.remembered.insert(key.to_owned(), host.control);
         }
     }
 
-    /// Queues a job again, not to start before `at` (a retry after a backoff).
-    pub(crate) fn retry_at(&mut self, host: &str, job: T, at: Instant) {
+    /// Queues a job again, not to start before `at` (a retry after a backoff or Retry-After).
+    pub(crate) fn retry_at(&mut self, host: &str, job: T, at: Instant, now: Instant) {
         self.waiting += 1;
-        let h = self.hosts.entry(host.to_owned()).or_insert_with(Host::new);
-        h.delayed.push((at, job));
+        self.host(host, now).delayed.push((at, job));
         self.timers.push(Reverse((at, host.to_owned())));
     }
 
     /// Starts no job of `host` before `until` (429 / Retry-After: the whole host slows down).
-    pub(crate) fn cool_down(&mut self, host: &str, until: Instant) {
-        let h = self.hosts.entry(host.to_owned()).or_insert_with(Host::new);
+    pub(crate) fn cool_down(&mut self, host: &str, until: Instant, now: Instant) {
+        let h = self.host(host, now);
         if h.cool_until.is_none_or(|t| t < until) {
             h.cool_until = Some(until);
             self.timers.push(Reverse((until, host.to_owned())));
@@ -158,9 +252,33 @@ impl<T> Scheduler<T> {
         jobs
     }
 
-    /// When the next delayed job or cool-down ends, if any.
+    /// When the next delayed job, cool-down or token is due, if any.
     pub(crate) fn next_wakeup(&self) -> Option<Instant> {
         self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// The busiest hosts (most in flight, then most waiting), at most `most` of them.
+    pub(crate) fn views(&self, now: Instant, most: usize) -> Vec<HostView> {
+        let mut views: Vec<HostView> = self
+            .hosts
+            .iter()
+            .map(|(key, h)| HostView {
+                host: key.clone(),
+                limit: h.control.limit(),
+                in_flight: h.control.in_flight(),
+                waiting: h.queue.len() + h.delayed.len(),
+                ttfb: h.control.ttfb(),
+                paused_for: h.cool_until.map(|t| t.saturating_duration_since(now)),
+                phase: match h.control.phase() {
+                    Phase::SlowStart => "slow start",
+                    Phase::Steady => "steady",
+                    Phase::Outage => "outage",
+                },
+            })
+            .collect();
+        views.sort_by(|a, b| (b.in_flight, b.waiting, &a.host).cmp(&(a.in_flight, a.waiting, &b.host)));
+        views.truncate(most);
+        views
     }
 
     fn fire_timers(&mut self, now: Instant) {
@@ -183,10 +301,8 @@ impl<T> Scheduler<T> {
                     index += 1;
                 }
             }
-            Self::enlist(&mut self.ring, &key, host, self.per_host);
-            if host.is_idle() {
-                self.hosts.remove(&key);
-            }
+            self.enlist(&key);
+            self.forget_if_idle(&key, now);
         }
     }
 }
@@ -197,60 +313,102 @@ mod tests {
 
     use super::*;
 
+    fn fixed(per_host: usize) -> Policy {
+        Policy {
+            per_host,
+            adaptive: false,
+            rate: None,
+        }
+    }
+
+    fn ok() -> Signal {
+        Signal::Answer(Duration::from_millis(10))
+    }
+
     #[test]
     fn respects_global_and_per_host_limits() {
         let now = Instant::now();
-        let mut s = Scheduler::new(3, 2);
+        let mut s = Scheduler::new(3, fixed(2));
         for i in 0..4 {
-            s.push("a", i);
+            s.push("a", i, now);
         }
-        s.push("b", 10);
+        s.push("b", 10, now);
         let started: Vec<_> = std::iter::from_fn(|| s.pop(now)).collect();
         assert_eq!(started.len(), 3);
-        assert_eq!(started.iter().filter(|(h, _)| h == "a").count(), 2);
-        assert!(started.iter().any(|(h, j)| h == "b" && *j == 10));
+        assert_eq!(started.iter().filter(|x| x.host == "a").count(), 2);
+        assert!(started.iter().any(|x| x.host == "b" && x.job == 10));
         assert!(s.pop(now).is_none());
-        s.finish("b");
+        let ticket = |host: &str| started.iter().find(|x| x.host == host).unwrap().ticket;
+        s.finish("b", ticket("b"), ok(), now);
         // b is empty; a is at its per-host limit: nothing may start.
         assert!(s.pop(now).is_none());
-        s.finish("a");
-        assert_eq!(s.pop(now).map(|(_, j)| j), Some(2));
+        s.finish("a", ticket("a"), ok(), now);
+        assert_eq!(s.pop(now).map(|x| x.job), Some(2));
         assert_eq!(s.waiting(), 1);
     }
 
     #[test]
     fn cool_down_pauses_the_whole_host_then_resumes() {
         let now = Instant::now();
-        let mut s = Scheduler::new(10, 10);
-        s.push("a", 1);
-        s.push("a", 2);
-        s.push("b", 3);
-        s.cool_down("a", now + Duration::from_secs(5));
-        assert_eq!(s.pop(now).map(|(_, j)| j), Some(3));
+        let mut s = Scheduler::new(10, fixed(10));
+        s.push("a", 1, now);
+        s.push("a", 2, now);
+        s.push("b", 3, now);
+        s.cool_down("a", now + Duration::from_secs(5), now);
+        assert_eq!(s.pop(now).map(|x| x.job), Some(3));
         assert!(s.pop(now).is_none());
         assert_eq!(s.next_wakeup(), Some(now + Duration::from_secs(5)));
         assert!(s.pop(now + Duration::from_secs(4)).is_none());
         let later = now + Duration::from_secs(5);
-        assert_eq!(s.pop(later).map(|(_, j)| j), Some(1));
-        assert_eq!(s.pop(later).map(|(_, j)| j), Some(2));
+        assert_eq!(s.pop(later).map(|x| x.job), Some(1));
+        assert_eq!(s.pop(later).map(|x| x.job), Some(2));
     }
 
     #[test]
     fn retries_wait_for_their_time_and_go_first() {
         let now = Instant::now();
-        let mut s = Scheduler::new(1, 1);
-        s.push("a", 1);
-        let (_, first) = s.pop(now).unwrap();
-        s.push("a", 2);
-        s.finish("a");
-        s.retry_at("a", first, now + Duration::from_millis(100));
+        let mut s = Scheduler::new(1, fixed(1));
+        s.push("a", 1, now);
+        let first = s.pop(now).unwrap();
+        s.push("a", 2, now);
+        s.finish("a", first.ticket, ok(), now);
+        s.retry_at("a", first.job, now + Duration::from_millis(100), now);
         assert_eq!(s.waiting(), 2);
-        assert_eq!(s.pop(now).map(|(_, j)| j), Some(2));
-        s.finish("a");
+        let second = s.pop(now).unwrap();
+        assert_eq!(second.job, 2);
+        s.finish("a", second.ticket, ok(), now);
         assert!(s.pop(now).is_none());
-        assert_eq!(s.pop(now + Duration::from_millis(100)).map(|(_, j)| j), Some(1));
-        s.finish("a");
+        let later = now + Duration::from_millis(100);
+        let third = s.pop(later).unwrap();
+        assert_eq!(third.job, 1);
+        s.finish("a", third.ticket, ok(), later);
         assert_eq!(s.waiting(), 0);
         assert!(s.hosts.is_empty(), "idle hosts are forgotten");
+        assert!(s.remembered.contains_key("a"), "but their controller is remembered");
+    }
+
+    #[test]
+    fn a_rate_spaces_the_starts_of_one_host() {
+        let now = Instant::now();
+        let policy = Policy {
+            per_host: 64,
+            adaptive: false,
+            rate: Some(Rate::parse("10/s").unwrap()),
+        };
+        let mut s = Scheduler::new(64, policy);
+        for i in 0..5 {
+            s.push("a", i, now);
+            s.push("b", 10 + i, now);
+        }
+        // One token each now; the next 100 ms later.
+        let first: Vec<_> = std::iter::from_fn(|| s.pop(now)).map(|x| x.host).collect();
+        assert_eq!(first.len(), 2, "{first:?}");
+        let wake = s.next_wakeup().unwrap();
+        assert!(
+            wake > now && wake <= now + Duration::from_millis(101),
+            "{:?}",
+            wake - now
+        );
+        assert_eq!(std::iter::from_fn(|| s.pop(wake)).count(), 2);
     }
 }

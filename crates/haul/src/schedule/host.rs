@@ -1,0 +1,507 @@
+//! The per-host concurrency controller: how many requests one origin gets at once.
+//!
+//! A pure type driven by the scheduler with an injected clock. It starts small and learns what
+//! the host bears from what the host says:
+//! - **slow start**: from [`INITIAL_LIMIT`], the limit doubles each window in which the host
+//!   used all of it and answered as fast as usual;
+//! - **additive increase** after the first sign of load: one more per such window;
+//! - **decrease on back-pressure**: a `429` ("too many") sets the limit to what the host was
+//!   serving when it said so (its limit less the requests it refused), and remembers the level
+//!   it refused at; a `503`, a reset, a timeout or a refused connection takes off half the share
+//!   of errors among the window's answers (10% of errors: 5% off); a
+//!   time-to-first-byte rising well above its recent mean (a server queueing the excess) takes
+//!   10% off and is remembered like a refusal;
+//! - **probing slowly near a known ceiling**: growth up to one below the level a host last
+//!   refused is fast, but reaching that level again waits [`PROBE_START`], doubling each time the
+//!   host refuses the same level again (to [`PROBE_MAX`]), so a host that serves 6 at a time sees
+//!   a refusal every tens of seconds, not every tenth of a second;
+//! - **never growing while the limit is not used**: an idle host keeps its limit.
+//!
+//! A window lasts about one mean time-to-first-byte (at least [`MIN_WINDOW`]), so the controller
+//! reacts at the host's own pace. Responses that say nothing of load (`404`, `403`, `410`) count
+//! as answers, not as back-pressure. When most recent answers are errors the host is in an
+//! outage: the scheduler pauses it and probes with one request at a time until one succeeds.
+//!
+//! Studied, not copied: Vector's adaptive request concurrency (AIMD on RTT and back-pressure)
+//! and Netflix's concurrency-limits (gradient on latency).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Where every host starts.
+pub(crate) const INITIAL_LIMIT: usize = 4;
+/// The shortest decision window.
+const MIN_WINDOW: Duration = Duration::from_millis(25);
+/// The first wait before probing the level a host last refused.
+const PROBE_START: Duration = Duration::from_secs(10);
+/// The longest wait between probes of a level the host keeps refusing.
+const PROBE_MAX: Duration = Duration::from_secs(120);
+/// Answers kept to tell an outage from scattered errors.
+const RECENT: usize = 16;
+/// Below this share of errors in a window, errors are scattered (the host still grows).
+const SCATTERED: f64 = 0.2;
+/// Errors among the recent answers that make an outage.
+const OUTAGE_ERRORS: usize = 10;
+
+/// What one answer says about the host's load.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Signal {
+    /// An answer that says nothing of load (a success, or a 404): its time to first byte.
+    Answer(Duration),
+    /// The host refused for load (`429`).
+    Refused,
+    /// A load-related error (`503`, 5xx, reset, timeout, refused connection).
+    Error,
+    /// Nothing learned (a local error, a cancelled attempt).
+    Nothing,
+}
+
+/// The state of a host as the display shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Doubling while the host keeps up.
+    SlowStart,
+    /// Growing by one, or holding under a known ceiling.
+    Steady,
+    /// Most recent answers are errors: one request at a time until one succeeds.
+    Outage,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Window {
+    most_in_flight: usize,
+    answers: u32,
+    refused: u32,
+    errors: u32,
+    ttfb_sum: Duration,
+}
+
+/// What a request carries from its start to its end: the controller's generation then. A
+/// request sent before the limit last went down says nothing of the new limit: its refusal or
+/// error is not counted again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Ticket(u32);
+
+/// The adaptive limit of one host.
+#[derive(Debug, Clone)]
+pub(crate) struct Controller {
+    /// Bumped at every decrease (see [`Ticket`]).
+    generation: u32,
+    limit: f64,
+    ceiling: f64,
+    adaptive: bool,
+    slow_start: bool,
+    in_flight: usize,
+    window: Window,
+    window_start: Instant,
+    /// Mean and mean deviation of the time to first byte (seconds, moving averages).
+    ttfb: Option<(f64, f64)>,
+    /// The level the host last refused, when, and how long to wait before probing it again.
+    refused_at: Option<(f64, Instant)>,
+    probe_wait: Duration,
+    recent_errors: VecDeque<bool>,
+    outage: bool,
+}
+
+impl Controller {
+    /// A controller under `ceiling` (`--per-host`); not `adaptive`: the ceiling, fixed.
+    pub(crate) fn new(ceiling: usize, adaptive: bool, now: Instant) -> Self {
+        let ceiling = ceiling.max(1) as f64;
+        Self {
+            generation: 0,
+            limit: if adaptive {
+                ceiling.min(INITIAL_LIMIT as f64)
+            } else {
+                ceiling
+            },
+            ceiling,
+            adaptive,
+            slow_start: true,
+            in_flight: 0,
+            window: Window::default(),
+            window_start: now,
+            ttfb: None,
+            refused_at: None,
+            probe_wait: PROBE_START,
+            recent_errors: VecDeque::with_capacity(RECENT),
+            outage: false,
+        }
+    }
+
+    /// Requests the host may have in flight now.
+    pub(crate) fn limit(&self) -> usize {
+        if self.outage {
+            return 1;
+        }
+        // Truncation is the point: 5.9 allows 5.
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "limit is in [1, ceiling]"
+        )]
+        let whole = self.limit.floor() as usize;
+        whole.max(1)
+    }
+
+    /// Requests in flight.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// The mean time to first byte, once known.
+    pub(crate) fn ttfb(&self) -> Option<Duration> {
+        self.ttfb.map(|(mean, _)| Duration::from_secs_f64(mean))
+    }
+
+    /// Where the controller is.
+    pub(crate) fn phase(&self) -> Phase {
+        if self.outage {
+            Phase::Outage
+        } else if self.slow_start && self.adaptive {
+            Phase::SlowStart
+        } else {
+            Phase::Steady
+        }
+    }
+
+    /// True while most recent answers are errors (the scheduler pauses the host).
+    pub(crate) fn in_outage(&self) -> bool {
+        self.outage
+    }
+
+    /// A request starts; its ticket goes back with [`Controller::on_end`].
+    pub(crate) fn on_start(&mut self) -> Ticket {
+        self.in_flight += 1;
+        self.window.most_in_flight = self.window.most_in_flight.max(self.in_flight);
+        Ticket(self.generation)
+    }
+
+    /// A request ended with `signal`.
+    pub(crate) fn on_end(&mut self, ticket: Ticket, signal: Signal, now: Instant) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let stale = ticket.0 != self.generation;
+        if stale && matches!(signal, Signal::Refused | Signal::Error) {
+            // Sent under a higher limit: already answered by the decrease.
+            return;
+        }
+        match signal {
+            Signal::Answer(ttfb) => {
+                self.window.answers += 1;
+                self.window.ttfb_sum += ttfb;
+            }
+            Signal::Refused => self.window.refused += 1,
+            Signal::Error => self.window.errors += 1,
+            Signal::Nothing => return,
+        }
+        self.note_recent(matches!(signal, Signal::Refused | Signal::Error));
+        let length = self.ttfb().map_or(MIN_WINDOW, |t| t.max(MIN_WINDOW));
+        if now.saturating_duration_since(self.window_start) >= length {
+            self.decide(now);
+            self.window = Window {
+                most_in_flight: self.in_flight,
+                ..Window::default()
+            };
+            self.window_start = now;
+        }
+    }
+
+    fn note_recent(&mut self, error: bool) {
+        if self.recent_errors.len() == RECENT {
+            self.recent_errors.pop_front();
+        }
+        self.recent_errors.push_back(error);
+        let errors = self.recent_errors.iter().filter(|e| **e).count();
+        if !error && self.outage {
+            // One success ends the outage: grow again from the lowered limit, doubling.
+            self.outage = false;
+            self.slow_start = true;
+            self.recent_errors.clear();
+        } else if errors >= OUTAGE_ERRORS {
+            self.outage = true;
+        }
+    }
+
+    fn lower(&mut self, to: f64) {
+        self.limit = to.max(1.0);
+        self.slow_start = false;
+        self.generation = self.generation.wrapping_add(1);
+    }
+
+    fn decide(&mut self, now: Instant) {
+        let w = self.window;
+
+        if !self.adaptive {
+            return;
+        }
+        if w.refused > 0 {
+            // What the host served when it refused: the limit less the requests it refused.
+            let served = (self.limit.floor() - f64::from(w.refused)).max(1.0);
+            let level = served + 1.0;
+            let same_level = self.refused_at.is_some_and(|(l, _)| (l - level).abs() < 0.5);
+            self.probe_wait = if same_level {
+                (self.probe_wait * 2).min(PROBE_MAX)
+            } else {
+                PROBE_START
+            };
+            self.refused_at = Some((level, now));
+            self.lower((self.limit * 0.9).min(served));
+            return;
+        }
+        if w.errors > 0 {
+            // Scattered errors while the rest succeeds lower the limit in proportion: 10% of
+            // errors take 5% off, a window of errors half.
+            let fraction = f64::from(w.errors) / f64::from(w.errors + w.answers);
+            self.lower(self.limit * (1.0 - 0.5 * fraction));
+            if fraction >= SCATTERED {
+                return;
+            }
+            // Scattered errors while the host answers the rest: the jobs that met them wait for
+            // their Retry-After; the limit may still grow by one below.
+        }
+        if w.answers == 0 {
+            return;
+        }
+        let mean = w.ttfb_sum.as_secs_f64() / f64::from(w.answers);
+        if let Some((long, deviation)) = self.ttfb {
+            // A clearly slower window: the host queues what it cannot serve.
+            let rising = mean > long + 3.0 * deviation.max(long * 0.1) && mean > long * 1.5;
+            if rising {
+                self.refused_at = Some((self.limit.floor(), now));
+                self.lower(self.limit * 0.9);
+                return;
+            }
+            self.ttfb = Some((long * 0.9 + mean * 0.1, deviation * 0.9 + (mean - long).abs() * 0.1));
+        } else {
+            self.ttfb = Some((mean, mean * 0.1));
+        }
+        if (w.most_in_flight as f64) < self.limit.floor() || f64::from(w.answers) < self.limit.floor() / 2.0 {
+            return; // not using its limit (or too few answers to judge): no reason to grow
+        }
+        let mut next = if self.slow_start && w.errors == 0 {
+            self.limit * 2.0
+        } else {
+            self.limit + 1.0
+        };
+        if let Some((level, at)) = self.refused_at {
+            let may_probe = now.saturating_duration_since(at) >= self.probe_wait;
+            if next >= level - 0.5 && !may_probe {
+                next = next.min(level - 1.0).max(self.limit);
+            } else if next >= level - 0.5 {
+                // Probe one step at a time.
+                next = next.min(level);
+                self.refused_at = Some((level, now));
+            }
+        }
+        self.limit = next.min(self.ceiling);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A simulated host: capacity `k`, latency `base`; beyond `k` it either refuses (429 after
+    /// `base`, and the client pauses for Retry-After) or queues (each extra request waits).
+    #[derive(Clone, Copy)]
+    enum Host {
+        Rejecting { k: usize, retry_after: Duration },
+        Queueing { k: usize },
+        Knee { k: usize },
+    }
+
+    struct Outcome {
+        mean_limit: f64,
+        refused_after_warmup: f64,
+        completed: u64,
+    }
+
+    /// Runs a client with `limit()` requests in flight against `host` for `span` of virtual
+    /// time; events are processed in time order.
+    fn simulate(host: Host, base: Duration, span: Duration, ceiling: usize) -> Outcome {
+        let start = Instant::now();
+        let mut c = Controller::new(ceiling, true, start);
+        let mut now = start;
+        let mut in_flight: Vec<(Instant, Signal, Ticket)> = Vec::new();
+        let mut paused_until = start;
+        let (mut weighted, mut last) = (0.0, start);
+        let (mut after_warmup, mut refused_late, mut completed) = (0u64, 0u64, 0u64);
+        let warmup = start + Duration::from_secs(5);
+        while now < start + span {
+            // Start what the limit allows.
+            while now >= paused_until && in_flight.len() < c.limit() {
+                let ticket = c.on_start();
+                let n = in_flight.len() + 1;
+                let (ttfb, signal) = match host {
+                    Host::Rejecting { k, .. } if n > k => (base, Signal::Refused),
+                    Host::Rejecting { .. } => (base, Signal::Answer(base)),
+                    Host::Queueing { k } => {
+                        let wait = base * u32::try_from(n.div_ceil(k)).unwrap();
+                        (wait, Signal::Answer(wait))
+                    }
+                    Host::Knee { k } => {
+                        let extra = n.saturating_sub(k) as f64 / k as f64;
+                        let t = base.mul_f64(1.0 + 2.0 * extra);
+                        (t, Signal::Answer(t))
+                    }
+                };
+                in_flight.push((now + ttfb, signal, ticket));
+            }
+            // The next completion (or the end of a pause).
+            in_flight.sort_by_key(|(at, _, _)| *at);
+            let next = match in_flight.first() {
+                Some((at, _, _)) if *at <= paused_until || now >= paused_until => *at,
+                _ => paused_until,
+            };
+            weighted += c.limit() as f64 * next.saturating_duration_since(last).as_secs_f64();
+            last = next;
+            now = next;
+            if let Some(pos) = in_flight.iter().position(|(at, _, _)| *at <= now) {
+                let (_, signal, ticket) = in_flight.remove(pos);
+                c.on_end(ticket, signal, now);
+                if now > warmup {
+                    after_warmup += 1;
+                    refused_late += u64::from(signal == Signal::Refused);
+                }
+                if signal == Signal::Refused {
+                    if let Host::Rejecting { retry_after, .. } = host {
+                        paused_until = now + retry_after;
+                    }
+                } else {
+                    completed += 1;
+                }
+            }
+        }
+        Outcome {
+            mean_limit: weighted / span.as_secs_f64(),
+            refused_after_warmup: refused_late as f64 / after_warmup.max(1) as f64,
+            completed,
+        }
+    }
+
+    #[test]
+    fn finds_a_rejecting_hosts_capacity_and_rarely_probes_it() {
+        let host = Host::Rejecting {
+            k: 6,
+            retry_after: Duration::from_secs(1),
+        };
+        let base = Duration::from_millis(50);
+        let o = simulate(host, base, Duration::from_secs(120), 64);
+        assert!((4.5..=9.0).contains(&o.mean_limit), "mean limit {}", o.mean_limit);
+        assert!(o.refused_after_warmup < 0.03, "refused {}", o.refused_after_warmup);
+        // At least 85% of what K requests every 50 ms would complete.
+        let ideal = 6.0 / 0.05 * 120.0;
+        assert!(
+            o.completed as f64 >= 0.85 * ideal,
+            "completed {} of {ideal}",
+            o.completed
+        );
+    }
+
+    #[test]
+    fn a_queueing_host_is_not_pushed_far_past_its_capacity() {
+        let o = simulate(
+            Host::Queueing { k: 8 },
+            Duration::from_millis(40),
+            Duration::from_secs(60),
+            64,
+        );
+        assert!((6.0..=17.0).contains(&o.mean_limit), "mean limit {}", o.mean_limit);
+        let o = simulate(
+            Host::Knee { k: 10 },
+            Duration::from_millis(40),
+            Duration::from_secs(60),
+            64,
+        );
+        assert!((7.0..=24.0).contains(&o.mean_limit), "mean limit {}", o.mean_limit);
+    }
+
+    #[test]
+    fn two_hosts_converge_to_their_own_capacity() {
+        for k in [2, 12] {
+            let host = Host::Rejecting {
+                k,
+                retry_after: Duration::from_secs(1),
+            };
+            let o = simulate(host, Duration::from_millis(50), Duration::from_secs(120), 64);
+            let low = k as f64 * 0.75;
+            let high = k as f64 * 1.5 + 1.0;
+            assert!(
+                (low..=high).contains(&o.mean_limit),
+                "k {k}: mean limit {}",
+                o.mean_limit
+            );
+        }
+    }
+
+    #[test]
+    fn a_host_that_takes_any_load_reaches_the_ceiling_fast() {
+        let start = Instant::now();
+        let mut c = Controller::new(64, true, start);
+        let mut now = start;
+        for _ in 0..200 {
+            let tickets: Vec<Ticket> = (0..c.limit()).map(|_| c.on_start()).collect();
+            now += Duration::from_millis(100);
+            for ticket in tickets {
+                c.on_end(ticket, Signal::Answer(Duration::from_millis(100)), now);
+            }
+        }
+        assert_eq!(c.limit(), 64);
+        assert_eq!(c.phase(), Phase::SlowStart, "never slowed");
+    }
+
+    #[test]
+    fn not_using_the_limit_never_grows_it() {
+        let start = Instant::now();
+        let mut c = Controller::new(64, true, start);
+        let mut now = start;
+        for _ in 0..100 {
+            let ticket = c.on_start();
+            now += Duration::from_millis(30);
+            c.on_end(ticket, Signal::Answer(Duration::from_millis(30)), now);
+        }
+        assert_eq!(c.limit(), INITIAL_LIMIT);
+    }
+
+    #[test]
+    fn scattered_errors_lower_gently_and_an_outage_probes_one_at_a_time() {
+        let start = Instant::now();
+        let mut c = Controller::new(16, true, start);
+        let mut now = start;
+        // 10% errors while the rest succeeds: the limit stays useful.
+        for round in 0..400 {
+            let tickets: Vec<Ticket> = (0..c.limit()).map(|_| c.on_start()).collect();
+            now += Duration::from_millis(20);
+            for (i, ticket) in tickets.into_iter().enumerate() {
+                let signal = if (round * 7 + i) % 10 == 0 {
+                    Signal::Error
+                } else {
+                    Signal::Answer(Duration::from_millis(20))
+                };
+                c.on_end(ticket, signal, now);
+            }
+        }
+        assert!(c.limit() >= 8, "limit {} under scattered errors", c.limit());
+        assert!(!c.in_outage());
+        for _ in 0..OUTAGE_ERRORS {
+            // One at a time, each after the last decrease: none is stale.
+            let ticket = c.on_start();
+            now += Duration::from_millis(20);
+            c.on_end(ticket, Signal::Error, now);
+        }
+        assert!(c.in_outage());
+        assert_eq!(c.limit(), 1);
+        let ticket = c.on_start();
+        c.on_end(ticket, Signal::Answer(Duration::from_millis(20)), now);
+        assert!(!c.in_outage(), "one success ends the outage");
+        assert_eq!(c.phase(), Phase::SlowStart, "and the limit grows back fast");
+    }
+
+    #[test]
+    fn fixed_when_not_adaptive() {
+        let start = Instant::now();
+        let mut c = Controller::new(8, false, start);
+        let ticket = c.on_start();
+        c.on_end(ticket, Signal::Refused, start);
+        assert_eq!(c.limit(), 8);
+    }
+}
