@@ -92,12 +92,51 @@ pub fn sha256_hex(data: &[u8]) -> String {
     Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A server that can serve only `k` requests at once, each taking `latency`.
+#[derive(Debug, Clone, Copy)]
+pub struct Capacity {
+    /// Requests served at once.
+    pub k: usize,
+    /// How long each takes before its answer starts.
+    pub latency: Duration,
+    /// What happens to a request beyond `k`.
+    pub beyond: Beyond,
+}
+
+/// What a [`Capacity`] server does with a request beyond its capacity.
+#[derive(Debug, Clone, Copy)]
+pub enum Beyond {
+    /// Answer `429 Too Many Requests` with `Retry-After` (seconds), after the latency.
+    Refuse {
+        /// The Retry-After, in seconds.
+        retry_after: u64,
+    },
+    /// Queue it until one of the `k` finishes.
+    Queue,
+}
+
+/// One answered request: when (since the server started), its path and status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    /// When the request arrived.
+    pub at: Duration,
+    /// The path.
+    pub path: String,
+    /// The status answered.
+    pub status: u16,
+}
+
 #[derive(Default)]
 struct State {
     hits: Mutex<HashMap<String, u64>>,
     headers: Mutex<Vec<(String, HeaderMap)>>,
     total: AtomicU64,
     mix: Mix,
+    capacity: Option<Capacity>,
+    serving: std::sync::atomic::AtomicUsize,
+    queue: Option<tokio::sync::Semaphore>,
+    started: Option<std::time::Instant>,
+    log: Mutex<Vec<Logged>>,
 }
 
 /// A running fault server; stops when dropped.
@@ -129,10 +168,25 @@ impl FaultServer {
     /// # Panics
     /// When the port cannot be bound.
     pub async fn start_with(mix: Mix, bind: &str) -> Self {
+        Self::start_full(mix, None, bind).await
+    }
+
+    /// Starts a server that serves at most `capacity.k` requests at once, on 127.0.0.1.
+    ///
+    /// # Panics
+    /// When the port cannot be bound.
+    pub async fn start_with_capacity(capacity: Capacity) -> Self {
+        Self::start_full(Mix::default(), Some(capacity), "127.0.0.1:0").await
+    }
+
+    async fn start_full(mix: Mix, capacity: Option<Capacity>, bind: &str) -> Self {
         let listener = TcpListener::bind(bind).await.expect("bind fault server");
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(State {
             mix,
+            capacity,
+            queue: capacity.map(|c| tokio::sync::Semaphore::new(c.k)),
+            started: Some(std::time::Instant::now()),
             ..State::default()
         });
         let (stop_tx, mut stop_rx) = oneshot::channel();
@@ -191,6 +245,12 @@ impl FaultServer {
         self.state.total.load(Ordering::Relaxed)
     }
 
+    /// Every request answered, in order (status and arrival time).
+    #[must_use]
+    pub fn log(&self) -> Vec<Logged> {
+        self.state.log.lock().expect("log").clone()
+    }
+
     /// Request headers seen, in arrival order (the most recent 10,000).
     #[must_use]
     pub fn headers_seen(&self) -> Vec<(String, HeaderMap)> {
@@ -217,6 +277,49 @@ fn draw(seed: u64, path: &str, hit: u64, salt: u8) -> u8 {
 }
 
 async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
+    let at = state.started.map(|s| s.elapsed()).unwrap_or_default();
+    let path = req.uri().path().to_owned();
+    let response = match state.capacity {
+        Some(capacity) => with_capacity(state, capacity, req).await,
+        None => answer(state, req).await,
+    };
+    state.log.lock().expect("log").push(Logged {
+        at,
+        path,
+        status: response.status().as_u16(),
+    });
+    response
+}
+
+/// Serves within the server's capacity: at most `k` at once, each after the latency.
+async fn with_capacity(state: &State, capacity: Capacity, req: Request<Incoming>) -> Response<Body> {
+    let serving = state.serving.fetch_add(1, Ordering::SeqCst) + 1;
+    let response = match capacity.beyond {
+        Beyond::Refuse { retry_after } if serving > capacity.k => {
+            // A refusal costs the server nothing: it does not hold one of the k places.
+            state.serving.fetch_sub(1, Ordering::SeqCst);
+            tokio::time::sleep(capacity.latency).await;
+            return Response::builder()
+                .status(StatusCode::TOO_MANY_REQUESTS)
+                .header("retry-after", retry_after.to_string())
+                .body(full("too many\n"))
+                .expect("response");
+        }
+        Beyond::Refuse { .. } => {
+            tokio::time::sleep(capacity.latency).await;
+            answer(state, req).await
+        }
+        Beyond::Queue => {
+            let _permit = state.queue.as_ref().expect("queue").acquire().await.expect("open");
+            tokio::time::sleep(capacity.latency).await;
+            answer(state, req).await
+        }
+    };
+    state.serving.fetch_sub(1, Ordering::SeqCst);
+    response
+}
+
+async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let query: HashMap<String, String> = req
         .uri()

@@ -14,6 +14,7 @@
 
 mod batch;
 mod seen;
+mod spill;
 
 use std::fs::{self, File};
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -26,6 +27,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 pub(crate) use batch::Batcher;
 pub(crate) use seen::{Seen, SeenIndex};
+pub(crate) use spill::Spill;
 
 use crate::error::Error;
 

@@ -23,7 +23,7 @@ use futures_util::FutureExt as _;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::archive::{Archive, ArchiveReader, Journal, Record, RowStatus, Seen, SeenIndex};
+use crate::archive::{Archive, ArchiveReader, Journal, Record, RowStatus, Seen, SeenIndex, Spill};
 use crate::config::Config;
 use crate::error::{Error, ErrorClass};
 use crate::fetch::{Fetcher, Validators, classify};
@@ -278,6 +278,8 @@ impl Engine {
                 },
             ),
             views_at: Instant::now(),
+            spill: Spill::new(&shared.store.state_path(&format!("spill-{}.sqlite", std::process::id()))),
+            host_queue: (shared.config.per_host * 2).clamp(16, window),
             summary: Summary::default(),
             jitter: Jitter::new(seed()),
             backoff: Backoff {
@@ -435,9 +437,18 @@ const HOST_VIEWS_EVERY: Duration = Duration::from_millis(250);
 /// Hosts shown at most.
 const HOST_VIEWS: usize = 8;
 
+/// Jobs read ahead onto disk at most (about 200 bytes each): past this, reading waits.
+const SPILL_MAX: u64 = 1_000_000;
+/// How often hosts with jobs on disk are checked for room (besides when their jobs finish).
+const REFILL_EVERY: Duration = Duration::from_millis(100);
+
 struct Dispatcher {
     /// When the monitor's host views were last refreshed.
     views_at: Instant,
+    /// Jobs read ahead for hosts whose queue is full (see `archive::Spill`).
+    spill: Spill,
+    /// Jobs of one host kept in memory at most; the rest waits in the spill.
+    host_queue: usize,
     shared: Arc<Shared>,
     reporter: Arc<dyn Reporter>,
     scheduler: Scheduler<Box<JobState>>,
@@ -472,12 +483,28 @@ impl Dispatcher {
                 self.views_at = now;
                 self.shared.monitor.set_hosts(self.scheduler.views(now, HOST_VIEWS));
             }
-            if (!input_open || stopping) && self.scheduler.active() == 0 && (stopping || self.scheduler.waiting() == 0)
+            if (!input_open || stopping)
+                && self.scheduler.active() == 0
+                && (stopping || (self.scheduler.waiting() == 0 && self.spill.len() == 0))
             {
                 break;
             }
-            let wakeup = self.scheduler.next_wakeup();
-            let accept = input_open && !stopping && self.scheduler.waiting() < self.window;
+            let mut wakeup = self.scheduler.next_wakeup();
+            if self.spill.len() > 0 && !stopping {
+                if self.refill_all() {
+                    stopping = true;
+                    continue;
+                }
+                let refill = now + REFILL_EVERY;
+                wakeup = Some(wakeup.map_or(refill, |w| w.min(refill)));
+            }
+            // Read on while the window has room; with jobs on disk, only while some transfer
+            // slot is idle (reading further might find a host to fill it).
+            let accept = input_open
+                && !stopping
+                && self.scheduler.waiting() < self.window
+                && (self.spill.len() == 0
+                    || (self.scheduler.active() < self.shared.config.concurrency && self.spill.len() < SPILL_MAX));
             tokio::select! {
                 biased;
                 changed = cancel.changed(), if !stopping => {
@@ -505,11 +532,84 @@ impl Dispatcher {
                 () = sleep_until(wakeup), if wakeup.is_some() && !stopping => {}
             }
         }
-        // Whatever is still queued was never finished: report it pending.
+        // Whatever is still queued or on disk was never finished: report it pending.
         for state in self.scheduler.take_waiting() {
             self.finish_report(&state, JobStatus::Pending, None, None);
         }
+        let hosts: Vec<String> = self.spill.hosts().map(str::to_owned).collect();
+        for host in hosts {
+            while let Ok(batch) = self.spill.take(&host, 1024) {
+                if batch.is_empty() {
+                    break;
+                }
+                for bytes in batch {
+                    if let Some(state) = spilled::decode(&bytes) {
+                        self.finish_report(&state, JobStatus::Pending, None, None);
+                    }
+                }
+            }
+        }
         (std::mem::take(&mut self.summary), !input_open)
+    }
+
+    /// Queues a job read from the manifest: in memory while its host's queue has room, else on
+    /// disk (after the host's earlier spilled jobs). True when the run must stop (the spill
+    /// failed).
+    fn admit(&mut self, mut state: Box<JobState>) -> bool {
+        let host = state.host.clone();
+        if self.spill.len_of(&host) == 0 && self.scheduler.queued(&host) < self.host_queue {
+            self.scheduler.push(&host, state, Instant::now());
+            return false;
+        }
+        // Its claim is released while on disk (memory stays bounded) and taken again later.
+        self.shared.release(&mut state.claims);
+        match self.spill.push(&host, &spilled::encode(&state)) {
+            Ok(()) => false,
+            Err(error) => {
+                self.summary.fatal.get_or_insert_with(|| error.to_string());
+                self.finish_report(&state, JobStatus::Pending, None, None);
+                true
+            }
+        }
+    }
+
+    /// Moves spilled jobs of `host` back into memory while its queue has room. True when the
+    /// run must stop.
+    fn refill(&mut self, host: &str) -> bool {
+        let room = self.host_queue.saturating_sub(self.scheduler.queued(host));
+        if room < self.host_queue / 2 || self.spill.len_of(host) == 0 {
+            return false;
+        }
+        let batch = match self.spill.take(host, room) {
+            Ok(batch) => batch,
+            Err(error) => {
+                self.summary.fatal.get_or_insert_with(|| error.to_string());
+                return true;
+            }
+        };
+        for bytes in batch {
+            let Some(mut state) = spilled::decode(&bytes) else {
+                continue;
+            };
+            match self.shared.claim(&state.rel) {
+                Some(claim) => state.claims.push(claim),
+                None => {
+                    let error = Error::Conflict(state.rel.clone());
+                    if self.fail(&state, &error) {
+                        return true;
+                    }
+                    continue;
+                }
+            }
+            self.scheduler.push(host, state, Instant::now());
+        }
+        false
+    }
+
+    /// [`Dispatcher::refill`] for every host with jobs on disk.
+    fn refill_all(&mut self) -> bool {
+        let hosts: Vec<String> = self.spill.hosts().map(str::to_owned).collect();
+        hosts.iter().any(|host| self.refill(host))
     }
 
     fn spawn(
@@ -555,8 +655,7 @@ impl Dispatcher {
                         return self.fail(&state, &error);
                     }
                 }
-                let host = state.host.clone();
-                self.scheduler.push(&host, state, Instant::now());
+                return self.admit(state);
             }
             Input::Skip(job, path, reason, detail) => {
                 self.shared.monitor.on_read();
@@ -586,6 +685,9 @@ impl Dispatcher {
         let WorkerDone { state, result } = done;
         let signal = load_signal(&result, state.ttfb);
         self.scheduler.finish(&state.host, state.ticket, signal, Instant::now());
+        if self.spill.len_of(&state.host) > 0 && self.refill(&state.host) {
+            return true;
+        }
         match result {
             Ok(Outcome::Interrupted) => {
                 // Keep the validators so the next run can resume the part file with If-Range.
@@ -748,6 +850,69 @@ fn skipped_state(job: Job, path: String) -> JobState {
     let mut state = JobState::new(job, path);
     state.checked_exists = true;
     state
+}
+
+/// A fresh job as the spill stores it.
+mod spilled {
+    use serde::{Deserialize, Serialize};
+
+    use super::transfer::JobState;
+    use crate::fetch::Validators;
+    use crate::job::{Job, parse_hex, to_hex};
+
+    #[derive(Serialize, Deserialize)]
+    struct Spilled {
+        id: String,
+        url: String,
+        path: Option<String>,
+        size: Option<u64>,
+        sha256: Option<String>,
+        md5: Option<String>,
+        headers: Vec<(String, String)>,
+        line: u64,
+        rel: String,
+        etag: Option<String>,
+        last_modified: Option<String>,
+        known_total: Option<u64>,
+    }
+
+    pub(super) fn encode(state: &JobState) -> Vec<u8> {
+        let job = &state.job;
+        let spilled = Spilled {
+            id: job.id.clone(),
+            url: job.url.as_str().to_owned(),
+            path: job.path.clone(),
+            size: job.size,
+            sha256: job.sha256.map(|d| to_hex(&d)),
+            md5: job.md5.map(|d| to_hex(&d)),
+            headers: job.headers.clone(),
+            line: job.line,
+            rel: state.rel.clone(),
+            etag: state.validators.etag.clone(),
+            last_modified: state.validators.last_modified.clone(),
+            known_total: state.known_total,
+        };
+        serde_json::to_vec(&spilled).expect("plain data encodes")
+    }
+
+    pub(super) fn decode(bytes: &[u8]) -> Option<Box<JobState>> {
+        let s: Spilled = serde_json::from_slice(bytes).ok()?;
+        let mut job = Job::new(url::Url::parse(&s.url).ok()?);
+        job.id = s.id;
+        job.path = s.path;
+        job.size = s.size;
+        job.sha256 = s.sha256.as_deref().and_then(parse_hex);
+        job.md5 = s.md5.as_deref().and_then(parse_hex);
+        job.headers = s.headers;
+        job.line = s.line;
+        let mut state = JobState::new(job, s.rel);
+        state.validators = Validators {
+            etag: s.etag,
+            last_modified: s.last_modified,
+        };
+        state.known_total = s.known_total;
+        Some(Box::new(state))
+    }
 }
 
 /// What an attempt's end says of its host's load (see `schedule::host`).

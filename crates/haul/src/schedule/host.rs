@@ -5,9 +5,10 @@
 //! - **slow start**: from [`INITIAL_LIMIT`], the limit doubles each window in which the host
 //!   used all of it and answered as fast as usual;
 //! - **additive increase** after the first sign of load: one more per such window;
-//! - **decrease on back-pressure**: a `429` ("too many") sets the limit to what the host was
-//!   serving when it said so (its limit less the requests it refused), and remembers the level
-//!   it refused at; a `503`, a reset, a timeout or a refused connection takes off half the share
+//! - **decrease on back-pressure**: a `429` ("too many") sets the limit to what the host bore:
+//!   of the requests in flight when it first refused, those it answered (the decision waits
+//!   until they all ended; the host is paused by its Retry-After meanwhile); a refused probe
+//!   goes back to the level it probed from. The level refused is remembered; a `503`, a reset, a timeout or a refused connection takes off half the share
 //!   of errors among the window's answers (10% of errors: 5% off); a
 //!   time-to-first-byte rising well above its recent mean (a server queueing the excess) takes
 //!   10% off and is remembered like a refusal;
@@ -33,11 +34,13 @@ pub(crate) const INITIAL_LIMIT: usize = 4;
 /// The shortest decision window.
 const MIN_WINDOW: Duration = Duration::from_millis(25);
 /// The first wait before probing the level a host last refused.
-const PROBE_START: Duration = Duration::from_secs(10);
+const PROBE_START: Duration = Duration::from_secs(20);
 /// The longest wait between probes of a level the host keeps refusing.
 const PROBE_MAX: Duration = Duration::from_secs(120);
 /// Answers kept to tell an outage from scattered errors.
 const RECENT: usize = 16;
+/// Answer times kept for the Little's-law estimate of a refusal.
+const ANSWERS_KEPT: usize = 256;
 /// Below this share of errors in a window, errors are scattered (the host still grows).
 const SCATTERED: f64 = 0.2;
 /// Errors among the recent answers that make an outage.
@@ -76,11 +79,27 @@ struct Window {
     ttfb_sum: Duration,
 }
 
-/// What a request carries from its start to its end: the controller's generation then. A
-/// request sent before the limit last went down says nothing of the new limit: its refusal or
+/// The requests in flight when a host first refused: the decision waits until they all ended
+/// (the host is paused by its Retry-After meanwhile, so waiting costs nothing), then the host
+/// bore about as many as were answered.
+#[derive(Debug, Clone, Copy)]
+struct Cohort {
+    size: u32,
+    remaining: u32,
+    refused: u32,
+    /// Answers in the last time to first byte before the first refusal (Little's law: about
+    /// the concurrency the host was serving).
+    recent: u32,
+}
+
+/// What a request carries from its start to its end: the controller's generation then.
+///
+/// A request sent before the limit last went down says nothing of the new limit: its refusal or
 /// error is not counted again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Ticket(u32);
+pub(crate) struct Ticket {
+    generation: u32,
+}
 
 /// The adaptive limit of one host.
 #[derive(Debug, Clone)]
@@ -99,6 +118,11 @@ pub(crate) struct Controller {
     /// The level the host last refused, when, and how long to wait before probing it again.
     refused_at: Option<(f64, Instant)>,
     probe_wait: Duration,
+    /// The level a probe started from (it held), while probing.
+    probe_from: Option<f64>,
+    cohort: Option<Cohort>,
+    /// When the last answers came (at most [`ANSWERS_KEPT`]).
+    answered_at: VecDeque<Instant>,
     recent_errors: VecDeque<bool>,
     outage: bool,
 }
@@ -123,6 +147,9 @@ impl Controller {
             ttfb: None,
             refused_at: None,
             probe_wait: PROBE_START,
+            probe_from: None,
+            cohort: None,
+            answered_at: VecDeque::new(),
             recent_errors: VecDeque::with_capacity(RECENT),
             outage: false,
         }
@@ -173,13 +200,15 @@ impl Controller {
     pub(crate) fn on_start(&mut self) -> Ticket {
         self.in_flight += 1;
         self.window.most_in_flight = self.window.most_in_flight.max(self.in_flight);
-        Ticket(self.generation)
+        Ticket {
+            generation: self.generation,
+        }
     }
 
     /// A request ended with `signal`.
     pub(crate) fn on_end(&mut self, ticket: Ticket, signal: Signal, now: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        let stale = ticket.0 != self.generation;
+        let stale = ticket.generation != self.generation;
         if stale && matches!(signal, Signal::Refused | Signal::Error) {
             // Sent under a higher limit: already answered by the decrease.
             return;
@@ -188,12 +217,19 @@ impl Controller {
             Signal::Answer(ttfb) => {
                 self.window.answers += 1;
                 self.window.ttfb_sum += ttfb;
+                if self.answered_at.len() >= ANSWERS_KEPT {
+                    self.answered_at.pop_front();
+                }
+                self.answered_at.push_back(now);
             }
             Signal::Refused => self.window.refused += 1,
             Signal::Error => self.window.errors += 1,
             Signal::Nothing => return,
         }
         self.note_recent(matches!(signal, Signal::Refused | Signal::Error));
+        if self.adaptive && self.count_cohort(signal, now) {
+            return;
+        }
         let length = self.ttfb().map_or(MIN_WINDOW, |t| t.max(MIN_WINDOW));
         if now.saturating_duration_since(self.window_start) >= length {
             self.decide(now);
@@ -203,6 +239,64 @@ impl Controller {
             };
             self.window_start = now;
         }
+    }
+
+    /// Counts an answer toward the cohort of a refusal (starting one at the first refusal);
+    /// true while a cohort is open (no window decision meanwhile).
+    fn count_cohort(&mut self, signal: Signal, now: Instant) -> bool {
+        let refused = signal == Signal::Refused;
+        let cohort = match &mut self.cohort {
+            Some(cohort) => cohort,
+            None if refused => {
+                // Everything in flight now, and this request.
+                let size = u32::try_from(self.in_flight + 1).unwrap_or(u32::MAX);
+                let span = self.ttfb().unwrap_or(MIN_WINDOW);
+                let recent = self
+                    .answered_at
+                    .iter()
+                    .filter(|at| now.saturating_duration_since(**at) <= span)
+                    .count();
+                self.cohort.insert(Cohort {
+                    size,
+                    remaining: size,
+                    refused: 0,
+                    recent: u32::try_from(recent).unwrap_or(u32::MAX),
+                })
+            }
+            None => return false,
+        };
+        cohort.remaining = cohort.remaining.saturating_sub(1);
+        cohort.refused += u32::from(refused);
+        if cohort.remaining > 0 && self.in_flight > 0 {
+            return true;
+        }
+        let Cohort {
+            size, refused, recent, ..
+        } = *cohort;
+        self.cohort = None;
+        let bore = f64::from(size.saturating_sub(refused).max(recent).max(1));
+        // A probe one above a level that held: back to that level (a second refusal in the
+        // same probe is noise, not a lower capacity). Else what the cohort showed.
+        let served = match self.probe_from {
+            Some(held) if bore >= held - 1.0 => held,
+            _ => bore.min(self.limit.floor() - 1.0).max(1.0),
+        };
+        self.probe_from = None;
+        let level = served + 1.0;
+        let same_level = self.refused_at.is_some_and(|(l, _)| (l - level).abs() < 0.5);
+        self.probe_wait = if same_level {
+            (self.probe_wait * 2).min(PROBE_MAX)
+        } else {
+            PROBE_START
+        };
+        self.refused_at = Some((level, now));
+        self.lower(served);
+        self.window = Window {
+            most_in_flight: self.in_flight,
+            ..Window::default()
+        };
+        self.window_start = now;
+        true
     }
 
     fn note_recent(&mut self, error: bool) {
@@ -231,20 +325,6 @@ impl Controller {
         let w = self.window;
 
         if !self.adaptive {
-            return;
-        }
-        if w.refused > 0 {
-            // What the host served when it refused: the limit less the requests it refused.
-            let served = (self.limit.floor() - f64::from(w.refused)).max(1.0);
-            let level = served + 1.0;
-            let same_level = self.refused_at.is_some_and(|(l, _)| (l - level).abs() < 0.5);
-            self.probe_wait = if same_level {
-                (self.probe_wait * 2).min(PROBE_MAX)
-            } else {
-                PROBE_START
-            };
-            self.refused_at = Some((level, now));
-            self.lower((self.limit * 0.9).min(served));
             return;
         }
         if w.errors > 0 {
@@ -287,8 +367,9 @@ impl Controller {
             if next >= level - 0.5 && !may_probe {
                 next = next.min(level - 1.0).max(self.limit);
             } else if next >= level - 0.5 {
-                // Probe one step at a time.
+                // Probe one step at a time, remembering the level that held.
                 next = next.min(level);
+                self.probe_from = Some(self.limit.floor());
                 self.refused_at = Some((level, now));
             }
         }

@@ -124,6 +124,11 @@ impl<T> Scheduler<T> {
         self.waiting
     }
 
+    /// Jobs of `host` queued or delayed (not running).
+    pub(crate) fn queued(&self, host: &str) -> usize {
+        self.hosts.get(host).map_or(0, |h| h.queue.len() + h.delayed.len())
+    }
+
     /// Jobs running.
     pub(crate) fn active(&self) -> usize {
         self.active

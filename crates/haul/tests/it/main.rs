@@ -1,6 +1,7 @@
 //! Integration tests of the haul library against a real nginx and haul's fault server.
 
 mod faults;
+mod polite;
 mod props;
 mod regress;
 mod safety;
