@@ -138,6 +138,9 @@ pub(crate) struct GetArgs {
     /// Keep every host at --per-host instead of adapting its limit to what it bears
     #[arg(long)]
     pub(crate) no_adaptive: bool,
+    /// Bytes per second at most over all transfers (e.g. 500k, 10M)
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub(crate) limit_rate: Option<u64>,
     /// Requests per second at most to each host: N/s, N/m or N/h (e.g. 50/s)
     #[arg(long, value_parser = haul::Rate::parse, value_name = "N/s")]
     pub(crate) rate: Option<haul::Rate>,
@@ -276,6 +279,7 @@ impl GetArgs {
             .per_host(self.per_host)
             .adaptive(!self.no_adaptive)
             .rate(self.rate)
+            .limit_rate(self.limit_rate)
             .layout(match self.layout {
                 LayoutArg::Flat => haul::Layout::Flat,
                 LayoutArg::Mirror => haul::Layout::Mirror,

@@ -73,6 +73,8 @@ pub struct Config {
     pub adaptive: bool,
     /// Requests per second at most to each host.
     pub rate: Option<crate::Rate>,
+    /// Bytes per second at most over all transfers (`--limit-rate`).
+    pub limit_rate: Option<u64>,
     /// How URLs map to paths when the manifest gives none.
     pub layout: Layout,
     /// What to do with existing files.
@@ -151,6 +153,7 @@ impl Config {
                 per_host: DEFAULT_PER_HOST,
                 adaptive: true,
                 rate: None,
+                limit_rate: None,
                 layout: Layout::Flat,
                 on_exists: OnExists::Skip,
                 retries: DEFAULT_RETRIES,
@@ -226,6 +229,8 @@ setters! {
     adaptive: bool;
     /// Requests per second at most to each host.
     rate: Option<crate::Rate>;
+    /// Bytes per second at most over all transfers.
+    limit_rate: Option<u64>;
     /// How URLs map to paths.
     layout: Layout;
     /// What to do with existing files.

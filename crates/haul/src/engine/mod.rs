@@ -92,6 +92,8 @@ pub(crate) struct Shared {
     journal: Option<Journal>,
     /// Finds which job owns an existing file (path conflicts across runs).
     path_owner: Option<Mutex<ArchiveReader>>,
+    /// `--limit-rate`: the byte budget all bodies share.
+    bandwidth: Option<crate::schedule::rate::Bandwidth>,
     /// Fingerprints of the paths of jobs in flight (admitted, not yet ended): two of them on one
     /// file is a conflict. Bounded by the window; a job that ends releases its claims, and a
     /// later job on a finished path meets the file system's no-replace rename instead.
@@ -253,6 +255,7 @@ impl Engine {
             journal,
             path_owner,
             claimed: Mutex::new(HashSet::new()),
+            bandwidth: config.limit_rate.map(crate::schedule::rate::Bandwidth::new),
             config,
         });
         self.monitor.restart_clock();

@@ -297,7 +297,19 @@ async fn attempt(
         max_size: config.max_size,
         lowest_speed: config.lowest_speed,
     };
-    let end = stream_body(&mut response, &mut writer, limits, |n| guard.add_bytes(n), cancel).await;
+    let throttle = shared
+        .bandwidth
+        .as_ref()
+        .map(|b| b as &(dyn crate::fetch::Throttle + Sync));
+    let end = stream_body(
+        &mut response,
+        &mut writer,
+        limits,
+        |n| guard.add_bytes(n),
+        throttle,
+        cancel,
+    )
+    .await;
     drop(response);
     state.bytes = writer.total();
     match end {

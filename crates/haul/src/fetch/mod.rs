@@ -332,6 +332,12 @@ pub(crate) struct BodyLimits {
     pub(crate) lowest_speed: Option<(u64, Duration)>,
 }
 
+/// Byte budgets a body takes from as it streams (`--limit-rate`).
+pub(crate) trait Throttle {
+    /// Takes `bytes`; how long to wait before reading on.
+    fn take(&self, bytes: u64) -> Duration;
+}
+
 /// How a body loop ended without error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BodyEnd {
@@ -352,6 +358,7 @@ pub(crate) async fn stream_body<S: BodySink>(
     sink: &mut S,
     limits: BodyLimits,
     mut on_bytes: impl FnMut(u64),
+    throttle: Option<&(dyn Throttle + Sync)>,
     cancel: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<BodyEnd, Error> {
     let mut window = (std::time::Instant::now(), 0u64);
@@ -376,6 +383,13 @@ pub(crate) async fn stream_body<S: BodySink>(
         }
         on_bytes(len);
         sink.write(chunk).await?;
+        if let Some(wait) = throttle.map(|t| t.take(len)).filter(|w| !w.is_zero()) {
+            tokio::select! {
+                biased;
+                () = tokio::time::sleep(wait) => {}
+                _ = cancel.wait_for(|c| *c) => return Ok(BodyEnd::Cancelled),
+            }
+        }
         if let Some((lowest, span)) = limits.lowest_speed {
             window.1 += len;
             let elapsed = window.0.elapsed();

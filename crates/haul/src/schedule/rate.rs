@@ -150,3 +150,67 @@ mod tests {
         assert!(Rate::parse("5/d").unwrap_err().contains("unknown period"));
     }
 }
+
+/// A byte budget shared by every transfer (`--limit-rate`): each chunk received takes its size
+/// from it, and a transfer that overdraws it waits until the debt is paid back. Small files take
+/// little and pass almost at once; large ones are slowed in proportion, so the total stays at
+/// the limit without starving anyone.
+#[derive(Debug)]
+pub(crate) struct Bandwidth {
+    bytes_per_second: f64,
+    /// (bytes available, may be negative; when counted).
+    state: std::sync::Mutex<(f64, Instant)>,
+}
+
+impl Bandwidth {
+    /// A budget of `bytes_per_second`, with a burst of a tenth of a second.
+    pub(crate) fn new(bytes_per_second: u64) -> Self {
+        #[expect(clippy::cast_precision_loss, reason = "rates far below 2^52")]
+        let rate = bytes_per_second.max(1) as f64;
+        Self {
+            bytes_per_second: rate,
+            state: std::sync::Mutex::new((rate / 10.0, Instant::now())),
+        }
+    }
+
+    /// Takes `bytes` at `now`; returns how long the caller must wait before going on.
+    pub(crate) fn take(&self, bytes: u64, now: Instant) -> Duration {
+        let mut state = self.state.lock().expect("bandwidth");
+        let (available, last) = *state;
+        let burst = self.bytes_per_second / 10.0;
+        let refilled =
+            (available + now.saturating_duration_since(last).as_secs_f64() * self.bytes_per_second).min(burst);
+        #[expect(clippy::cast_precision_loss, reason = "chunk sizes far below 2^52")]
+        let left = refilled - bytes as f64;
+        *state = (left, now);
+        if left >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-left / self.bytes_per_second)
+        }
+    }
+}
+
+#[cfg(test)]
+mod bandwidth_tests {
+    use super::*;
+
+    #[test]
+    fn debt_is_paid_back_at_the_rate() {
+        let start = Instant::now();
+        let limit = Bandwidth::new(1_000_000);
+        // The burst (100 KB) passes; the next 100 KB waits 0.1 s.
+        assert_eq!(limit.take(100_000, start), Duration::ZERO);
+        let wait = limit.take(100_000, start);
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-6, "{wait:?}");
+        // Paid back by then: a small chunk a tenth of a second later waits only for itself.
+        let later = start + Duration::from_millis(100);
+        assert!(limit.take(1_000, later) <= Duration::from_millis(2));
+    }
+}
+
+impl crate::fetch::Throttle for Bandwidth {
+    fn take(&self, bytes: u64) -> Duration {
+        Bandwidth::take(self, bytes, Instant::now())
+    }
+}

@@ -191,3 +191,42 @@ async fn a_manifest_sorted_by_host_keeps_every_host_busy() {
     );
     assert!(elapsed < Duration::from_secs_f64(12.5 * 1.15), "{elapsed:?}");
 }
+
+/// `--limit-rate 1M`: 2 MB of large files take about 2 s in all, and small files beside them
+/// are not starved (they finish long before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bandwidth_limit_holds_without_starving_small_files() {
+    let server = FaultServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    for i in 0..2 {
+        text.push_str(&format!("{}\n", server.url(&format!("big{i}"), 1_000_000, "")));
+    }
+    for i in 0..20 {
+        text.push_str(&format!("{}\n", server.url(&format!("small{i}"), 1_000, "")));
+    }
+    let cfg = config(&tmp.path().join("out"))
+        .concurrency(8)
+        .per_host(8)
+        .limit_rate(Some(1 << 20))
+        .build();
+    let started = Instant::now();
+    let (summary, _) = run(cfg, &text, Format::Plain).await;
+    let elapsed = started.elapsed();
+    assert_eq!(summary.done, 22);
+    let total = 2_000_000.0 + 20_000.0;
+    let rate = total / elapsed.as_secs_f64();
+    assert!(rate <= 1.15 * f64::from(1u32 << 20), "{rate:.0} B/s over {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+    let log = server.log();
+    let last_small = log
+        .iter()
+        .filter(|l| l.path.starts_with("/f/small"))
+        .map(|l| l.at)
+        .max()
+        .unwrap();
+    assert!(
+        last_small < Duration::from_millis(1_200),
+        "small files waited until {last_small:?}"
+    );
+}
