@@ -129,12 +129,12 @@ pub(crate) struct GetArgs {
     /// What to do when a destination file already exists
     #[arg(long, value_enum, default_value_t = OnExistsArg::Skip)]
     pub(crate) on_exists: OnExistsArg,
-    /// Transfers in flight at most
-    #[arg(short = 'j', long, default_value_t = haul::DEFAULT_CONCURRENCY)]
-    pub(crate) concurrency: usize,
-    /// Transfers in flight at most to one host (host:port): the ceiling of its adaptive limit
-    #[arg(long, default_value_t = haul::DEFAULT_PER_HOST)]
-    pub(crate) per_host: usize,
+    /// Transfers in flight at most [default: 32, or the configuration file's]
+    #[arg(short = 'j', long)]
+    pub(crate) concurrency: Option<usize>,
+    /// Transfers in flight at most to one host (host:port): the ceiling of its adaptive limit [default: 8, or the configuration file's]
+    #[arg(long)]
+    pub(crate) per_host: Option<usize>,
     /// Keep every host at --per-host instead of adapting its limit to what it bears
     #[arg(long)]
     pub(crate) no_adaptive: bool,
@@ -183,7 +183,7 @@ pub(crate) struct GetArgs {
     /// A header for one host only: HOST=Name: value (not sent to hosts a redirect leads to); repeatable
     #[arg(long = "host-header", value_name = "HOST=HEADER")]
     pub(crate) host_headers: Vec<String>,
-    /// A configuration file with per-host settings ([host NAME] sections of `header = Name: value`)
+    /// A TOML configuration file: per_host, rate, limit_rate for every host and [hosts."PATTERN"] sections [default: $XDG_CONFIG_HOME/haul/config.toml if it exists]
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
     /// Basic auth: HOST=USER:PASSWORD (https to that host only) or ORIGIN=USER:PASSWORD with ORIGIN like http://host:8080 (that origin only); repeatable
@@ -258,8 +258,26 @@ pub(crate) struct GetArgs {
 }
 
 impl GetArgs {
-    /// The engine configuration these flags describe.
+    /// The configuration file's settings: `--config FILE`, else the default location if a file
+    /// is there, else none.
+    pub(crate) fn settings(&self) -> Result<crate::config::Settings> {
+        match &self.config {
+            Some(path) => crate::config::load(path),
+            None => match crate::config::default_path().filter(|p| p.is_file()) {
+                Some(path) => crate::config::load(&path),
+                None => Ok(crate::config::Settings::default()),
+            },
+        }
+    }
+
+    /// The engine configuration these flags (and the configuration file) describe.
     pub(crate) fn config(&self) -> Result<haul::Config> {
+        let file = self.settings()?;
+        let concurrency = self
+            .concurrency
+            .or(file.concurrency)
+            .unwrap_or(haul::DEFAULT_CONCURRENCY);
+        let per_host = self.per_host.or(file.per_host).unwrap_or(haul::DEFAULT_PER_HOST);
         let mut headers = Vec::new();
         for header in &self.headers {
             let (name, value) = header
@@ -275,11 +293,12 @@ impl GetArgs {
             haul::ArchiveMode::Default
         };
         let mut builder = haul::Config::builder(&self.output)
-            .concurrency(self.concurrency)
-            .per_host(self.per_host)
-            .adaptive(!self.no_adaptive)
-            .rate(self.rate)
-            .limit_rate(self.limit_rate)
+            .concurrency(concurrency)
+            .per_host(per_host)
+            .adaptive(!self.no_adaptive && file.adaptive.unwrap_or(true))
+            .rate(self.rate.or(file.rate))
+            .limit_rate(self.limit_rate.or(file.limit_rate))
+            .host_rules(file.rules.clone())
             .layout(match self.layout {
                 LayoutArg::Flat => haul::Layout::Flat,
                 LayoutArg::Mirror => haul::Layout::Mirror,
@@ -303,7 +322,7 @@ impl GetArgs {
             .wait_archive(self.wait_archive)
             .fsync(self.fsync);
         builder = builder
-            .host_headers(self.host_headers()?)
+            .host_headers(self.host_headers(&file)?)
             .credentials(self.credentials()?)
             .max_redirects(self.max_redirects)
             .allow_https_downgrade(self.allow_https_downgrade)
@@ -318,7 +337,7 @@ impl GetArgs {
         if let Some(agent) = &self.user_agent {
             builder = builder.user_agent(agent.clone());
         }
-        if self.concurrency == 0 || self.per_host == 0 {
+        if concurrency == 0 || per_host == 0 {
             bail!("--concurrency and --per-host must be at least 1");
         }
         Ok(builder.build())
@@ -327,14 +346,8 @@ impl GetArgs {
 
 impl GetArgs {
     /// Per-host headers from the configuration file, then from --host-header.
-    fn host_headers(&self) -> Result<Vec<(String, String, String)>> {
-        let mut out = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-                crate::config::host_headers(&text, &path.display().to_string())?
-            }
-            None => Vec::new(),
-        };
+    fn host_headers(&self, file: &crate::config::Settings) -> Result<Vec<(String, String, String)>> {
+        let mut out = file.old_headers.clone();
         for spec in &self.host_headers {
             let parsed = spec.split_once('=').and_then(|(host, header)| {
                 header

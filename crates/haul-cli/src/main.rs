@@ -169,6 +169,9 @@ fn spool_failed(config: &haul::Config) -> Result<PathBuf, Failure> {
 
 fn get(args: GetArgs) -> Result<Exit, Failure> {
     let config = args.config().map_err(|e| fail(Exit::Usage, e))?;
+    if let Some(note) = args.settings().ok().and_then(|s| s.note) {
+        let _ = writeln!(std::io::stderr(), "note: {note}");
+    }
     if config.insecure {
         let _ = writeln!(
             std::io::stderr(),

@@ -75,6 +75,8 @@ pub struct Config {
     pub rate: Option<crate::Rate>,
     /// Bytes per second at most over all transfers (`--limit-rate`).
     pub limit_rate: Option<u64>,
+    /// Settings for some hosts only (the first matching rule decides).
+    pub host_rules: Vec<crate::HostRule>,
     /// How URLs map to paths when the manifest gives none.
     pub layout: Layout,
     /// What to do with existing files.
@@ -154,6 +156,7 @@ impl Config {
                 adaptive: true,
                 rate: None,
                 limit_rate: None,
+                host_rules: Vec::new(),
                 layout: Layout::Flat,
                 on_exists: OnExists::Skip,
                 retries: DEFAULT_RETRIES,
@@ -231,6 +234,8 @@ setters! {
     rate: Option<crate::Rate>;
     /// Bytes per second at most over all transfers.
     limit_rate: Option<u64>;
+    /// Settings for some hosts only.
+    host_rules: Vec<crate::HostRule>;
     /// How URLs map to paths.
     layout: Layout;
     /// What to do with existing files.

@@ -38,6 +38,8 @@ pub use job::{Job, SafeUrl, to_hex};
 pub use manifest::{ArchiveKey, Format, MAX_LINE, ManifestError, ManifestReader, parse_url};
 pub mod archive;
 mod report;
+mod rules;
+pub use rules::HostRule;
 mod schedule;
 pub use report::{JobReport, JobStatus, Monitor, NullReporter, Reporter, Stats, Summary, Transfer};
 pub use schedule::HostView;

@@ -240,3 +240,62 @@ fn the_retry_spool_is_never_followed() {
     let spool = std::fs::symlink_metadata(out.join(".haul/retry-failed.jsonl")).unwrap();
     assert!(spool.is_file(), "haul's own file, created exclusively");
 }
+
+/// Issue 9: per-host settings from a TOML file at the default location
+/// (`$XDG_CONFIG_HOME/haul/config.toml`): the ceiling holds (a server of capacity 1 never has
+/// to refuse) and the section's headers reach that host.
+#[test]
+fn a_toml_configuration_sets_per_host_limits_and_headers() {
+    let rt = runtime();
+    let capacity = haul_test::Capacity {
+        k: 1,
+        latency: Duration::from_millis(20),
+        beyond: haul_test::Beyond::Refuse { retry_after: 1 },
+    };
+    let server = rt.block_on(FaultServer::start_with_capacity(capacity));
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("xdg");
+    std::fs::create_dir_all(home.join("haul")).unwrap();
+    let port = server.base().rsplit(':').next().unwrap().to_owned();
+    std::fs::write(
+        home.join("haul/config.toml"),
+        format!(
+            "per_host = 8\n\n[hosts.\"127.0.0.1:{port}\"]\nper_host = 1\nheaders = {{ X-From-Config = \"yes\" }}\n"
+        ),
+    )
+    .unwrap();
+    let lines: Vec<String> = (0..20).map(|i| server.url(&format!("c{i}"), 100, "")).collect();
+    let list = manifest(tmp.path(), &lines);
+    let out = tmp.path().join("out");
+    let result = haul()
+        .args(get_args(&list, &out, &["--progress", "none"]))
+        .env("XDG_CONFIG_HOME", &home)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(result.status.code(), Some(0), "{}", stderr(&result));
+    assert!(
+        server.log().iter().all(|l| l.status == 200),
+        "one at a time: never refused"
+    );
+    assert!(
+        server
+            .headers_seen()
+            .iter()
+            .all(|(_, h)| h.get("x-from-config").is_some_and(|v| v == "yes"))
+    );
+    // A mistake in the file is a usage error naming it.
+    std::fs::write(home.join("haul/config.toml"), "per_hosts = 1\n").unwrap();
+    let bad = haul()
+        .args(get_args(&list, &out, &["--progress", "none"]))
+        .env("XDG_CONFIG_HOME", &home)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("config.toml") && stderr(&bad).contains("per_hosts"),
+        "{}",
+        stderr(&bad)
+    );
+}

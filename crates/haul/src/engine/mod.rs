@@ -94,6 +94,8 @@ pub(crate) struct Shared {
     path_owner: Option<Mutex<ArchiveReader>>,
     /// `--limit-rate`: the byte budget all bodies share.
     bandwidth: Option<crate::schedule::rate::Bandwidth>,
+    /// A byte budget per host rule that sets `limit_rate` (shared by the hosts it matches).
+    rule_bandwidth: Vec<Option<crate::schedule::rate::Bandwidth>>,
     /// Fingerprints of the paths of jobs in flight (admitted, not yet ended): two of them on one
     /// file is a conflict. Bounded by the window; a job that ends releases its claims, and a
     /// later job on a finished path meets the file system's no-replace rename instead.
@@ -256,6 +258,11 @@ impl Engine {
             path_owner,
             claimed: Mutex::new(HashSet::new()),
             bandwidth: config.limit_rate.map(crate::schedule::rate::Bandwidth::new),
+            rule_bandwidth: config
+                .host_rules
+                .iter()
+                .map(|r| r.limit_rate.map(crate::schedule::rate::Bandwidth::new))
+                .collect(),
             config,
         });
         self.monitor.restart_clock();
@@ -278,6 +285,7 @@ impl Engine {
                     per_host: shared.config.per_host,
                     adaptive: shared.config.adaptive,
                     rate: shared.config.rate,
+                    rules: shared.config.host_rules.clone().into(),
                 },
             ),
             views_at: Instant::now(),

@@ -297,10 +297,14 @@ async fn attempt(
         max_size: config.max_size,
         lowest_speed: config.lowest_speed,
     };
-    let throttle = shared
-        .bandwidth
-        .as_ref()
-        .map(|b| b as &(dyn crate::fetch::Throttle + Sync));
+    let rule = crate::rules::find(&config.host_rules, &state.host);
+    let budgets = crate::schedule::rate::Budgets {
+        all: shared.bandwidth.as_ref(),
+        host: rule.and_then(|i| shared.rule_bandwidth[i].as_ref()),
+    };
+    let throttle = budgets
+        .any()
+        .then_some(&budgets as &(dyn crate::fetch::Throttle + Sync));
     let end = stream_body(
         &mut response,
         &mut writer,

@@ -116,6 +116,8 @@ pub(crate) struct Fetcher {
     secret_names: Vec<String>,
     credentials: Credentials,
     host_headers: HashMap<String, HeaderMap>,
+    /// Host rules and their headers (the first matching rule's are sent).
+    rules: Vec<(crate::HostRule, HeaderMap)>,
     max_redirects: usize,
     allow_downgrade: bool,
     /// Hosts a redirect may take the job's credentials to (lowercase).
@@ -161,6 +163,14 @@ impl Fetcher {
             let map = host_headers.entry(host.to_ascii_lowercase()).or_default();
             append_header(map, name, value)?;
         }
+        let mut rules = Vec::new();
+        for rule in &config.host_rules {
+            let mut map = HeaderMap::new();
+            for (name, value) in &rule.headers {
+                append_header(&mut map, name, value)?;
+            }
+            rules.push((rule.clone(), map));
+        }
         let (mut headers, mut secret_headers) = (HeaderMap::new(), HeaderMap::new());
         for (name, value) in &config.headers {
             if is_secret_header(name, &secret_names) {
@@ -176,6 +186,7 @@ impl Fetcher {
             secret_names,
             credentials: config.credentials.clone(),
             host_headers,
+            rules,
             max_redirects: config.max_redirects,
             allow_downgrade: config.allow_https_downgrade,
             trusted_hosts: config.trusted_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
@@ -201,6 +212,15 @@ impl Fetcher {
             if let Some(own) = origin
                 .host_str()
                 .and_then(|h| self.host_headers.get(&h.to_ascii_lowercase()))
+            {
+                for (name, value) in own {
+                    request = request.header(name, value);
+                }
+            }
+            let port = origin.port_or_known_default().unwrap_or(0);
+            if let Some((_, own)) = origin
+                .host_str()
+                .and_then(|h| self.rules.iter().find(|(rule, _)| rule.matches(h, port)))
             {
                 for (name, value) in own {
                     request = request.header(name, value);

@@ -24,7 +24,7 @@ use rate::{Bucket, Rate};
 const REMEMBERED: usize = 4096;
 
 /// How every host is treated.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Policy {
     /// `--per-host`: the ceiling of each host's limit.
     pub(crate) per_host: usize,
@@ -32,6 +32,8 @@ pub(crate) struct Policy {
     pub(crate) adaptive: bool,
     /// `--rate`: requests per host per second at most.
     pub(crate) rate: Option<Rate>,
+    /// Hosts with settings of their own (ceiling, rate): the first matching rule decides.
+    pub(crate) rules: std::sync::Arc<[crate::HostRule]>,
 }
 
 /// The queue of one host.
@@ -136,17 +138,20 @@ impl<T> Scheduler<T> {
 
     fn host(&mut self, key: &str, now: Instant) -> &mut Host<T> {
         if !self.hosts.contains_key(key) {
+            let rule = crate::rules::find(&self.policy.rules, key).map(|i| &self.policy.rules[i]);
+            let ceiling = rule.and_then(|r| r.per_host).unwrap_or(self.policy.per_host).max(1);
+            let rate = rule.and_then(|r| r.rate).or(self.policy.rate);
             let control = self
                 .remembered
                 .remove(key)
-                .unwrap_or_else(|| Controller::new(self.policy.per_host, self.policy.adaptive, now));
+                .unwrap_or_else(|| Controller::new(ceiling, self.policy.adaptive, now));
             let host = Host {
                 queue: VecDeque::new(),
                 delayed: Vec::new(),
                 cool_until: None,
                 in_ring: false,
                 control,
-                bucket: self.policy.rate.map(|rate| Bucket::new(rate, now)),
+                bucket: rate.map(|rate| Bucket::new(rate, now)),
             };
             self.hosts.insert(key.to_owned(), host);
         }
@@ -323,6 +328,7 @@ mod tests {
             per_host,
             adaptive: false,
             rate: None,
+            rules: std::sync::Arc::from(Vec::new()),
         }
     }
 
@@ -399,6 +405,7 @@ mod tests {
             per_host: 64,
             adaptive: false,
             rate: Some(Rate::parse("10/s").unwrap()),
+            rules: std::sync::Arc::from(Vec::new()),
         };
         let mut s = Scheduler::new(64, policy);
         for i in 0..5 {
@@ -415,5 +422,24 @@ mod tests {
             wake - now
         );
         assert_eq!(std::iter::from_fn(|| s.pop(wake)).count(), 2);
+    }
+
+    #[test]
+    fn host_rules_set_their_hosts_ceiling_and_rate() {
+        let now = Instant::now();
+        let mut rule = crate::HostRule::new("*.slow.test");
+        rule.per_host = Some(1);
+        let policy = Policy {
+            rules: std::sync::Arc::from(vec![rule]),
+            ..fixed(4)
+        };
+        let mut s = Scheduler::new(64, policy);
+        for i in 0..4 {
+            s.push("img.slow.test:443", i, now);
+            s.push("fast.test:443", 10 + i, now);
+        }
+        let started: Vec<String> = std::iter::from_fn(|| s.pop(now)).map(|x| x.host).collect();
+        assert_eq!(started.iter().filter(|h| h.starts_with("img")).count(), 1);
+        assert_eq!(started.iter().filter(|h| h.starts_with("fast")).count(), 4);
     }
 }

@@ -209,8 +209,25 @@ mod bandwidth_tests {
     }
 }
 
-impl crate::fetch::Throttle for Bandwidth {
+/// The byte budgets one body takes from: the run's and its host rule's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budgets<'a> {
+    pub(crate) all: Option<&'a Bandwidth>,
+    pub(crate) host: Option<&'a Bandwidth>,
+}
+
+impl Budgets<'_> {
+    /// True when there is a budget to take from.
+    pub(crate) fn any(&self) -> bool {
+        self.all.is_some() || self.host.is_some()
+    }
+}
+
+impl crate::fetch::Throttle for Budgets<'_> {
     fn take(&self, bytes: u64) -> Duration {
-        Bandwidth::take(self, bytes, Instant::now())
+        let now = Instant::now();
+        let all = self.all.map_or(Duration::ZERO, |b| b.take(bytes, now));
+        let host = self.host.map_or(Duration::ZERO, |b| b.take(bytes, now));
+        all.max(host)
     }
 }
