@@ -124,6 +124,16 @@ pub(crate) fn print_summary(s: &haul::Summary) {
     for ((reason, host), count) in &s.failed {
         let _ = writeln!(err, "  failed {count} × {reason} on {host}");
     }
+    for host in &s.hosts {
+        let ttfb = host
+            .ttfb
+            .map_or_else(String::new, |t| format!(", ttfb {:.0} ms", t.as_secs_f64() * 1000.0));
+        let _ = writeln!(
+            err,
+            "  host {}: limit settled at {}{ttfb}; {} refused (429), {} load errors, paused {} time(s)",
+            host.host, host.limit, host.refusals, host.errors, host.pauses
+        );
+    }
     if s.unverified > 0 {
         let _ = writeln!(
             err,

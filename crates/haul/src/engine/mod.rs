@@ -560,6 +560,7 @@ impl Dispatcher {
                 }
             }
         }
+        self.summary.hosts = self.scheduler.pushed_back(HOST_VIEWS);
         (std::mem::take(&mut self.summary), !input_open)
     }
 

@@ -123,6 +123,10 @@ pub(crate) struct Controller {
     cohort: Option<Cohort>,
     /// When the last answers came (at most [`ANSWERS_KEPT`]).
     answered_at: VecDeque<Instant>,
+    /// Counts for the summary: refusals (429), errors, pauses.
+    pub(crate) refusals: u64,
+    pub(crate) errors: u64,
+    pub(crate) pauses: u64,
     recent_errors: VecDeque<bool>,
     outage: bool,
 }
@@ -150,6 +154,9 @@ impl Controller {
             probe_from: None,
             cohort: None,
             answered_at: VecDeque::new(),
+            refusals: 0,
+            errors: 0,
+            pauses: 0,
             recent_errors: VecDeque::with_capacity(RECENT),
             outage: false,
         }
@@ -209,6 +216,8 @@ impl Controller {
     pub(crate) fn on_end(&mut self, ticket: Ticket, signal: Signal, now: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
         let stale = ticket.generation != self.generation;
+        self.refusals += u64::from(signal == Signal::Refused);
+        self.errors += u64::from(signal == Signal::Error);
         if stale && matches!(signal, Signal::Refused | Signal::Error) {
             // Sent under a higher limit: already answered by the decrease.
             return;

@@ -88,6 +88,33 @@ pub struct HostView {
     pub paused_for: Option<Duration>,
     /// `slow start`, `steady` or `outage`.
     pub phase: &'static str,
+    /// Refusals (`429`) the host answered so far.
+    pub refusals: u64,
+    /// Load-related errors (`503`, resets, timeouts) so far.
+    pub errors: u64,
+    /// Times the host was paused (Retry-After, an outage) so far.
+    pub pauses: u64,
+}
+
+impl HostView {
+    fn of(key: &str, control: &Controller, waiting: usize, paused_for: Option<Duration>) -> Self {
+        Self {
+            host: key.to_owned(),
+            limit: control.limit(),
+            in_flight: control.in_flight(),
+            waiting,
+            ttfb: control.ttfb(),
+            paused_for,
+            phase: match control.phase() {
+                Phase::SlowStart => "slow start",
+                Phase::Steady => "steady",
+                Phase::Outage => "outage",
+            },
+            refusals: control.refusals,
+            errors: control.errors,
+            pauses: control.pauses,
+        }
+    }
 }
 
 /// Jobs waiting to start, grouped by host.
@@ -243,6 +270,9 @@ impl<T> Scheduler<T> {
     pub(crate) fn cool_down(&mut self, host: &str, until: Instant, now: Instant) {
         let h = self.host(host, now);
         if h.cool_until.is_none_or(|t| t < until) {
+            if h.cool_until.is_none() {
+                h.control.pauses += 1;
+            }
             h.cool_until = Some(until);
             self.timers.push(Reverse((until, host.to_owned())));
         }
@@ -272,21 +302,30 @@ impl<T> Scheduler<T> {
         let mut views: Vec<HostView> = self
             .hosts
             .iter()
-            .map(|(key, h)| HostView {
-                host: key.clone(),
-                limit: h.control.limit(),
-                in_flight: h.control.in_flight(),
-                waiting: h.queue.len() + h.delayed.len(),
-                ttfb: h.control.ttfb(),
-                paused_for: h.cool_until.map(|t| t.saturating_duration_since(now)),
-                phase: match h.control.phase() {
-                    Phase::SlowStart => "slow start",
-                    Phase::Steady => "steady",
-                    Phase::Outage => "outage",
-                },
+            .map(|(key, h)| {
+                let paused = h.cool_until.map(|t| t.saturating_duration_since(now));
+                HostView::of(key, &h.control, h.queue.len() + h.delayed.len(), paused)
             })
             .collect();
         views.sort_by(|a, b| (b.in_flight, b.waiting, &a.host).cmp(&(a.in_flight, a.waiting, &b.host)));
+        views.truncate(most);
+        views
+    }
+
+    /// For the summary: the hosts that pushed back (refusals, errors, pauses), most first, at
+    /// most `most` of them, with what their limit became.
+    pub(crate) fn pushed_back(&self, most: usize) -> Vec<HostView> {
+        let mut views: Vec<HostView> = self
+            .hosts
+            .iter()
+            .map(|(key, h)| (key, &h.control))
+            .chain(self.remembered.iter())
+            .filter(|(_, c)| c.refusals + c.errors + c.pauses > 0)
+            .map(|(key, c)| HostView::of(key, c, 0, None))
+            .collect();
+        views.sort_by(|a, b| {
+            (b.refusals + b.errors + b.pauses, &a.host).cmp(&(a.refusals + a.errors + a.pauses, &b.host))
+        });
         views.truncate(most);
         views
     }

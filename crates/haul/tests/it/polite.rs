@@ -36,6 +36,10 @@ async fn a_server_that_refuses_beyond_six_gets_six() {
     let (summary, _) = run(cfg, &manifest(&server, "p", count), Format::Plain).await;
     let elapsed = started.elapsed();
     assert_eq!(summary.done, count as u64, "{summary:?}");
+    // The summary names the host that pushed back and the limit it settled at.
+    let host = &summary.hosts[0];
+    assert!(host.refusals > 0 && host.pauses > 0, "{host:?}");
+    assert!((5..=7).contains(&host.limit), "{host:?}");
     let log = server.log();
     let late: Vec<_> = log.iter().filter(|l| l.at > Duration::from_secs(5)).collect();
     let refused = late.iter().filter(|l| l.status == 429).count();
