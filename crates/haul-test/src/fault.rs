@@ -61,6 +61,8 @@ pub struct Mix {
     pub short: u8,
     /// A changed ETag (and content version) when the request is a resume.
     pub changed_validator: u8,
+    /// The `Retry-After` (seconds) of the random 503s.
+    pub retry_after: u64,
 }
 
 /// The deterministic content of `/f/NAME?size=N` (version 0).
@@ -179,13 +181,22 @@ impl FaultServer {
         Self::start_full(Mix::default(), Some(capacity), "127.0.0.1:0").await
     }
 
+    /// Starts a server with random faults and a capacity (`usize::MAX` for any load, to add
+    /// latency only), on `bind`.
+    ///
+    /// # Panics
+    /// When the port cannot be bound.
+    pub async fn start_with_both(mix: Mix, capacity: Capacity, bind: &str) -> Self {
+        Self::start_full(mix, Some(capacity), bind).await
+    }
+
     async fn start_full(mix: Mix, capacity: Option<Capacity>, bind: &str) -> Self {
         let listener = TcpListener::bind(bind).await.expect("bind fault server");
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(State {
             mix,
             capacity,
-            queue: capacity.map(|c| tokio::sync::Semaphore::new(c.k)),
+            queue: capacity.map(|c| tokio::sync::Semaphore::new(c.k.min(tokio::sync::Semaphore::MAX_PERMITS))),
             started: Some(std::time::Instant::now()),
             ..State::default()
         });
@@ -283,11 +294,16 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         Some(capacity) => with_capacity(state, capacity, req).await,
         None => answer(state, req).await,
     };
-    state.log.lock().expect("log").push(Logged {
-        at,
-        path,
-        status: response.status().as_u16(),
-    });
+    let mut log = state.log.lock().expect("log");
+    // Bounded: a long-running demo server keeps the first million requests.
+    if log.len() < 1_000_000 {
+        log.push(Logged {
+            at,
+            path,
+            status: response.status().as_u16(),
+        });
+    }
+    drop(log);
     response
 }
 
@@ -394,7 +410,7 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
     if mix.unavailable > 0 && draw(mix.seed, &path, hit, 1) < mix.unavailable {
         return Response::builder()
             .status(StatusCode::SERVICE_UNAVAILABLE)
-            .header("retry-after", "0")
+            .header("retry-after", mix.retry_after.to_string())
             .body(full("busy\n"))
             .expect("response");
     }

@@ -458,7 +458,7 @@ struct Dispatcher {
     views_at: Instant,
     /// Jobs read ahead for hosts whose queue is full (see `archive::Spill`).
     spill: Spill,
-    /// Jobs of one host kept in memory at most; the rest waits in the spill.
+    /// Jobs of one host ready in memory at most; the rest waits in the spill.
     host_queue: usize,
     shared: Arc<Shared>,
     reporter: Arc<dyn Reporter>,
@@ -569,7 +569,7 @@ impl Dispatcher {
     /// failed).
     fn admit(&mut self, mut state: Box<JobState>) -> bool {
         let host = state.host.clone();
-        if self.spill.len_of(&host) == 0 && self.scheduler.queued(&host) < self.host_queue {
+        if self.spill.len_of(&host) == 0 && self.scheduler.ready(&host) < self.host_queue {
             self.scheduler.push(&host, state, Instant::now());
             return false;
         }
@@ -588,7 +588,9 @@ impl Dispatcher {
     /// Moves spilled jobs of `host` back into memory while its queue has room. True when the
     /// run must stop.
     fn refill(&mut self, host: &str) -> bool {
-        let room = self.host_queue.saturating_sub(self.scheduler.queued(host));
+        // Jobs waiting for a retry do not count: they hold no place a new job could use, and a
+        // host answering scattered 503s would otherwise starve its queue.
+        let room = self.host_queue.saturating_sub(self.scheduler.ready(host));
         if room < self.host_queue / 2 || self.spill.len_of(host) == 0 {
             return false;
         }

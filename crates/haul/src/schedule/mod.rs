@@ -153,9 +153,9 @@ impl<T> Scheduler<T> {
         self.waiting
     }
 
-    /// Jobs of `host` queued or delayed (not running).
-    pub(crate) fn queued(&self, host: &str) -> usize {
-        self.hosts.get(host).map_or(0, |h| h.queue.len() + h.delayed.len())
+    /// Jobs of `host` ready to start (not running, not waiting for a retry).
+    pub(crate) fn ready(&self, host: &str) -> usize {
+        self.hosts.get(host).map_or(0, |h| h.queue.len())
     }
 
     /// Jobs running.

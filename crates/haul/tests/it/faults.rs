@@ -171,6 +171,7 @@ async fn soak_with_mixed_faults() {
             reset: 3,
             short: 3,
             changed_validator: 2,
+            retry_after: 0,
         },
         "127.0.0.1:0",
     )
