@@ -132,7 +132,7 @@ pub(crate) struct GetArgs {
     /// Transfers in flight at most [default: 32, or the configuration file's]
     #[arg(short = 'j', long)]
     pub(crate) concurrency: Option<usize>,
-    /// Transfers in flight at most to one host (host:port): the ceiling of its adaptive limit [default: 8, or the configuration file's]
+    /// Transfers in flight at most to one host (host:port): the ceiling of its adaptive limit [default: 16, or the configuration file's]
     #[arg(long)]
     pub(crate) per_host: Option<usize>,
     /// Keep every host at --per-host instead of adapting its limit to what it bears

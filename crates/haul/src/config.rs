@@ -8,8 +8,9 @@ use crate::store::{Layout, STATE_DIR};
 
 /// Transfers in flight at most, over all hosts.
 pub const DEFAULT_CONCURRENCY: usize = 32;
-/// Transfers in flight at most to one host (`host:port`).
-pub const DEFAULT_PER_HOST: usize = 8;
+/// Transfers in flight at most to one host (`host:port`): the ceiling of its adaptive limit
+/// (which starts at 4). See the README, "The defaults for -j and --per-host".
+pub const DEFAULT_PER_HOST: usize = 16;
 /// Retries after the first attempt.
 pub const DEFAULT_RETRIES: u32 = 5;
 /// The first retry waits up to this long (full jitter); each retry doubles it.

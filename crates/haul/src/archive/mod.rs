@@ -157,6 +157,22 @@ fn open_connection(path: &Path) -> Result<Connection, Error> {
     Ok(conn)
 }
 
+/// A scratch database of one run in haul's state directory (the duplicate index, the read-ahead
+/// spill): an old file of the same name is replaced; no journal, no fsync (it is deleted with the
+/// run, and a crash loses nothing the next run needs), an exclusive lock, a 2 MiB page cache.
+pub(crate) fn scratch(path: &Path, schema: &str) -> rusqlite::Result<Connection> {
+    let _ = fs::remove_file(path);
+    let conn = Connection::open(path)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = OFF;
+         PRAGMA synchronous = OFF;
+         PRAGMA locking_mode = EXCLUSIVE;
+         PRAGMA cache_size = -2048;",
+    )?;
+    conn.execute_batch(schema)?;
+    Ok(conn)
+}
+
 /// Creates the archive file (mode 0600: it holds URLs, which may carry tokens) unless it
 /// exists; refuses a symlink there. SQLite creates its `-wal` and `-shm` files with the same
 /// mode.

@@ -144,14 +144,9 @@ impl SeenIndex {
     /// the map (its allocation is kept: memory stays what it was).
     fn spill(&mut self) -> Result<(), Error> {
         if self.spilled.is_none() {
-            let _ = std::fs::remove_file(&self.path);
-            let conn = Connection::open(&self.path).map_err(|e| db_error("create", e))?;
-            conn.execute_batch(
-                "PRAGMA journal_mode = OFF;
-                 PRAGMA synchronous = OFF;
-                 PRAGMA locking_mode = EXCLUSIVE;
-                 PRAGMA cache_size = -2048;
-                 CREATE TABLE seen (key INTEGER PRIMARY KEY, what INTEGER NOT NULL, line INTEGER NOT NULL);",
+            let conn = super::scratch(
+                &self.path,
+                "CREATE TABLE seen (key INTEGER PRIMARY KEY, what INTEGER NOT NULL, line INTEGER NOT NULL);",
             )
             .map_err(|e| db_error("create", e))?;
             self.spilled = Some(Spilled {

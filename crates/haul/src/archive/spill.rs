@@ -58,14 +58,9 @@ impl Spill {
 
     fn conn(&mut self) -> Result<&Connection, Error> {
         if self.conn.is_none() {
-            let _ = std::fs::remove_file(&self.path);
-            let conn = Connection::open(&self.path).map_err(|e| db_error("create", e))?;
-            conn.execute_batch(
-                "PRAGMA journal_mode = OFF;
-                 PRAGMA synchronous = OFF;
-                 PRAGMA locking_mode = EXCLUSIVE;
-                 PRAGMA cache_size = -2048;
-                 CREATE TABLE spill (seq INTEGER PRIMARY KEY, host TEXT NOT NULL, job BLOB NOT NULL);
+            let conn = super::scratch(
+                &self.path,
+                "CREATE TABLE spill (seq INTEGER PRIMARY KEY, host TEXT NOT NULL, job BLOB NOT NULL);
                  CREATE INDEX spill_host ON spill (host, seq);",
             )
             .map_err(|e| db_error("create", e))?;

@@ -353,7 +353,9 @@ impl Controller {
         let mean = w.ttfb_sum.as_secs_f64() / f64::from(w.answers);
         if let Some((long, deviation)) = self.ttfb {
             // A clearly slower window: the host queues what it cannot serve.
-            let rising = mean > long + 3.0 * deviation.max(long * 0.1) && mean > long * 1.5;
+            // (Also 5 ms slower at least: on a loopback or a LAN, times of a millisecond jitter
+            // by more than half without any queueing.)
+            let rising = mean > long + 3.0 * deviation.max(long * 0.1) && mean > long * 1.5 && mean - long > 0.005;
             if rising {
                 self.refused_at = Some((self.limit.floor(), now));
                 self.lower(self.limit * 0.9);
@@ -537,6 +539,23 @@ mod tests {
         }
         assert_eq!(c.limit(), 64);
         assert_eq!(c.phase(), Phase::SlowStart, "never slowed");
+    }
+
+    #[test]
+    fn millisecond_jitter_is_not_queueing() {
+        let start = Instant::now();
+        let mut c = Controller::new(64, true, start);
+        let mut now = start;
+        for round in 0..200u32 {
+            let tickets: Vec<Ticket> = (0..c.limit()).map(|_| c.on_start()).collect();
+            // 1 to 3 ms, jittering: a loopback server, not a queue.
+            let ttfb = Duration::from_micros(1000 + u64::from(round % 3) * 1000);
+            now += Duration::from_millis(30);
+            for ticket in tickets {
+                c.on_end(ticket, Signal::Answer(ttfb), now);
+            }
+        }
+        assert_eq!(c.limit(), 64);
     }
 
     #[test]
