@@ -114,13 +114,13 @@ impl Shared {
     }
 
     /// Releases a job's claims.
-    fn release(&self, claims: &mut Vec<u64>) {
+    fn release(&self, claims: &[u64]) {
         if claims.is_empty() {
             return;
         }
         let mut claimed = self.claimed.lock().expect("claimed paths");
-        for claim in claims.drain(..) {
-            claimed.remove(&claim);
+        for claim in claims {
+            claimed.remove(claim);
         }
     }
 
@@ -574,7 +574,8 @@ impl Dispatcher {
             return false;
         }
         // Its claim is released while on disk (memory stays bounded) and taken again later.
-        self.shared.release(&mut state.claims);
+        self.shared.release(&state.claims);
+        state.claims.clear();
         match self.spill.push(&host, &spilled::encode(&state)) {
             Ok(()) => false,
             Err(error) => {
@@ -836,10 +837,7 @@ impl Dispatcher {
     }
 
     fn finish_report(&mut self, state: &JobState, status: JobStatus, reason: Option<&str>, error: Option<&str>) {
-        if !state.claims.is_empty() {
-            let mut claims = state.claims.clone();
-            self.shared.release(&mut claims);
-        }
+        self.shared.release(&state.claims);
         let report = JobReport {
             id: &state.job.id,
             url: state.job.safe_url(),
