@@ -203,6 +203,10 @@ def main():
         if best_haul and best_peer and best_peer["files_s"] > 0:
             print(f"{name}: best haul ({best_haul['tool']}) / best peer ({best_peer['tool']}) = "
                   f"{best_haul['files_s'] / best_peer['files_s']:.2f}x")
+        adaptive = [r for r in hauls if "--per-host" in r["tool"] and "--no-adaptive" not in r["tool"]]
+        if adaptive and best_peer and best_peer["files_s"] > 0:
+            print(f"{name}: {adaptive[0]['tool']} (adaptive) / best peer = "
+                  f"{adaptive[0]['files_s'] / best_peer['files_s']:.2f}x")
         originals = [r for r in rows if r["tool"].startswith("original")]
         if best_haul and originals and max(r["files_s"] for r in originals) > 0:
             best_original = max(originals, key=lambda r: r["files_s"])

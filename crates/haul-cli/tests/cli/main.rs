@@ -363,7 +363,21 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn peak_rss_for(lines: usize, server: &FaultServer, dir: &Path) -> u64 {
+/// Bytes of haul's read-ahead spill files under `out` now.
+fn spill_bytes(out: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(out.join(".haul")) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("spill-"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Peak RSS (KiB) and peak read-ahead spill size (bytes) of a run over `lines` jobs of one host.
+fn peak_rss_for(lines: usize, server: &FaultServer, dir: &Path) -> (u64, u64) {
     let list = dir.join(format!("m{lines}.txt"));
     let mut text = String::with_capacity(lines * 60);
     for i in 0..lines {
@@ -380,12 +394,13 @@ fn peak_rss_for(lines: usize, server: &FaultServer, dir: &Path) -> u64 {
         ))
         .spawn()
         .unwrap();
-    let mut peak = 0;
+    let (mut peak, mut spill) = (0, 0);
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         if let Some(kib) = peak_rss_kib(child.id()) {
             peak = peak.max(kib);
         }
+        spill = spill.max(spill_bytes(&out));
         if let Some(status) = child.try_wait().unwrap() {
             assert!(status.success());
             break;
@@ -393,7 +408,7 @@ fn peak_rss_for(lines: usize, server: &FaultServer, dir: &Path) -> u64 {
         assert!(Instant::now() < deadline, "run took too long");
         std::thread::sleep(Duration::from_millis(50));
     }
-    peak
+    (peak, spill)
 }
 
 #[test]
@@ -401,8 +416,8 @@ fn memory_stays_bounded_over_a_200k_line_manifest() {
     let rt = runtime();
     let server = rt.block_on(FaultServer::start());
     let tmp = tempfile::tempdir().unwrap();
-    let small = peak_rss_for(20_000, &server, tmp.path());
-    let large = peak_rss_for(200_000, &server, tmp.path());
+    let (small, small_spill) = peak_rss_for(20_000, &server, tmp.path());
+    let (large, large_spill) = peak_rss_for(200_000, &server, tmp.path());
     assert_eq!(server.total_hits(), 220_000);
     // Ten times the lines: nothing grows per job past fixed bounds (path claims are held only in
     // flight; the duplicate index keeps at most 114,688 ids in memory, then spills to disk).
@@ -410,6 +425,12 @@ fn memory_stays_bounded_over_a_200k_line_manifest() {
     assert!(
         large < small + 12 * 1024,
         "peak RSS grew from {small} KiB to {large} KiB"
+    );
+    // One host all the way: reading ahead for other hosts stops after 16,384 jobs on disk
+    // found none, so the spill does not grow with the manifest either.
+    assert!(
+        large_spill < 16 * 1024 * 1024 && large_spill < small_spill * 2 + 1024 * 1024,
+        "read-ahead spill grew from {small_spill} to {large_spill} bytes"
     );
 }
 

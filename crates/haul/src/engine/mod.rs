@@ -5,7 +5,9 @@
 //!   (skip what is done, pick up resume validators) and sends them on a bounded channel;
 //! - the **dispatcher** (one task) owns the [`Scheduler`]: it admits jobs while fewer than a
 //!   window of them wait (so memory does not grow with the manifest), starts them within the
-//!   global and per-host limits, and decides retries, cool-downs and outcomes;
+//!   global and per-host limits, and decides retries, cool-downs and outcomes; when one host's
+//!   queue is full it reads ahead for other hosts, spilling the full host's jobs to disk (up to
+//!   [`READ_AHEAD`] in a row without finding a host with nothing queued);
 //! - **workers** (one task per running job) do one attempt each and report back.
 //!
 //! Finished jobs are recorded by the archive's writer thread in batches, and only after the
@@ -14,7 +16,7 @@
 mod limits;
 mod transfer;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -291,6 +293,8 @@ impl Engine {
             views_at: Instant::now(),
             spill: Spill::new(&shared.store.state_path(&format!("spill-{}.sqlite", std::process::id()))),
             host_queue: (shared.config.per_host * 2).clamp(16, window),
+            unproductive: 0,
+            held: VecDeque::new(),
             summary: Summary::default(),
             jitter: Jitter::new(seed()),
             backoff: Backoff {
@@ -450,6 +454,11 @@ const HOST_VIEWS: usize = 8;
 
 /// Jobs read ahead onto disk at most (about 200 bytes each): past this, reading waits.
 const SPILL_MAX: u64 = 1_000_000;
+/// Jobs read ahead onto disk in a row without finding a host with nothing queued: past this,
+/// the manifest is one busy host (or a few) for as far as is worth reading, and the next job
+/// read waits in memory for its host's room instead (reading ahead resumes when a job finds a
+/// host with nothing queued).
+const READ_AHEAD: u64 = 16_384;
 /// How often hosts with jobs on disk are checked for room (besides when their jobs finish).
 const REFILL_EVERY: Duration = Duration::from_millis(100);
 
@@ -460,6 +469,11 @@ struct Dispatcher {
     spill: Spill,
     /// Jobs of one host ready in memory at most; the rest waits in the spill.
     host_queue: usize,
+    /// Jobs spilled since one last went to a host with nothing queued (see [`READ_AHEAD`]).
+    unproductive: u64,
+    /// Jobs read past [`READ_AHEAD`], waiting in order for their host's room (at most one
+    /// reader batch: reading waits while any is held).
+    held: VecDeque<Box<JobState>>,
     shared: Arc<Shared>,
     reporter: Arc<dyn Reporter>,
     scheduler: Scheduler<Box<JobState>>,
@@ -483,6 +497,7 @@ impl Dispatcher {
         loop {
             let now = Instant::now();
             if !stopping {
+                self.place_held();
                 while let Some(started) = self.scheduler.pop(now) {
                     let mut state = started.job;
                     debug_assert_eq!(started.host, state.host);
@@ -496,7 +511,7 @@ impl Dispatcher {
             }
             if (!input_open || stopping)
                 && self.scheduler.active() == 0
-                && (stopping || (self.scheduler.waiting() == 0 && self.spill.len() == 0))
+                && (stopping || (self.scheduler.waiting() == 0 && self.spill.len() == 0 && self.held.is_empty()))
             {
                 break;
             }
@@ -513,6 +528,7 @@ impl Dispatcher {
             // slot is idle (reading further might find a host to fill it).
             let accept = input_open
                 && !stopping
+                && self.held.is_empty()
                 && self.scheduler.waiting() < self.window
                 && (self.spill.len() == 0
                     || (self.scheduler.active() < self.shared.config.concurrency && self.spill.len() < SPILL_MAX));
@@ -544,7 +560,8 @@ impl Dispatcher {
             }
         }
         // Whatever is still queued or on disk was never finished: report it pending.
-        for state in self.scheduler.take_waiting() {
+        let waiting = self.scheduler.take_waiting();
+        for state in waiting.into_iter().chain(std::mem::take(&mut self.held)) {
             self.finish_report(&state, JobStatus::Pending, None, None);
         }
         let hosts: Vec<String> = self.spill.hosts().map(str::to_owned).collect();
@@ -570,9 +587,17 @@ impl Dispatcher {
     fn admit(&mut self, mut state: Box<JobState>) -> bool {
         let host = state.host.clone();
         if self.spill.len_of(&host) == 0 && self.scheduler.ready(&host) < self.host_queue {
+            if self.scheduler.ready(&host) == 0 {
+                self.unproductive = 0; // a host with nothing queued: reading ahead paid
+            }
             self.scheduler.push(&host, state, Instant::now());
             return false;
         }
+        if self.unproductive >= READ_AHEAD || !self.held.is_empty() {
+            self.held.push_back(state);
+            return false;
+        }
+        self.unproductive += 1;
         // Its claim is released while on disk (memory stays bounded) and taken again later.
         self.shared.release(&state.claims);
         state.claims.clear();
@@ -583,6 +608,20 @@ impl Dispatcher {
                 self.finish_report(&state, JobStatus::Pending, None, None);
                 true
             }
+        }
+    }
+
+    /// Queues held jobs, in order, while the first one's host has room (and none of its jobs
+    /// wait on disk before it).
+    fn place_held(&mut self) {
+        while let Some(state) = self.held.front() {
+            let host = &state.host;
+            if self.spill.len_of(host) > 0 || self.scheduler.ready(host) >= self.host_queue {
+                return;
+            }
+            let host = host.clone();
+            let state = self.held.pop_front().expect("front exists");
+            self.scheduler.push(&host, state, Instant::now());
         }
     }
 

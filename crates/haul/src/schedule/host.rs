@@ -2,14 +2,17 @@
 //!
 //! A pure type driven by the scheduler with an injected clock. It starts small and learns what
 //! the host bears from what the host says:
-//! - **slow start**: from [`INITIAL_LIMIT`], the limit doubles each window in which the host
-//!   used all of it and answered as fast as usual;
+//! - **slow start**: from a quarter of the ceiling (at least [`INITIAL_LIMIT`], at most 16), one
+//!   more for each answer while the host uses all of its limit, so the limit doubles every round
+//!   trip (as TCP's slow start does), until the first sign of load;
 //! - **additive increase** after the first sign of load: one more per such window;
 //! - **decrease on back-pressure**: a `429` ("too many") sets the limit to what the host bore:
 //!   of the requests in flight when it first refused, those it answered (the decision waits
 //!   until they all ended; the host is paused by its Retry-After meanwhile); a refused probe
-//!   goes back to the level it probed from. The level refused is remembered; a `503`, a reset, a timeout or a refused connection takes off half the share
-//!   of errors among the window's answers (10% of errors: 5% off); a
+//!   goes back to the level it probed from. The level refused is remembered; a `503`, a reset,
+//!   a timeout or a refused connection takes off half the share of errors among the window's
+//!   answers (10% of errors: 5% off), judged on at least half a limit's worth of answers, and
+//!   only when the host used its limit or errors are not scattered (20% or more); a
 //!   time-to-first-byte rising well above its recent mean (a server queueing the excess) takes
 //!   10% off and is remembered like a refusal;
 //! - **probing slowly near a known ceiling**: growth up to one below the level a host last
@@ -29,8 +32,11 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Where every host starts.
+/// Where a host starts: a quarter of its ceiling, so slow start reaches the ceiling in two
+/// round trips, but never below this ...
 pub(crate) const INITIAL_LIMIT: usize = 4;
+/// ... nor above this (a host that has said nothing yet gets at most 16 requests).
+const INITIAL_MAX: usize = 16;
 /// The shortest decision window.
 const MIN_WINDOW: Duration = Duration::from_millis(25);
 /// The first wait before probing the level a host last refused.
@@ -99,6 +105,8 @@ struct Cohort {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Ticket {
     generation: u32,
+    /// [`Controller::filled`] when the request started.
+    filled: u32,
 }
 
 /// The adaptive limit of one host.
@@ -106,6 +114,9 @@ pub(crate) struct Ticket {
 pub(crate) struct Controller {
     /// Bumped at every decrease (see [`Ticket`]).
     generation: u32,
+    /// Bumped each time a start fills the limit: a request whose ticket is older saw the host
+    /// use all of its limit while it was in flight.
+    filled: u32,
     limit: f64,
     ceiling: f64,
     adaptive: bool,
@@ -137,8 +148,9 @@ impl Controller {
         let ceiling = ceiling.max(1) as f64;
         Self {
             generation: 0,
+            filled: 0,
             limit: if adaptive {
-                ceiling.min(INITIAL_LIMIT as f64)
+                ceiling.min((ceiling / 4.0).clamp(INITIAL_LIMIT as f64, INITIAL_MAX as f64))
             } else {
                 ceiling
             },
@@ -207,9 +219,14 @@ impl Controller {
     pub(crate) fn on_start(&mut self) -> Ticket {
         self.in_flight += 1;
         self.window.most_in_flight = self.window.most_in_flight.max(self.in_flight);
-        Ticket {
+        let ticket = Ticket {
             generation: self.generation,
+            filled: self.filled,
+        };
+        if self.in_flight >= self.limit() {
+            self.filled = self.filled.wrapping_add(1);
         }
+        ticket
     }
 
     /// A request ended with `signal`.
@@ -224,6 +241,7 @@ impl Controller {
         }
         match signal {
             Signal::Answer(ttfb) => {
+                self.grow_per_answer(ticket);
                 self.window.answers += 1;
                 self.window.ttfb_sum += ttfb;
                 if self.answered_at.len() >= ANSWERS_KEPT {
@@ -240,7 +258,14 @@ impl Controller {
             return;
         }
         let length = self.ttfb().map_or(MIN_WINDOW, |t| t.max(MIN_WINDOW));
-        if now.saturating_duration_since(self.window_start) >= length {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        // A window with errors is judged on enough answers (half the limit, at least 4), or
+        // one error among two answers at the end of a run would halve the limit: it stays
+        // open for up to eight lengths to gather them.
+        let outcomes = self.window.answers + self.window.errors;
+        let sample = (self.limit / 2.0).max(4.0);
+        let thin = self.window.errors > 0 && f64::from(outcomes) < sample && elapsed < length * 8;
+        if elapsed >= length && !thin {
             self.decide(now);
             self.window = Window {
                 most_in_flight: self.in_flight,
@@ -308,6 +333,18 @@ impl Controller {
         true
     }
 
+    /// Slow start the way TCP does it: one more for each answer while the limit is used, so
+    /// the limit doubles every time to first byte without waiting for a window to close. Only
+    /// before the host ever refused (after an outage, growth goes by windows, under the level
+    /// it refused).
+    fn grow_per_answer(&mut self, ticket: Ticket) {
+        let using = ticket.filled != self.filled;
+        if self.adaptive && self.slow_start && !self.outage && self.refused_at.is_none() && using {
+            self.limit = (self.limit + 1.0).min(self.ceiling);
+            self.slow_start = self.limit < self.ceiling;
+        }
+    }
+
     fn note_recent(&mut self, error: bool) {
         if self.recent_errors.len() == RECENT {
             self.recent_errors.pop_front();
@@ -340,7 +377,12 @@ impl Controller {
             // Scattered errors while the rest succeeds lower the limit in proportion: 10% of
             // errors take 5% off, a window of errors half.
             let fraction = f64::from(w.errors) / f64::from(w.errors + w.answers);
-            self.lower(self.limit * (1.0 - 0.5 * fraction));
+            // Scattered errors while the host was not even using its limit say nothing of the
+            // limit (the end of a run, retries trickling): it stays.
+            let used = w.most_in_flight as f64 >= self.limit.floor();
+            if used || fraction >= SCATTERED {
+                self.lower(self.limit * (1.0 - 0.5 * fraction));
+            }
             if fraction >= SCATTERED {
                 return;
             }
@@ -367,6 +409,9 @@ impl Controller {
         }
         if (w.most_in_flight as f64) < self.limit.floor() || f64::from(w.answers) < self.limit.floor() / 2.0 {
             return; // not using its limit (or too few answers to judge): no reason to grow
+        }
+        if self.slow_start && self.refused_at.is_none() {
+            return; // grown per answer (see grow_per_answer)
         }
         let mut next = if self.slow_start && w.errors == 0 {
             self.limit * 2.0
@@ -530,15 +575,19 @@ mod tests {
         let start = Instant::now();
         let mut c = Controller::new(64, true, start);
         let mut now = start;
+        assert_eq!(c.limit(), 16, "a quarter of the ceiling");
+        let mut rounds = 0;
         for _ in 0..200 {
             let tickets: Vec<Ticket> = (0..c.limit()).map(|_| c.on_start()).collect();
             now += Duration::from_millis(100);
             for ticket in tickets {
                 c.on_end(ticket, Signal::Answer(Duration::from_millis(100)), now);
             }
+            rounds += usize::from(c.phase() == Phase::SlowStart);
         }
         assert_eq!(c.limit(), 64);
-        assert_eq!(c.phase(), Phase::SlowStart, "never slowed");
+        assert_eq!(rounds, 1, "16 -> 32 -> 64: the ceiling in two round trips");
+        assert_eq!(c.generation, 0, "never lowered");
     }
 
     #[test]
@@ -559,6 +608,33 @@ mod tests {
     }
 
     #[test]
+    fn a_few_errors_among_few_requests_do_not_collapse_the_limit() {
+        // The end of a run on a host that fails 10% at random: two requests at a time.
+        let start = Instant::now();
+        let mut c = Controller::new(16, false, start);
+        c.adaptive = true;
+        let mut now = start;
+        for round in 0..200u32 {
+            let tickets = [c.on_start(), c.on_start()];
+            now += Duration::from_millis(20);
+            for (i, ticket) in tickets.into_iter().enumerate() {
+                let error = (round * 2 + u32::try_from(i).unwrap()) % 10 == 0;
+                let signal = if error {
+                    Signal::Error
+                } else {
+                    Signal::Answer(Duration::from_millis(20))
+                };
+                c.on_end(ticket, signal, now);
+            }
+        }
+        assert!(
+            c.limit() >= 8,
+            "limit {} after scattered errors on a thin sample",
+            c.limit()
+        );
+    }
+
+    #[test]
     fn not_using_the_limit_never_grows_it() {
         let start = Instant::now();
         let mut c = Controller::new(64, true, start);
@@ -568,7 +644,7 @@ mod tests {
             now += Duration::from_millis(30);
             c.on_end(ticket, Signal::Answer(Duration::from_millis(30)), now);
         }
-        assert_eq!(c.limit(), INITIAL_LIMIT);
+        assert_eq!(c.limit(), 16);
     }
 
     #[test]
