@@ -20,7 +20,8 @@ pub(crate) enum Command {
     Get(Box<GetArgs>),
     /// Show what an archive holds: counts by status, bytes, failures by reason and host
     Status(ArchiveArg),
-    /// Print the failed jobs of an archive as a JSONL manifest that `haul get -i -` accepts
+    /// Print the failed jobs of an archive as a JSONL manifest that `haul get -i -` runs unchanged
+    /// (real URLs, sizes, checksums, non-secret headers, original lines)
     Failed(FailedArgs),
     /// Manage an archive
     #[command(subcommand)]
@@ -37,8 +38,8 @@ pub(crate) struct ArchiveArg {
 pub(crate) struct FailedArgs {
     #[command(flatten)]
     pub(crate) archive: ArchiveArg,
-    /// Print URLs as stored, credentials and signatures included (they are redacted otherwise)
-    #[arg(long)]
+    /// Accepted for compatibility: URLs are always printed as stored (a manifest is data)
+    #[arg(long, hide = true)]
     pub(crate) show_secrets: bool,
 }
 
@@ -116,12 +117,16 @@ pub(crate) struct GetArgs {
     /// Check the whole manifest first and download nothing if any line is bad
     #[arg(long)]
     pub(crate) strict: bool,
-    /// The output directory
-    #[arg(short, long, value_name = "DIR", default_value = ".")]
-    pub(crate) output: PathBuf,
+    /// The output directory [default: the current directory, announced]
+    #[arg(short, long, value_name = "DIR")]
+    pub(crate) output: Option<PathBuf>,
     /// How URLs map to file names when the manifest gives no path
     #[arg(long, value_enum, default_value_t = LayoutArg::Flat)]
     pub(crate) layout: LayoutArg,
+    /// Name files from a template when the manifest gives no path, e.g. '{host}/{id}{ext}' or
+    /// '{stem}-{hash}{ext}'. Fields: {id} {host} {path} {name} {stem} {ext} {query} {hash} {line}
+    #[arg(long, value_name = "TEMPLATE", value_parser = haul::store::NameTemplate::parse)]
+    pub(crate) name: Option<haul::store::NameTemplate>,
     /// Name files by the server's Content-Disposition (when the manifest gives no path); the name
     /// is sanitised and stays in the directory the URL maps to
     #[arg(long)]
@@ -249,7 +254,7 @@ pub(crate) struct GetArgs {
     /// How to show progress
     #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
     pub(crate) progress: ProgressArg,
-    /// Print nothing but errors (same as --progress none, without the summary)
+    /// Print nothing but errors: failed jobs, bad lines, fatal errors (no progress, no summary)
     #[arg(short, long)]
     pub(crate) quiet: bool,
     /// Write one JSON line per job (id, url, path, status, http_status, bytes, attempts, error)
@@ -292,7 +297,8 @@ impl GetArgs {
         } else {
             haul::ArchiveMode::Default
         };
-        let mut builder = haul::Config::builder(&self.output)
+        let output = self.output.clone().unwrap_or_else(|| PathBuf::from("."));
+        let mut builder = haul::Config::builder(&output)
             .concurrency(concurrency)
             .per_host(per_host)
             .adaptive(!self.no_adaptive && file.adaptive.unwrap_or(true))
@@ -303,6 +309,7 @@ impl GetArgs {
                 LayoutArg::Flat => haul::Layout::Flat,
                 LayoutArg::Mirror => haul::Layout::Mirror,
             })
+            .name_template(self.name.clone())
             .on_exists(match self.on_exists {
                 OnExistsArg::Skip => haul::OnExists::Skip,
                 OnExistsArg::Overwrite => haul::OnExists::Overwrite,

@@ -11,8 +11,10 @@ pub(crate) enum Exit {
     Usage = 2,
     /// The run could not go on (disk full, output not writable, archive locked or broken).
     Fatal = 3,
-    /// Interrupted (Ctrl-C, SIGTERM); finished files are kept, `.part` files resume next time.
+    /// Interrupted by Ctrl-C (SIGINT); finished files are kept, `.part` files resume next time.
     Interrupted = 130,
+    /// Stopped by SIGTERM (128 + 15, the shell's convention), with the same guarantees.
+    Terminated = 143,
 }
 
 impl From<Exit> for std::process::ExitCode {

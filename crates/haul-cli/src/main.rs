@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Get(args) => get(*args),
         Command::Status(a) => status(a.archive.as_deref()).map_err(|e| fail(Exit::Usage, e)),
-        Command::Failed(a) => failed(a.archive.archive.as_deref(), a.show_secrets).map_err(|e| fail(Exit::Usage, e)),
+        Command::Failed(a) => failed(a.archive.archive.as_deref()).map_err(|e| fail(Exit::Usage, e)),
         Command::Archive(ArchiveCommand::Import { file, archive }) => {
             import(&file, archive.as_deref()).map_err(|e| fail(Exit::Fatal, e))
         }
@@ -55,12 +55,15 @@ fn main() -> ExitCode {
 
 type Jobs = Box<dyn Iterator<Item = Result<haul::Job, haul::ManifestError>> + Send>;
 
-fn format_of(args: &GetArgs, path: &Path) -> haul::Format {
+/// The format the user named (`--format`) or the file's name names (`.csv`, `.jsonl`); `None`
+/// when only the content can tell.
+fn named_format(args: &GetArgs, path: &Path) -> Option<haul::Format> {
     match args.format {
-        Some(FormatArg::Plain) => haul::Format::Plain,
-        Some(FormatArg::Jsonl) => haul::Format::Jsonl,
-        Some(FormatArg::Csv) => haul::Format::Csv,
-        None => haul::Format::from_path(path),
+        Some(FormatArg::Plain) => Some(haul::Format::Plain),
+        Some(FormatArg::Jsonl) => Some(haul::Format::Jsonl),
+        Some(FormatArg::Csv) => Some(haul::Format::Csv),
+        None if path == Path::new("-") => None,
+        None => haul::Format::named_by(path),
     }
 }
 
@@ -71,19 +74,94 @@ fn key_of(args: &GetArgs) -> haul::ArchiveKey {
     }
 }
 
-fn open_manifest(args: &GetArgs, path: &Path) -> Result<Jobs, Failure> {
-    let format = format_of(args, path);
-    let reader: Box<dyn BufRead + Send> = if path == Path::new("-") {
+/// Opens the manifest and looks at its start: a directory, binary data or a CSV without a `url`
+/// column is a usage error; a format the name does not give is read off the content. Also
+/// says whether the manifest is empty (blank lines and comments only).
+fn open_manifest(args: &GetArgs, path: &Path) -> Result<(Jobs, bool), Failure> {
+    let shown = if path == Path::new("-") {
+        "standard input".to_owned()
+    } else {
+        path.display().to_string()
+    };
+    let usage = |text: String| fail(Exit::Usage, anyhow::anyhow!(text));
+    let mut reader: Box<dyn BufRead + Send> = if path == Path::new("-") {
         Box::new(BufReader::with_capacity(256 * 1024, std::io::stdin()))
     } else {
+        if path.is_dir() {
+            return Err(usage(format!(
+                "the manifest {shown} is a directory: give a file that lists URLs (-i FILE)"
+            )));
+        }
         let file = File::open(path)
-            .with_context(|| format!("cannot open the manifest {}", path.display()))
+            .with_context(|| format!("cannot open the manifest {shown}"))
             .map_err(|e| fail(Exit::Usage, e))?;
         Box::new(BufReader::with_capacity(256 * 1024, file))
     };
-    Ok(Box::new(
-        haul::ManifestReader::new(reader, format).archive_key(key_of(args)),
+    let named = named_format(args, path);
+    let sample = reader
+        .fill_buf()
+        .with_context(|| format!("cannot read the manifest {shown}"))
+        .map_err(|e| fail(Exit::Usage, e))?;
+    let sniffed = haul::manifest::sniff(sample, named)
+        .map_err(|why| usage(format!("cannot use {shown} as a manifest: {why}")))?;
+    let (format, empty) = match sniffed {
+        haul::manifest::Sniffed::Looks(looks) => (named.unwrap_or(looks), false),
+        haul::manifest::Sniffed::Empty => (named.unwrap_or(haul::Format::Plain), true),
+    };
+    Ok((
+        Box::new(haul::ManifestReader::new(reader, format).archive_key(key_of(args))),
+        empty,
     ))
+}
+
+/// The URLs given as arguments, as jobs; one that is not a URL haul can fetch is a usage error
+/// with a hint (a file name: `-i`; `htp://`, `http//`: the likely URL).
+fn url_jobs(urls: &[String]) -> Result<Vec<haul::Job>, Failure> {
+    urls.iter()
+        .map(|text| {
+            haul::parse_url(text).map(haul::Job::new).map_err(|reason| {
+                let hint = url_hint(text).map_or_else(String::new, |h| format!("; {h}"));
+                fail(
+                    Exit::Usage,
+                    anyhow::anyhow!(
+                        "the argument {:?} is not a URL haul can fetch: {reason}{hint}",
+                        cut(text)
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+/// At most the part of an argument before its query or credentials (which may be secrets).
+fn cut(text: &str) -> String {
+    match text.find(['?', '@']) {
+        Some(i) => format!("{}…", &text[..i]),
+        None => text.to_owned(),
+    }
+}
+
+fn url_hint(text: &str) -> Option<String> {
+    if Path::new(text).is_file() {
+        return Some(format!("did you mean `-i {text}` (read the URLs listed in that file)?"));
+    }
+    let (scheme, rest) = text
+        .split_once("://")
+        .or_else(|| text.split_once(":/"))
+        .or_else(|| text.split_once("//"))
+        .or_else(|| text.split_once(':'))?;
+    let scheme = scheme.to_ascii_lowercase();
+    let rest = rest.trim_start_matches('/');
+    let fixed = if ["http", "htp", "htt", "hhtp", "htpp", "ttp", "hmtp"].contains(&scheme.as_str()) {
+        "http"
+    } else if ["https", "htps", "htts", "httsp", "hhtps", "ttps", "htpps"].contains(&scheme.as_str()) {
+        "https"
+    } else if scheme.is_empty() || rest.is_empty() {
+        return None;
+    } else {
+        return Some("only http:// and https:// URLs can be fetched".to_owned());
+    };
+    Some(format!("did you mean {}?", cut(&format!("{fixed}://{rest}"))))
 }
 
 /// Reads the whole manifest once and refuses it if any line is bad (`--strict`).
@@ -96,7 +174,7 @@ fn check_strict(args: &GetArgs, path: &Path) -> Result<(), Failure> {
     }
     let mut bad = Vec::new();
     let mut count = 0u64;
-    for item in open_manifest(args, path)? {
+    for item in open_manifest(args, path)?.0 {
         if let Err(e) = item {
             count += 1;
             if bad.len() < 20 {
@@ -158,10 +236,7 @@ fn spool_failed(config: &haul::Config) -> Result<PathBuf, Failure> {
         .map_err(|e| fail(Exit::Fatal, e))?;
     let mut out = std::io::BufWriter::new(file);
     reader
-        .for_each_failed(|id, url, path| {
-            let line = serde_json::json!({ "id": id, "url": url, "path": path });
-            writeln!(out, "{line}").map_err(|e| haul::Error::Archive(e.to_string()))
-        })
+        .for_each_failed(|line| writeln!(out, "{line}").map_err(|e| haul::Error::Archive(e.to_string())))
         .map_err(|e| fail(Exit::Fatal, e))?;
     out.flush().map_err(|e| fail(Exit::Fatal, e))?;
     Ok(spool)
@@ -184,20 +259,35 @@ fn get(args: GetArgs) -> Result<Exit, Failure> {
             anyhow::anyhow!("nothing to download: give URLs, --input FILE (or - for stdin), or --retry-failed"),
         ));
     }
+    // Every usage error before anything is done.
+    let arguments = url_jobs(&args.urls)?;
     if args.strict
         && let Some(input) = &args.input
     {
         check_strict(&args, input)?;
     }
-    let mut jobs: Jobs = Box::new(std::iter::empty());
-    if !args.urls.is_empty() {
-        let urls = args.urls.clone();
-        jobs = Box::new(urls.into_iter().map(|text| {
-            haul::parse_url(&text)
-                .map(haul::Job::new)
-                .map_err(|reason| haul::ManifestError { line: 0, reason })
-        }));
+    let manifest = match &args.input {
+        Some(input) => {
+            let (manifest, empty) = open_manifest(&args, input)?;
+            if empty && !args.quiet {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "warning: the manifest {} lists no URLs (blank lines and comments only)",
+                    input.display()
+                );
+            }
+            Some(manifest)
+        }
+        None => None,
+    };
+    if args.output.is_none() && !args.quiet {
+        let here = std::env::current_dir().map_or_else(|_| ".".into(), |d| d.display().to_string());
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: saving into the current directory, {here} (-o DIR to choose)"
+        );
     }
+    let mut jobs: Jobs = Box::new(arguments.into_iter().map(Ok));
     if args.retry_failed {
         let spool = spool_failed(&config)?;
         let failed = haul::ManifestReader::new(
@@ -206,8 +296,8 @@ fn get(args: GetArgs) -> Result<Exit, Failure> {
         );
         jobs = Box::new(jobs.chain(failed));
     }
-    if let Some(input) = &args.input {
-        jobs = Box::new(jobs.chain(open_manifest(&args, input)?));
+    if let Some(manifest) = manifest {
+        jobs = Box::new(jobs.chain(manifest));
     }
     let report = match &args.report {
         Some(path) => Some(
@@ -238,22 +328,27 @@ async fn run(args: GetArgs, config: haul::Config, jobs: Jobs, report: Option<Fil
     let reporter = Arc::new(report::CliReporter::new(report, Arc::clone(&display), args.quiet));
     let canceller = engine.canceller();
     let signal_display = Arc::clone(&display);
+    let stopped_by = Arc::new(std::sync::Mutex::new(Exit::Interrupted));
+    let stopped = Arc::clone(&stopped_by);
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let first = async {
-            match &mut term {
-                Some(term) => tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} },
-                None => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
+        let mut signal = async || match &mut term {
+            Some(term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => Exit::Interrupted,
+                _ = term.recv() => Exit::Terminated,
+            },
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+                Exit::Interrupted
             }
         };
-        first.await;
+        let first = signal().await;
+        *stopped.lock().expect("signal") = first;
         signal_display.println("interrupting: finishing the archive; press Ctrl-C again to quit at once");
         canceller.cancel();
-        let _ = tokio::signal::ctrl_c().await;
-        // Second Ctrl-C: leave now. Nothing unfinished was recorded done, .part files stay.
-        std::process::exit(Exit::Interrupted as i32);
+        let second = signal().await;
+        // A second signal: leave now. Nothing unfinished was recorded done, .part files stay.
+        std::process::exit(second as i32);
     });
     let result = engine.run(jobs, Arc::clone(&reporter) as Arc<dyn haul::Reporter>).await;
     let display = Arc::try_unwrap(display).ok();
@@ -268,7 +363,7 @@ async fn run(args: GetArgs, config: haul::Config, jobs: Jobs, report: Option<Fil
     Ok(if summary.fatal.is_some() {
         Exit::Fatal
     } else if summary.interrupted {
-        Exit::Interrupted
+        *stopped_by.lock().expect("signal")
     } else if summary.failed_total() > 0 || summary.bad_lines > 0 {
         Exit::SomeFailed
     } else {
@@ -312,19 +407,14 @@ fn status(arg: Option<&Path>) -> Result<Exit> {
     Ok(Exit::Success)
 }
 
-fn failed(arg: Option<&Path>, show_secrets: bool) -> Result<Exit> {
+/// Prints the failed jobs as the manifest lines they were: real URLs (a manifest is data; the
+/// display and the logs are what redact), their headers but secret ones, sizes, checksums and
+/// original lines, so `haul failed | haul get -i - --format jsonl` runs them unchanged.
+fn failed(arg: Option<&Path>) -> Result<Exit> {
     let reader = haul::archive::ArchiveReader::open(&resolve_archive(arg))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let result = reader.for_each_failed(|id, url, path| {
-        let shown = match url::Url::parse(url) {
-            Ok(parsed) if !show_secrets => haul::SafeUrl(&parsed).to_string(),
-            _ => url.to_owned(),
-        };
-        // An id that is the URL itself is a secret as much as the URL.
-        let id = if id == url { shown.as_str() } else { id };
-        let line = serde_json::json!({ "id": id, "url": shown, "path": path });
-        writeln!(out, "{line}").map_err(|e| haul::Error::Archive(e.to_string()))
-    });
+    let result =
+        reader.for_each_failed(|line| writeln!(out, "{line}").map_err(|e| haul::Error::Archive(e.to_string())));
     match result {
         // A closed pipe (`haul failed | head`) is a normal end.
         Err(haul::Error::Archive(msg)) if msg.contains("Broken pipe") => return Ok(Exit::Success),

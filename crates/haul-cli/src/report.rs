@@ -52,7 +52,8 @@ impl CliReporter {
 
 impl haul::Reporter for CliReporter {
     fn on_job_finished(&self, r: &haul::JobReport<'_>) {
-        if r.status == haul::JobStatus::Failed && !self.quiet {
+        // Failures are errors: printed even with --quiet.
+        if r.status == haul::JobStatus::Failed {
             let at = if r.line > 0 {
                 format!("line {}: ", r.line)
             } else {
@@ -84,8 +85,16 @@ impl haul::Reporter for CliReporter {
     }
 
     fn on_bad_line(&self, error: &haul::ManifestError) {
-        if !self.quiet {
-            self.problem(&format!("bad manifest {error}"));
+        self.problem(&format!("bad manifest {error}"));
+        if let Some(report) = &self.report {
+            let line = serde_json::json!({
+                "status": "bad_line",
+                "line": error.line,
+                "error": error.reason,
+            });
+            if let Err(e) = writeln!(report.lock().expect("report"), "{line}") {
+                self.write_error.lock().expect("write error").get_or_insert(e);
+            }
         }
     }
 

@@ -80,6 +80,8 @@ pub struct Config {
     pub host_rules: Vec<crate::HostRule>,
     /// How URLs map to paths when the manifest gives none.
     pub layout: Layout,
+    /// A file-name template for jobs without a manifest path (`--name`); wins over `layout`.
+    pub name_template: Option<crate::store::NameTemplate>,
     /// What to do with existing files.
     pub on_exists: OnExists,
     /// Retries after the first attempt.
@@ -159,6 +161,7 @@ impl Config {
                 limit_rate: None,
                 host_rules: Vec::new(),
                 layout: Layout::Flat,
+                name_template: None,
                 on_exists: OnExists::Skip,
                 retries: DEFAULT_RETRIES,
                 retry_wait: DEFAULT_RETRY_WAIT,
@@ -239,6 +242,8 @@ setters! {
     host_rules: Vec<crate::HostRule>;
     /// How URLs map to paths.
     layout: Layout;
+    /// A file-name template for jobs without a manifest path.
+    name_template: Option<crate::store::NameTemplate>;
     /// What to do with existing files.
     on_exists: OnExists;
     /// Retries after the first attempt.

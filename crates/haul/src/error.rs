@@ -87,7 +87,9 @@ pub enum Error {
     #[error("{0}")]
     Path(String),
     /// Another job of this run writes the same path.
-    #[error("path conflict: {0} is already the destination of another job")]
+    #[error(
+        "path conflict: {0} is already the destination of another job (give each job its own name: a \"path\" in the manifest, or --name '{{stem}}-{{hash}}{{ext}}')"
+    )]
     Conflict(String),
     /// Another line of the manifest has this job's id with another URL or path; the first wins.
     #[error("id {id:?} repeats line {line} with another URL or path (the first line wins; give each job its own id)")]

@@ -46,6 +46,55 @@ impl Job {
         }
     }
 
+    /// The job as one JSONL manifest line that `haul get -i -` runs unchanged: the real URL (it is
+    /// data, like the manifest), the id when it is not the URL, the path, size and checksums the
+    /// manifest gave, its headers but those named in `secret` (and `Authorization`, `Cookie`,
+    /// `Proxy-Authorization`: they are given again on the command line, never stored), and the
+    /// line it came from.
+    ///
+    /// ```
+    /// let mut job = haul::Job::new(url::Url::parse("https://example.com/a?id=1").unwrap());
+    /// job.headers = vec![("Referer".into(), "https://example.com/".into()), ("Cookie".into(), "s=1".into())];
+    /// job.line = 7;
+    /// assert_eq!(
+    ///     job.to_manifest_line(&[]),
+    ///     r#"{"headers":{"Referer":"https://example.com/"},"line":7,"url":"https://example.com/a?id=1"}"#
+    /// );
+    /// ```
+    #[must_use]
+    pub fn to_manifest_line(&self, secret: &[String]) -> String {
+        let mut line = serde_json::Map::new();
+        line.insert("url".into(), self.url.as_str().into());
+        if self.id != self.url.as_str() {
+            line.insert("id".into(), self.id.as_str().into());
+        }
+        if let Some(path) = &self.path {
+            line.insert("path".into(), path.as_str().into());
+        }
+        if let Some(size) = self.size {
+            line.insert("size".into(), size.into());
+        }
+        if let Some(sha256) = &self.sha256 {
+            line.insert("sha256".into(), to_hex(sha256).into());
+        }
+        if let Some(md5) = &self.md5 {
+            line.insert("md5".into(), to_hex(md5).into());
+        }
+        let headers: serde_json::Map<String, serde_json::Value> = self
+            .headers
+            .iter()
+            .filter(|(name, _)| !crate::fetch::is_secret_header(name, secret))
+            .map(|(name, value)| (name.clone(), value.as_str().into()))
+            .collect();
+        if !headers.is_empty() {
+            line.insert("headers".into(), headers.into());
+        }
+        if self.line > 0 {
+            line.insert("line".into(), self.line.into());
+        }
+        serde_json::Value::Object(line).to_string()
+    }
+
     /// The URL with credentials and signatures hidden, for display.
     #[must_use]
     pub fn safe_url(&self) -> SafeUrl<'_> {

@@ -28,7 +28,7 @@ mod auth;
 mod error;
 mod fetch;
 mod job;
-mod manifest;
+pub mod manifest;
 pub mod store;
 
 pub use auth::{Auth, Credentials};

@@ -33,7 +33,7 @@ pub enum Format {
 
 impl Format {
     /// Picks the format from a file name: `.jsonl`/`.ndjson`/`.json` → JSONL, `.csv` → CSV,
-    /// anything else → plain.
+    /// anything else → plain (see [`Format::named_by`] to tell "plain" from "says nothing").
     ///
     /// ```
     /// use haul::Format;
@@ -53,6 +53,87 @@ impl Format {
             _ => Self::Plain,
         }
     }
+
+    /// The format a file name names, if it names one (`.jsonl`, `.ndjson`, `.json`, `.csv`);
+    /// `None` for `.txt`, no extension or anything else: the content decides (see [`sniff`]).
+    #[must_use]
+    pub fn named_by(path: &Path) -> Option<Self> {
+        match Self::from_path(path) {
+            Self::Plain => None,
+            named => Some(named),
+        }
+    }
+
+    /// The name of the format, as `--format` spells it.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::Jsonl => "jsonl",
+            Self::Csv => "csv",
+        }
+    }
+}
+
+/// What the start of a manifest says about it, before any job is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sniffed {
+    /// Its first meaningful line looks like this format.
+    Looks(Format),
+    /// Blank lines and comments only, or nothing at all.
+    Empty,
+}
+
+/// Looks at the start of a manifest (`sample`: its first bytes, up to a few hundred KiB) and
+/// says which format it looks like, or why it is not a manifest at all.
+///
+/// A first meaningful line starting with `{` is JSONL; one that reads as a CSV header with a
+/// `url` column (and at least one comma) is CSV; anything else is plain. `expected` is the
+/// format the caller was told (`--format`) or read off the name (`.csv`, `.jsonl`): when it is
+/// CSV, the header must name a `url` column, and the error lists the columns it has.
+///
+/// # Errors
+/// A message for the user: binary data, or a CSV header without a `url` column.
+///
+/// ```
+/// use haul::manifest::{sniff, Sniffed};
+/// use haul::Format;
+/// assert_eq!(sniff(b"{\"url\": \"https://a/1\"}\n", None), Ok(Sniffed::Looks(Format::Jsonl)));
+/// assert_eq!(sniff(b"id,url\n1,https://a/1\n", None), Ok(Sniffed::Looks(Format::Csv)));
+/// assert_eq!(sniff(b"# list\nhttps://a/1\n", None), Ok(Sniffed::Looks(Format::Plain)));
+/// assert!(sniff(b"name,link\nx,https://a/1\n", Some(Format::Csv)).unwrap_err().contains("name, link"));
+/// assert!(sniff(b"\x7fELF\x02\x01\x00\x00", None).is_err());
+/// ```
+pub fn sniff(sample: &[u8], expected: Option<Format>) -> Result<Sniffed, String> {
+    let head = &sample[..sample.len().min(8192)];
+    if head.contains(&0) {
+        return Err("it holds binary data, not lines of text (a manifest lists URLs, one per line)".to_owned());
+    }
+    // The first meaningful line, if the sample holds one whole (a cut line is judged as is).
+    let text = String::from_utf8_lossy(sample);
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let Some(first) = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .find(|l| !l.trim().is_empty() && (expected == Some(Format::Csv) || !l.trim().starts_with('#')))
+    else {
+        return Ok(Sniffed::Empty);
+    };
+    if expected == Some(Format::Csv) {
+        let header = csv_fields(first)?;
+        return CsvColumns::from_header(&header).map(|_| Sniffed::Looks(Format::Csv));
+    }
+    let trimmed = first.trim();
+    if trimmed.starts_with('{') {
+        return Ok(Sniffed::Looks(Format::Jsonl));
+    }
+    if trimmed.contains(',')
+        && !trimmed.contains("://")
+        && csv_fields(first).is_ok_and(|h| h.iter().any(|f| f.trim().eq_ignore_ascii_case("url")))
+    {
+        return Ok(Sniffed::Looks(Format::Csv));
+    }
+    Ok(Sniffed::Looks(Format::Plain))
 }
 
 /// Which manifest field keys a job in the archive.
@@ -229,7 +310,9 @@ impl<R: BufRead> Iterator for ManifestReader<R> {
                     },
                 };
                 break parsed.map_err(|reason| bad(*line, reason)).map(|mut job| {
-                    job.line = *line;
+                    if job.line == 0 {
+                        job.line = *line;
+                    }
                     job
                 });
             },
@@ -351,6 +434,10 @@ struct Record {
     md5: Option<String>,
     #[serde(default)]
     headers: Option<BTreeMap<String, String>>,
+    /// The line of the original manifest (`haul failed` writes it, so a retried job is
+    /// reported under the line it first came from).
+    #[serde(default)]
+    line: Option<u64>,
 }
 
 fn parse_json(text: &str) -> Result<Job, String> {
@@ -372,6 +459,7 @@ fn parse_json(text: &str) -> Result<Job, String> {
     };
     let mut job = fields.job()?;
     job.headers = record.headers.unwrap_or_default().into_iter().collect();
+    job.line = record.line.unwrap_or(0);
     Ok(job)
 }
 

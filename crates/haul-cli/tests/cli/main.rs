@@ -9,6 +9,7 @@ use haul_test::{FaultServer, Nginx, body_for, sha256_hex};
 
 mod regress;
 mod resume;
+mod usage;
 
 fn haul() -> Command {
     Command::new(env!("CARGO_BIN_EXE_haul"))
@@ -16,13 +17,26 @@ fn haul() -> Command {
 
 /// Runs haul to its end, at most 5 minutes: a hang fails the test instead of stalling CI.
 fn run(args: &[&str]) -> Output {
-    let child = haul()
-        .args(args)
-        .stdin(Stdio::null())
+    let mut command = haul();
+    command.args(args);
+    run_command(command, None)
+}
+
+/// Runs a prepared haul command with `input` on its standard input (or none), at most 5 minutes.
+fn run_command(mut command: Command, input: Option<Vec<u8>>) -> Output {
+    let mut child = command
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("run haul");
+    if let Some(input) = input {
+        let mut stdin = child.stdin.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            let _ = stdin.write_all(&input);
+        });
+    }
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -32,7 +46,7 @@ fn run(args: &[&str]) -> Output {
         Ok(output) => output.expect("run haul"),
         Err(_) => {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("haul {args:?} did not end within 5 minutes");
+            panic!("haul {command:?} did not end within 5 minutes");
         }
     }
 }
@@ -123,7 +137,9 @@ fn exit_codes_and_messages() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 2);
+    assert_eq!(lines.len(), 3, "two jobs and the bad line");
+    let bad = lines.iter().find(|l| l["status"] == "bad_line").unwrap();
+    assert_eq!(bad["line"], 2);
     let gone = lines.iter().find(|l| l["status"] == "failed").unwrap();
     assert_eq!(gone["http_status"], 404);
     assert_eq!(gone["attempts"], 1);
@@ -562,8 +578,13 @@ fn netrc_cookies_and_secrets_stay_out_of_output() {
         assert!(!printed.contains(secret), "{secret} was printed: {printed}");
     }
     assert!(printed.contains("X-Amz-Signature=***"), "{printed}");
-    let failed = run(&["failed", path(&out)]);
-    assert!(!String::from_utf8_lossy(&failed.stdout).contains("sig-secret"));
+    // `haul failed` prints the manifest's own URL (data that runs again), never what came from
+    // the netrc file or the cookie jar.
+    let failed = String::from_utf8_lossy(&run(&["failed", path(&out)]).stdout).into_owned();
+    assert!(failed.contains("X-Amz-Signature=sig-secret"), "{failed}");
+    for secret in ["n3trc-pass", "c00kie-secret"] {
+        assert!(!failed.contains(secret), "{secret} was printed: {failed}");
+    }
 }
 
 #[test]

@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts      INTEGER NOT NULL DEFAULT 0,
     first_seen    INTEGER NOT NULL,
     updated       INTEGER NOT NULL,
-    verified      INTEGER NOT NULL DEFAULT 1
+    verified      INTEGER NOT NULL DEFAULT 1,
+    spec          TEXT
 ) WITHOUT ROWID;
 -- No index on status: `haul status` scans, and every commit stays one index lighter.
 DROP INDEX IF EXISTS jobs_status;
@@ -117,6 +118,10 @@ pub struct Record {
     pub error: Option<String>,
     /// Attempts made.
     pub attempts: u32,
+    /// For failures: the job as a JSONL manifest line (URL, id, path, size, checksums,
+    /// non-secret headers, original line), so `haul failed` and `--retry-failed` run it again
+    /// unchanged. See [`Job::to_manifest_line`](crate::Job::to_manifest_line).
+    pub spec: Option<String>,
 }
 
 /// What a lookup finds of a job.
@@ -212,6 +217,18 @@ fn migrate(conn: &Connection) -> Result<(), Error> {
         > 0;
     if !has_verified {
         conn.execute_batch("ALTER TABLE jobs ADD COLUMN verified INTEGER NOT NULL DEFAULT 1")
+            .map_err(|e| db_error("upgrade schema", e))?;
+    }
+    let has_spec: bool = conn
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'spec'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(|e| db_error("read schema", e))?
+        > 0;
+    if !has_spec {
+        conn.execute_batch("ALTER TABLE jobs ADD COLUMN spec TEXT")
             .map_err(|e| db_error("upgrade schema", e))?;
     }
     Ok(())
@@ -462,24 +479,30 @@ impl ArchiveReader {
             .collect())
     }
 
-    /// Visits every failed job (id, url, path), in id order, without loading them all.
+    /// Visits every failed job as a JSONL manifest line (see [`Record::spec`]), in id order,
+    /// without loading them all.
     ///
     /// # Errors
     /// [`Error::Archive`] on a database error, or the visitor's error.
-    pub fn for_each_failed(
-        &self,
-        mut visit: impl FnMut(&str, &str, Option<&str>) -> Result<(), Error>,
-    ) -> Result<(), Error> {
+    pub fn for_each_failed(&self, mut visit: impl FnMut(&str) -> Result<(), Error>) -> Result<(), Error> {
         let mut stmt = self
             .conn
-            .prepare("SELECT id, url, path FROM jobs WHERE status = 'failed' ORDER BY id")
+            .prepare("SELECT id, url, spec, path FROM jobs WHERE status = 'failed' ORDER BY id")
             .map_err(|e| db_error("failed jobs", e))?;
         let mut rows = stmt.query([]).map_err(|e| db_error("failed jobs", e))?;
         while let Some(row) = rows.next().map_err(|e| db_error("failed jobs", e))? {
-            let id: String = row.get(0).map_err(|e| db_error("failed jobs", e))?;
-            let url: String = row.get(1).map_err(|e| db_error("failed jobs", e))?;
-            let path: Option<String> = row.get(2).map_err(|e| db_error("failed jobs", e))?;
-            visit(&id, &url, path.as_deref())?;
+            let spec: Option<String> = row.get(2).map_err(|e| db_error("failed jobs", e))?;
+            let line = match spec {
+                Some(spec) => spec,
+                None => {
+                    // A row of an archive older than the spec column: what it kept.
+                    let id: String = row.get(0).map_err(|e| db_error("failed jobs", e))?;
+                    let url: String = row.get(1).map_err(|e| db_error("failed jobs", e))?;
+                    let path: Option<String> = row.get(3).map_err(|e| db_error("failed jobs", e))?;
+                    serde_json::json!({ "id": id, "url": url, "path": path }).to_string()
+                }
+            };
+            visit(&line)?;
         }
         Ok(())
     }
@@ -647,14 +670,14 @@ fn write_batch(conn: &Connection, batch: &[Record]) -> rusqlite::Result<()> {
     {
         let mut stmt = tx.prepare_cached(
             "INSERT INTO jobs (id, url, path, size, sha256, etag, last_modified, status, http_status,
-                               error_class, error, attempts, first_seen, updated, verified)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14)
+                               error_class, error, attempts, first_seen, updated, verified, spec)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15)
              ON CONFLICT(id) DO UPDATE SET
                url = excluded.url, path = excluded.path, size = excluded.size,
                sha256 = excluded.sha256, etag = excluded.etag, verified = excluded.verified,
                last_modified = excluded.last_modified, status = excluded.status,
                http_status = excluded.http_status, error_class = excluded.error_class,
-               error = excluded.error, attempts = jobs.attempts + excluded.attempts,
+               error = excluded.error, attempts = jobs.attempts + excluded.attempts, spec = excluded.spec,
                updated = excluded.updated",
         )?;
         let now = now_secs();
@@ -674,6 +697,7 @@ fn write_batch(conn: &Connection, batch: &[Record]) -> rusqlite::Result<()> {
                 r.attempts,
                 now,
                 r.verified,
+                r.spec,
             ])?;
         }
     }
@@ -738,6 +762,7 @@ mod tests {
             error_class: None,
             error: None,
             attempts: 1,
+            spec: None,
         }
     }
 

@@ -146,6 +146,7 @@ impl Shared {
             error_class: None,
             error: None,
             attempts: 0,
+            spec: None,
         });
     }
 }
@@ -393,7 +394,11 @@ fn read_manifest(
 
 /// Decides a job's path and checks the archive.
 fn prepare(job: Job, shared: &Shared, archive: Option<&ArchiveReader>, seen: &mut SeenIndex) -> Result<Input, Error> {
-    let rel: RelPath = match output_path(job.path.as_deref(), &job.url, shared.config.layout) {
+    let named = match (&job.path, &shared.config.name_template) {
+        (None, Some(template)) => template.render(&job),
+        _ => output_path(job.path.as_deref(), &job.url, shared.config.layout),
+    };
+    let rel: RelPath = match named {
         Ok(rel) => rel,
         Err(reason) => return Ok(Input::Refused(Box::new(job), Error::Path(reason))),
     };
@@ -828,6 +833,7 @@ impl Dispatcher {
             error_class: None,
             error: None,
             attempts: state.attempts,
+            spec: None,
         };
         match journal.record(record) {
             Ok(()) => false,
@@ -860,6 +866,7 @@ impl Dispatcher {
                 error_class: Some(classify(error).name().to_owned()),
                 error: Some(error.to_string()),
                 attempts: state.attempts,
+                spec: Some(state.job.to_manifest_line(&self.shared.config.secret_headers)),
             });
             if let Err(e) = recorded {
                 self.summary.fatal.get_or_insert_with(|| e.to_string());

@@ -426,7 +426,9 @@ pub(crate) async fn stream_body<S: BodySink>(
 
 /// Headers that carry secrets: never sent to an origin other than the job's own, whether they
 /// come from `-H`, the manifest or `--secret-header`.
-fn is_secret_header(name: &str, extra: &[String]) -> bool {
+/// True for headers whose values are secrets: `Authorization`, `Cookie`, `Cookie2`,
+/// `Proxy-Authorization` and the `--secret-header` names in `extra`.
+pub(crate) fn is_secret_header(name: &str, extra: &[String]) -> bool {
     ["authorization", "cookie", "cookie2", "proxy-authorization"]
         .iter()
         .any(|h| name.eq_ignore_ascii_case(h))

@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 
 pub use disposition::{LAUNCHER_EXTENSIONS, disposition_filename};
 pub(crate) use path::with_file_name;
-pub use path::{Layout, RelPath, checked_path, output_path};
+pub use path::{Layout, NameTemplate, RelPath, checked_path, output_path};
 pub(crate) use tree::Entry;
 use tree::{Parent, Replace, WalkError};
 

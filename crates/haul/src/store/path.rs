@@ -78,6 +78,142 @@ pub fn output_path(manifest_path: Option<&str>, url: &Url, layout: Layout) -> Re
     }
 }
 
+/// A file-name template (`--name`): text with fields in braces, rendered for each job that has
+/// no `path` in the manifest, then checked like a manifest path (relative, no `..`; `/` makes
+/// directories).
+///
+/// Fields: `{id}` (the manifest's id, else the URL), `{host}`, `{path}` (the URL's path, its
+/// directories kept), `{name}` (its last segment), `{stem}` and `{ext}` (`{name}` split before
+/// its last dot; `{ext}` keeps the dot), `{query}`, `{hash}` (8 hex digits of the URL's
+/// SHA-256) and `{line}` (the manifest line). Every value is sanitised like a URL-derived name.
+///
+/// ```
+/// use haul::store::NameTemplate;
+/// let t = NameTemplate::parse("{host}/{stem}-{hash}{ext}").unwrap();
+/// let job = haul::Job::new(url::Url::parse("https://cdn.example/p/photo.jpg?w=800").unwrap());
+/// assert_eq!(t.render(&job).unwrap().as_str(), "cdn.example/photo-1341603b.jpg");
+/// assert!(NameTemplate::parse("{nope}").unwrap_err().contains("{nope}"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameTemplate {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Field(Field),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Id,
+    Host,
+    Path,
+    Name,
+    Stem,
+    Ext,
+    Query,
+    Hash,
+    Line,
+}
+
+const FIELDS: [(&str, Field); 9] = [
+    ("id", Field::Id),
+    ("host", Field::Host),
+    ("path", Field::Path),
+    ("name", Field::Name),
+    ("stem", Field::Stem),
+    ("ext", Field::Ext),
+    ("query", Field::Query),
+    ("hash", Field::Hash),
+    ("line", Field::Line),
+];
+
+impl NameTemplate {
+    /// Parses a template.
+    ///
+    /// # Errors
+    /// A message naming an unknown field or an unclosed brace, and listing the known fields.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let known = || {
+            FIELDS
+                .iter()
+                .map(|(n, _)| format!("{{{n}}}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_owned()));
+            }
+            let Some(close) = rest[open..].find('}').map(|i| open + i) else {
+                return Err(format!(
+                    "unclosed '{{' in the name template {text:?} (fields: {})",
+                    known()
+                ));
+            };
+            let name = &rest[open + 1..close];
+            let field = FIELDS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, f)| *f)
+                .ok_or_else(|| format!("unknown field {{{name}}} in the name template (fields: {})", known()))?;
+            parts.push(Part::Field(field));
+            rest = &rest[close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        if parts.is_empty() {
+            return Err("the name template is empty".to_owned());
+        }
+        Ok(Self { parts })
+    }
+
+    /// The path of `job` under this template.
+    ///
+    /// # Errors
+    /// The rendered path is refused (see [`checked_path`]).
+    pub fn render(&self, job: &crate::Job) -> Result<RelPath, String> {
+        let url = &job.url;
+        let segments = url
+            .path_segments()
+            .map(|s| s.map(decode_component).filter(|s| !s.is_empty()).collect::<Vec<_>>())
+            .unwrap_or_default();
+        let name = segments.last().cloned().unwrap_or_else(|| "index.html".to_owned());
+        let (stem, ext) = match name.rfind('.') {
+            Some(dot) if dot > 0 => (name[..dot].to_owned(), name[dot..].to_owned()),
+            _ => (name.clone(), String::new()),
+        };
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(text) => out.push_str(text),
+                Part::Field(field) => out.push_str(&match field {
+                    Field::Id => sanitize(&job.id),
+                    Field::Host => match url.port() {
+                        Some(port) => sanitize(&format!("{}_{port}", url.host_str().unwrap_or("host"))),
+                        None => sanitize(url.host_str().unwrap_or("host")),
+                    },
+                    Field::Path if segments.is_empty() => "index.html".to_owned(),
+                    Field::Path => segments.iter().map(|s| sanitize(s)).collect::<Vec<_>>().join("/"),
+                    Field::Name => sanitize(&name),
+                    Field::Stem => sanitize(&stem),
+                    Field::Ext if ext.is_empty() => String::new(),
+                    Field::Ext => sanitize(&ext),
+                    Field::Query => url.query().filter(|q| !q.is_empty()).map_or_else(String::new, sanitize),
+                    Field::Hash => short_hash(url.as_str()),
+                    Field::Line => job.line.to_string(),
+                }),
+            }
+        }
+        checked_path(&out).map_err(|why| format!("the name template gave {why}"))
+    }
+}
+
 /// The destination named by a server (`Content-Disposition`) for a job bound for `rel`: the
 /// server's file name (already sanitised, see [`super::disposition_filename`]) in `rel`'s
 /// directory. Every naming rule of haul lives in this module.
@@ -127,8 +263,17 @@ pub fn checked_path(path: &str) -> Result<RelPath, String> {
     Ok(RelPath(parts.join("/")))
 }
 
-/// A path made from the URL; never fails (every component is sanitised).
-fn derived_path(url: &Url, layout: Layout) -> RelPath {
+/// A short, stable hash of `text` (8 hex digits of its SHA-256): the same in every haul version.
+fn short_hash(text: &str) -> String {
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes());
+    crate::job::to_hex(&digest[..4])
+}
+
+/// The decoded path segments of a URL, the last one never empty (`index.html`). When the query
+/// names the file (`/media?id=1`: a last segment without an extension, and a query), the last
+/// segment gets a short hash of the query (`media-3f9a0c1e`), so `?id=1` and `?id=2` land in
+/// two files, the same two on every run.
+fn url_segments(url: &Url) -> Vec<String> {
     let mut segments: Vec<String> = url
         .path_segments()
         .map(|s| s.map(decode_component).collect())
@@ -138,6 +283,26 @@ fn derived_path(url: &Url, layout: Layout) -> RelPath {
         segments.pop();
         segments.push("index.html".to_owned());
     }
+    // Signatures, tokens and expiry times change each time a URL is signed again: they do
+    // not name the file, and the name stays the same.
+    let naming: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(name, _)| !crate::job::is_secret_param(name) && !name.eq_ignore_ascii_case("expires"))
+        .map(|(n, v)| (n.into_owned(), v.into_owned()))
+        .collect();
+    if !naming.is_empty()
+        && let Some(last) = segments.last_mut()
+        && !last.contains('.')
+    {
+        let query: Vec<String> = naming.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        *last = format!("{last}-{}", short_hash(&query.join("&")));
+    }
+    segments
+}
+
+/// A path made from the URL; never fails (every component is sanitised).
+fn derived_path(url: &Url, layout: Layout) -> RelPath {
+    let segments = url_segments(url);
     let mut parts: Vec<String> = Vec::new();
     if layout == Layout::Mirror {
         let host = url.host_str().unwrap_or("host");
@@ -254,6 +419,29 @@ mod tests {
         }
         assert_eq!(checked_path("a//b/./c").unwrap().as_str(), "a/b/c");
         assert_eq!(checked_path("a\\b").unwrap().as_str(), "a/b");
+    }
+
+    #[test]
+    fn query_named_files_get_distinct_stable_names() {
+        let name = |u: &str| output_path(None, &url(u), Layout::Flat).unwrap().as_str().to_owned();
+        let (one, two) = (name("https://h/media?id=1"), name("https://h/media?id=2"));
+        assert!(
+            one.starts_with("media-") && two.starts_with("media-") && one != two,
+            "{one} {two}"
+        );
+        assert_eq!(one, name("https://h/media?id=1"), "stable");
+        // Signed again (a new signature, a new expiry): the same file.
+        assert_eq!(
+            name("https://h/obj?id=1&X-Amz-Signature=aa&Expires=1"),
+            name("https://h/obj?id=1&X-Amz-Signature=bb&Expires=2")
+        );
+        assert_eq!(
+            name("https://h/obj?token=abc"),
+            "obj",
+            "nothing but a secret: the plain name"
+        );
+        // A name with an extension is the file's name; the query does not change it.
+        assert_eq!(name("https://h/photo.jpg?w=800"), "photo.jpg");
     }
 
     #[test]

@@ -243,6 +243,7 @@ async fn range_not_satisfiable_on_a_complete_part_finishes_it() {
             error_class: None,
             error: None,
             attempts: 1,
+            spec: None,
         })
         .unwrap();
     journal.close().unwrap();

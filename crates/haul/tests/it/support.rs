@@ -69,6 +69,15 @@ pub(crate) fn config(out: &Path) -> ConfigBuilder {
         .retry_cap(std::time::Duration::from_millis(100))
 }
 
+/// The name haul gives a URL's file in the flat layout (`a?size=1` is `a-<hash of the query>`).
+pub(crate) fn flat_name(url: &str) -> String {
+    let url = haul::parse_url(url).unwrap();
+    haul::store::output_path(None, &url, haul::Layout::Flat)
+        .unwrap()
+        .as_str()
+        .to_owned()
+}
+
 pub(crate) fn sha256_file(path: &Path) -> String {
     haul_test::sha256_hex(&std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())))
 }
