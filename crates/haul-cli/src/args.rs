@@ -90,7 +90,8 @@ pub(crate) enum ProgressArg {
     Bars,
     /// One summary line on stderr every few seconds
     Plain,
-    /// One JSON status object per line on stderr every two seconds
+    /// JSON lines only, on stderr: a status object every second (rates, ETA, hosts), an event per
+    /// failed job, bad line and host pause, and a final summary object
     Json,
     /// Nothing but the final summary
     None,
@@ -257,7 +258,8 @@ pub(crate) struct GetArgs {
     /// Print nothing but errors: failed jobs, bad lines, fatal errors (no progress, no summary)
     #[arg(short, long)]
     pub(crate) quiet: bool,
-    /// Write one JSON line per job (id, url, path, status, http_status, bytes, attempts, error)
+    /// Write one JSON line per job (id, url, final_url, path, status, http_status, bytes, sha256,
+    /// verified, duration_s, attempts, reason, error, line) and per bad line; "-" for standard output
     #[arg(long, value_name = "FILE")]
     pub(crate) report: Option<PathBuf>,
 }

@@ -1,26 +1,27 @@
-//! The CLI's reporter: the `--report` JSON lines, bad-line messages, and the final summary.
+//! The CLI's reporter: the `--report` JSON lines, failure and bad-line messages (lines, or JSON
+//! events with `--progress json`), and the final summary.
 
-use std::fs::File;
-use std::io::{BufWriter, Write as _};
-use std::sync::{Arc, Mutex};
+use std::io::{BufWriter, Write};
+use std::sync::Mutex;
 
-use crate::progress::{Display, human_bytes, human_duration};
+use crate::progress::{Display, human_bytes, human_duration, terminal_width, wrap};
 
-/// Bad lines and failures printed as they happen, at most; the rest are counted.
+/// Bad lines and failures printed as they happen, at most; the rest are counted (every one is
+/// in the report, and every one is an event with `--progress json`).
 const SHOWN_PROBLEMS: u64 = 20;
 
 pub(crate) struct CliReporter {
-    report: Option<Mutex<BufWriter<File>>>,
-    display: Arc<Display>,
+    report: Option<Mutex<BufWriter<Box<dyn Write + Send>>>>,
+    display: Display,
     quiet: bool,
     problems: Mutex<u64>,
     write_error: Mutex<Option<std::io::Error>>,
 }
 
 impl CliReporter {
-    pub(crate) fn new(report: Option<File>, display: Arc<Display>, quiet: bool) -> Self {
+    pub(crate) fn new(report: Option<Box<dyn Write + Send>>, display: Display, quiet: bool) -> Self {
         Self {
-            report: report.map(|f| Mutex::new(BufWriter::new(f))),
+            report: report.map(|w| Mutex::new(BufWriter::new(w))),
             display,
             quiet,
             problems: Mutex::new(0),
@@ -28,14 +29,27 @@ impl CliReporter {
         }
     }
 
+    /// A failure or a bad line for a human: the first [`SHOWN_PROBLEMS`] are printed.
     fn problem(&self, line: &str) {
         let mut shown = self.problems.lock().expect("problems");
         *shown += 1;
         if *shown <= SHOWN_PROBLEMS {
             self.display.println(line);
         } else if *shown == SHOWN_PROBLEMS + 1 {
-            self.display
-                .println("(more problems are counted in the summary; see --report for each)");
+            let more = if self.report.is_some() {
+                "(more problems are counted in the summary; the report lists each)"
+            } else {
+                "(more problems are counted in the summary; --report FILE lists each)"
+            };
+            self.display.println(more);
+        }
+    }
+
+    fn write_report(&self, line: &serde_json::Value) {
+        if let Some(report) = &self.report
+            && let Err(e) = writeln!(report.lock().expect("report"), "{line}")
+        {
+            self.write_error.lock().expect("write error").get_or_insert(e);
         }
     }
 
@@ -52,50 +66,67 @@ impl CliReporter {
 
 impl haul::Reporter for CliReporter {
     fn on_job_finished(&self, r: &haul::JobReport<'_>) {
+        // An id that is the URL itself is shown redacted like the URL.
+        let url = r.url.to_string();
+        let id = if r.id == r.url.0.as_str() { url.as_str() } else { r.id };
         // Failures are errors: printed even with --quiet.
         if r.status == haul::JobStatus::Failed {
-            let at = if r.line > 0 {
-                format!("line {}: ", r.line)
+            if self.display.is_json() {
+                self.display.event(&serde_json::json!({
+                    "type": "failed",
+                    "id": id,
+                    "url": url,
+                    "path": r.path,
+                    "line": r.line,
+                    "reason": r.reason,
+                    "error": r.error,
+                    "http_status": r.http_status,
+                    "attempts": r.attempts,
+                }));
             } else {
-                String::new()
-            };
-            self.problem(&format!("failed: {at}{}: {}", r.url, r.error.unwrap_or("?")));
+                let at = if r.line > 0 {
+                    format!("line {}: ", r.line)
+                } else {
+                    String::new()
+                };
+                self.problem(&format!("failed: {at}{}: {}", r.url, r.error.unwrap_or("?")));
+            }
         }
-        if let Some(report) = &self.report {
-            // An id that is the URL itself is shown redacted like the URL.
-            let url = r.url.to_string();
-            let id = if r.id == r.url.0.as_str() { url.as_str() } else { r.id };
-            let line = serde_json::json!({
+        if self.report.is_some() {
+            self.write_report(&serde_json::json!({
                 "id": id,
                 "url": url,
+                "final_url": r.final_url.map(|u| u.to_string()),
                 "path": r.path,
                 "status": r.status.name(),
                 "http_status": r.http_status,
                 "bytes": r.bytes,
+                "sha256": r.sha256.map(|h| haul::to_hex(h)),
+                "verified": r.verified,
+                "duration_s": r.duration.map(|d| d.as_secs_f64()),
                 "attempts": r.attempts,
                 "reason": r.reason,
                 "error": r.error,
                 "line": r.line,
-                "verified": r.verified,
-            });
-            if let Err(e) = writeln!(report.lock().expect("report"), "{line}") {
-                self.write_error.lock().expect("write error").get_or_insert(e);
-            }
+            }));
         }
     }
 
     fn on_bad_line(&self, error: &haul::ManifestError) {
-        self.problem(&format!("bad manifest {error}"));
-        if let Some(report) = &self.report {
-            let line = serde_json::json!({
-                "status": "bad_line",
+        if self.display.is_json() {
+            self.display.event(&serde_json::json!({
+                "type": "bad_line",
                 "line": error.line,
                 "error": error.reason,
-            });
-            if let Err(e) = writeln!(report.lock().expect("report"), "{line}") {
-                self.write_error.lock().expect("write error").get_or_insert(e);
-            }
+            }));
+        } else {
+            self.problem(&format!("bad manifest {error}"));
         }
+        self.write_report(&serde_json::json!({
+            "status": "bad_line",
+            "line": error.line,
+            "error": error.reason,
+        }));
     }
 
     fn on_notice(&self, message: &str) {
@@ -103,60 +134,150 @@ impl haul::Reporter for CliReporter {
             self.display.println(&format!("note: {message}"));
         }
     }
+
+    fn on_host_paused(&self, host: &str, wait: std::time::Duration, reason: &str) {
+        // Live in the display's host rows; an event in JSON mode.
+        self.display.event(&serde_json::json!({
+            "type": "host_paused",
+            "host": host,
+            "wait_s": wait.as_secs_f64(),
+            "reason": reason,
+        }));
+    }
+}
+
+/// The summary as one JSON object (`--progress json`).
+#[expect(clippy::cast_precision_loss, reason = "display only")]
+pub(crate) fn summary_json(s: &haul::Summary, exit: i32) -> serde_json::Value {
+    let secs = s.elapsed.as_secs_f64().max(0.001);
+    serde_json::json!({
+        "type": "summary",
+        "done": s.done,
+        "skipped": s.skipped_total(),
+        "failed": s.failed_total(),
+        "bad_lines": s.bad_lines,
+        "pending": s.pending,
+        "unverified": s.unverified,
+        "bytes": s.bytes,
+        "elapsed_s": s.elapsed.as_secs_f64(),
+        "files_per_s": s.done as f64 / secs,
+        "bytes_per_s": s.bytes as f64 / secs,
+        "retries": s.retries,
+        "skipped_by_reason": s.skipped,
+        "failed_by_reason": s.failed.iter().map(|((reason, host), count)| serde_json::json!({
+            "reason": reason, "host": host, "count": count,
+        })).collect::<Vec<_>>(),
+        "hosts": s.hosts.iter().map(|h| serde_json::json!({
+            "host": h.host,
+            "limit": h.limit,
+            "ttfb_ms": h.ttfb.map(|t| t.as_secs_f64() * 1000.0),
+            "refusals": h.refusals,
+            "errors": h.errors,
+            "pauses": h.pauses,
+        })).collect::<Vec<_>>(),
+        "interrupted": s.interrupted,
+        "fatal": s.fatal,
+        "exit_code": exit,
+    })
+}
+
+/// The summary for a human; on a terminal every line fits its width (longer ones wrap at a
+/// space, indented), so nothing is cut.
+pub(crate) fn print_summary(s: &haul::Summary) {
+    let width = terminal_width();
+    let mut err = std::io::stderr().lock();
+    for line in summary_lines(s) {
+        match width {
+            Some(width) => {
+                for piece in wrap(&line, width) {
+                    let _ = writeln!(err, "{piece}");
+                }
+            }
+            None => {
+                let _ = writeln!(err, "{line}");
+            }
+        }
+    }
 }
 
 #[expect(clippy::cast_precision_loss, reason = "display only")]
-pub(crate) fn print_summary(s: &haul::Summary) {
-    let mut err = std::io::stderr().lock();
+fn summary_lines(s: &haul::Summary) -> Vec<String> {
     let secs = s.elapsed.as_secs_f64().max(0.001);
-    let _ = writeln!(
-        err,
-        "{} done, {} skipped, {} failed, {} bad lines{} · {} in {} · {:.0} files/s · {}/s · {} retries",
-        s.done,
-        s.skipped_total(),
-        s.failed_total(),
-        s.bad_lines,
-        if s.pending > 0 {
-            format!(", {} pending", s.pending)
-        } else {
-            String::new()
-        },
-        human_bytes(s.bytes),
-        human_duration(s.elapsed),
-        s.done as f64 / secs,
-        human_bytes((s.bytes as f64 / secs) as u64),
-        s.retries,
-    );
+    let mut lines = vec![
+        format!(
+            "{} done, {} skipped, {} failed, {} bad lines{}",
+            s.done,
+            s.skipped_total(),
+            s.failed_total(),
+            s.bad_lines,
+            if s.pending > 0 {
+                format!(", {} pending", s.pending)
+            } else {
+                String::new()
+            },
+        ),
+        format!(
+            "{} in {} · {:.0} files/s · {}/s · {} retries",
+            human_bytes(s.bytes),
+            human_duration(s.elapsed),
+            s.done as f64 / secs,
+            human_bytes((s.bytes as f64 / secs) as u64),
+            s.retries,
+        ),
+    ];
     for (reason, count) in &s.skipped {
-        let _ = writeln!(err, "  skipped {count} × {reason}");
+        lines.push(format!("  skipped {count} × {reason}"));
     }
     for ((reason, host), count) in &s.failed {
-        let _ = writeln!(err, "  failed {count} × {reason} on {host}");
+        lines.push(format!("  failed {count} × {reason} on {host}"));
     }
     for host in &s.hosts {
         let ttfb = host
             .ttfb
             .map_or_else(String::new, |t| format!(", ttfb {:.0} ms", t.as_secs_f64() * 1000.0));
-        let _ = writeln!(
-            err,
+        lines.push(format!(
             "  host {}: limit settled at {}{ttfb}; {} refused (429), {} load errors, paused {} time(s)",
             host.host, host.limit, host.refusals, host.errors, host.pauses
-        );
+        ));
     }
     if s.unverified > 0 {
-        let _ = writeln!(
-            err,
+        lines.push(format!(
             "  {} file(s) had no length to check (no Content-Length, no manifest size or sha256): recorded done but unverified",
             s.unverified
-        );
+        ));
     }
     if s.interrupted {
-        let _ = writeln!(
-            err,
+        lines.push(
             "interrupted: run the same command again to finish (done files are skipped, partial files resume)"
+                .to_owned(),
         );
     }
     if let Some(fatal) = &s.fatal {
-        let _ = writeln!(err, "error: {fatal}");
+        lines.push(format!("error: {fatal}"));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_lines_fit_80_columns() {
+        let mut s = haul::Summary {
+            done: 1_234_567,
+            bad_lines: 3,
+            interrupted: true,
+            ..haul::Summary::default()
+        };
+        s.failed.insert(("http 404".into(), "cdn.example.com:443".into()), 12);
+        for line in summary_lines(&s) {
+            for piece in wrap(&line, 80) {
+                assert!(piece.chars().count() <= 80, "{piece:?}");
+            }
+        }
+        let text: Vec<String> = summary_lines(&s).iter().flat_map(|l| wrap(l, 80)).collect();
+        let words: Vec<&str> = text.iter().flat_map(|l| l.split_whitespace()).collect();
+        assert!(words.join(" ").contains("run the same command again to finish"));
     }
 }

@@ -70,6 +70,12 @@ pub struct JobReport<'a> {
     /// True when the file's length or content was checked (always false unless done or
     /// adopted; see `Summary::unverified`).
     pub verified: bool,
+    /// The SHA-256 of the file (done jobs).
+    pub sha256: Option<&'a [u8; 32]>,
+    /// From the first attempt's start to the end (jobs that were started).
+    pub duration: Option<Duration>,
+    /// The URL that answered, when redirects led away from `url` (shown redacted).
+    pub final_url: Option<SafeUrl<'a>>,
 }
 
 /// Receives job events. Implementations must be quick and must not fail: they run on the
@@ -100,6 +106,8 @@ pub trait Reporter: Send + Sync {
     /// Something the user should know about the run as a whole (for example that `-j` was
     /// lowered to fit the open-file limit).
     fn on_notice(&self, _message: &str) {}
+    /// A host (`host:port`) is paused for `wait`: a `429`, or an outage.
+    fn on_host_paused(&self, _host: &str, _wait: Duration, _reason: &str) {}
 }
 
 /// A reporter that ignores everything.
@@ -113,8 +121,11 @@ impl Reporter for NullReporter {}
 pub struct Stats {
     /// Manifest lines read so far as jobs (good ones).
     pub read: u64,
-    /// Total jobs, once the whole manifest has been read.
+    /// Total jobs: exact once the whole manifest has been read, else the estimate given with
+    /// [`Monitor::set_total_hint`] (never below `read`), else unknown.
     pub total: Option<u64>,
+    /// True when `total` is exact.
+    pub total_exact: bool,
     /// Jobs done.
     pub done: u64,
     /// Jobs skipped.
@@ -133,7 +144,7 @@ pub struct Stats {
     pub elapsed: Duration,
 }
 
-/// One transfer in flight, for "largest transfers" displays.
+/// One transfer in flight, for displays.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transfer {
     /// The output path.
@@ -142,11 +153,26 @@ pub struct Transfer {
     pub received: u64,
     /// The expected size, when known.
     pub total: Option<u64>,
+    /// How long it has run.
+    pub elapsed: Duration,
+    /// Bytes received by this attempt (`received` without the resumed prefix).
+    pub fresh: u64,
+}
+
+impl Transfer {
+    /// Bytes per second of this attempt so far.
+    #[must_use]
+    #[expect(clippy::cast_precision_loss, reason = "display only")]
+    pub fn speed(&self) -> f64 {
+        self.fresh as f64 / self.elapsed.as_secs_f64().max(0.001)
+    }
 }
 
 #[derive(Debug)]
 pub(crate) struct TransferState {
     path: String,
+    started: Instant,
+    offset: AtomicU64,
     received: AtomicU64,
     total: AtomicU64,
 }
@@ -158,6 +184,7 @@ pub struct Monitor {
     read: AtomicU64,
     total: AtomicU64,
     total_known: AtomicBool,
+    total_hint: AtomicU64,
     done: AtomicU64,
     skipped: AtomicU64,
     failed: AtomicU64,
@@ -177,6 +204,7 @@ impl Default for Monitor {
             read: AtomicU64::new(0),
             total: AtomicU64::new(0),
             total_known: AtomicBool::new(false),
+            total_hint: AtomicU64::new(0),
             done: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -212,9 +240,16 @@ impl Monitor {
     #[must_use]
     pub fn stats(&self) -> Stats {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let exact = self.total_known.load(Ordering::Acquire);
+        let hint = load(&self.total_hint);
         Stats {
             read: load(&self.read),
-            total: self.total_known.load(Ordering::Acquire).then(|| load(&self.total)),
+            total: if exact {
+                Some(load(&self.total))
+            } else {
+                (hint > 0).then(|| hint.max(load(&self.read)))
+            },
+            total_exact: exact,
             done: load(&self.done),
             skipped: load(&self.skipped),
             failed: load(&self.failed),
@@ -226,25 +261,34 @@ impl Monitor {
         }
     }
 
-    /// The `n` largest transfers in flight, largest expected size first.
+    /// Every transfer in flight, the longest running first.
     #[must_use]
-    pub fn largest_transfers(&self, n: usize) -> Vec<Transfer> {
+    pub fn transfers(&self) -> Vec<Transfer> {
         let transfers = self.transfers.lock().expect("transfers");
-        let mut all: Vec<Transfer> = transfers
+        let mut all: Vec<(Instant, Transfer)> = transfers
             .values()
             .map(|t| {
                 let total = t.total.load(Ordering::Relaxed);
-                Transfer {
+                let received = t.received.load(Ordering::Relaxed);
+                let transfer = Transfer {
                     path: t.path.clone(),
-                    received: t.received.load(Ordering::Relaxed),
+                    received,
                     total: (total != u64::MAX).then_some(total),
-                }
+                    elapsed: t.started.elapsed(),
+                    fresh: received.saturating_sub(t.offset.load(Ordering::Relaxed)),
+                };
+                (t.started, transfer)
             })
             .collect();
         drop(transfers);
-        all.sort_by_key(|t| std::cmp::Reverse(t.total.unwrap_or(t.received)));
-        all.truncate(n);
-        all
+        all.sort_by_key(|(started, t)| (*started, t.path.clone()));
+        all.into_iter().map(|(_, t)| t).collect()
+    }
+
+    /// Sets an estimate of the total number of jobs (a count of the manifest's lines made
+    /// ahead of the run), shown until the reader has read them all.
+    pub fn set_total_hint(&self, total: u64) {
+        self.total_hint.store(total, Ordering::Relaxed);
     }
 
     pub(crate) fn restart_clock(&self) {
@@ -278,30 +322,24 @@ impl Monitor {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Registers a transfer in flight; it is removed when the guard drops. Only transfers that
-    /// may be large are listed (see [`LISTED_MIN`]); every transfer's bytes are counted.
+    /// Registers a transfer in flight; it is removed when the guard drops.
     pub(crate) fn start_transfer(self: &Arc<Self>, path: &str, total: Option<u64>) -> TransferGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
-        let listed = total.is_none_or(|t| t >= LISTED_MIN).then(|| {
-            let id = self.next_transfer.fetch_add(1, Ordering::Relaxed);
-            let state = Arc::new(TransferState {
-                path: path.to_owned(),
-                received: AtomicU64::new(0),
-                total: AtomicU64::new(total.unwrap_or(u64::MAX)),
-            });
-            self.transfers.lock().expect("transfers").insert(id, Arc::clone(&state));
-            (id, state)
+        let id = self.next_transfer.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(TransferState {
+            path: path.to_owned(),
+            started: Instant::now(),
+            offset: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            total: AtomicU64::new(total.unwrap_or(u64::MAX)),
         });
+        self.transfers.lock().expect("transfers").insert(id, Arc::clone(&state));
         TransferGuard {
             monitor: Arc::clone(self),
-            listed,
+            listed: Some((id, state)),
         }
     }
 }
-
-/// Transfers smaller than this are counted but not listed among the largest in flight: they
-/// finish before a display could show them, and listing costs a lock per file.
-const LISTED_MIN: u64 = 1024 * 1024;
 
 /// A transfer's entry in the [`Monitor`]; counts its bytes.
 pub(crate) struct TransferGuard {
@@ -314,6 +352,7 @@ impl TransferGuard {
     pub(crate) fn set_received(&self, received: u64) {
         if let Some((_, state)) = &self.listed {
             state.received.store(received, Ordering::Relaxed);
+            state.offset.store(received, Ordering::Relaxed);
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use haul_test::{FaultServer, Nginx, body_for, sha256_hex};
 
+mod display;
 mod regress;
 mod resume;
 mod usage;
@@ -675,30 +676,57 @@ fn config_file_sets_headers_per_host() {
 }
 
 #[test]
-fn json_progress_lines_are_parseable_status_objects() {
+fn json_progress_writes_only_json_lines_with_events_and_a_summary() {
     let rt = runtime();
     let server = rt.block_on(FaultServer::start());
     let tmp = tempfile::tempdir().unwrap();
-    // About 2.5 s of transfer: at least one status line (every 2 s) before the summary.
+    // About 2.5 s of transfer: status lines before the summary; a failure; a host pause (429).
     let list = manifest(
         tmp.path(),
         &[
             server.url("slow.bin", 2_500_000, "rate=1000000"),
             server.url("quick.bin", 10, ""),
+            server.url("gone.bin", 10, "status=404"),
+            server.url("busy.bin", 10, "status=429&retry_after=1&times=1"),
         ],
     );
     let out = tmp.path().join("out");
-    let result = run(&get_args(&list, &out, &["--progress", "json"]));
-    assert_eq!(result.status.code(), Some(0), "{}", stderr(&result));
-    let statuses: Vec<serde_json::Value> = stderr(&result)
+    let result = run(&get_args(&list, &out, &["--progress", "json", "--report", "-"]));
+    assert_eq!(result.status.code(), Some(1), "{}", stderr(&result));
+    let events: Vec<serde_json::Value> = stderr(&result)
         .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
-    assert!(!statuses.is_empty(), "{}", stderr(&result));
-    let last = statuses.last().unwrap();
-    assert_eq!(last["type"], "progress");
-    assert_eq!(last["total"], 2, "the manifest was read by then");
+    let of = |kind: &str| events.iter().filter(|e| e["type"] == kind).collect::<Vec<_>>();
+    let progress = of("progress");
+    assert!(!progress.is_empty(), "{events:?}");
+    let last = progress.last().unwrap();
+    assert_eq!(last["total"], 4);
     assert!(last["bytes"].as_u64().unwrap() > 0);
-    assert!(last["active"].as_u64().unwrap() >= 1);
+    assert!(
+        last["files_per_s"].is_number() && last["bytes_per_s"].is_number(),
+        "{last}"
+    );
+    assert!(last.get("eta_s").is_some(), "{last}");
+    let failed = of("failed");
+    assert_eq!(failed.len(), 1, "{events:?}");
+    assert_eq!(failed[0]["http_status"], 404);
+    assert_eq!(failed[0]["line"], 3);
+    assert_eq!(of("host_paused").len(), 1, "{events:?}");
+    let summary = events.last().unwrap();
+    assert_eq!(summary["type"], "summary", "the summary comes last");
+    assert_eq!(
+        (summary["done"].as_u64(), summary["failed"].as_u64()),
+        (Some(3), Some(1))
+    );
+    assert_eq!(summary["exit_code"], 1);
+    // --report - is standard output: one line per job, with sha256, duration and verified.
+    let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
+    let rows: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 4, "{stdout}");
+    let slow = rows.iter().find(|r| r["path"] == "slow.bin").unwrap();
+    assert_eq!(slow["sha256"], sha256_hex(&body_for("slow.bin", 2_500_000)));
+    assert_eq!(slow["verified"], true);
+    assert!(slow["duration_s"].as_f64().unwrap() > 1.0, "{slow}");
+    assert!(!tmp.path().join("-").exists() && !Path::new("-").exists());
 }

@@ -29,7 +29,7 @@ use crate::archive::{Archive, ArchiveReader, Journal, Record, RowStatus, Seen, S
 use crate::config::Config;
 use crate::error::{Error, ErrorClass};
 use crate::fetch::{Fetcher, Validators, classify};
-use crate::job::{Job, to_hex};
+use crate::job::{Job, SafeUrl, to_hex};
 use crate::manifest::ManifestError;
 use crate::report::{JobReport, JobStatus, Monitor, Reporter, Summary};
 use crate::schedule::backoff::{Backoff, Jitter};
@@ -680,6 +680,7 @@ impl Dispatcher {
         if state.attempts == 0 {
             self.reporter.on_job_start(&state.job);
         }
+        state.started.get_or_insert_with(Instant::now);
         let shared = Arc::clone(&self.shared);
         let done = done.clone();
         let mut cancel = cancel.clone();
@@ -758,6 +759,7 @@ impl Dispatcher {
                 let stop = self.record_done(&state, &file, verified);
                 let mut state = state;
                 state.verified = verified;
+                state.sha256 = Some(file.sha256);
                 self.summary.unverified += u64::from(!verified);
                 self.finish_report(&state, JobStatus::Done, (!verified).then_some("unverified"), None);
                 stop
@@ -768,6 +770,7 @@ impl Dispatcher {
                 let mut adopted = state;
                 adopted.bytes = file.bytes;
                 adopted.verified = verified;
+                adopted.sha256 = Some(file.sha256);
                 let reason = if verified { "exists" } else { "exists, unverified" };
                 self.finish_report(&adopted, JobStatus::Skipped, Some(reason), None);
                 stop
@@ -803,8 +806,19 @@ impl Dispatcher {
         // or another error pauses only this job (its Retry-After or backoff), and the host's
         // limit went down in `finish` — unless most of the host's recent answers are errors (an
         // outage): then the host pauses too, and probes with one request at a time.
-        if error.http_status() == Some(429) || self.scheduler.in_outage(&state.host) {
-            self.scheduler.cool_down(&state.host, deadline(now, delay), now);
+        let outage = self.scheduler.in_outage(&state.host);
+        if error.http_status() == Some(429) || outage {
+            let reason = if outage {
+                format!("most recent answers failed ({error}); probing one request at a time")
+            } else {
+                format!("429 Too Many Requests, waiting {:.1} s", delay.as_secs_f64())
+            };
+            if self
+                .scheduler
+                .cool_down(&state.host, deadline(now, delay), now, &reason)
+            {
+                self.reporter.on_host_paused(&state.host, delay, &reason);
+            }
         }
         self.shared.monitor.on_retry();
         self.reporter.on_retry(&state.job, state.attempts, &error, delay);
@@ -897,6 +911,9 @@ impl Dispatcher {
             error,
             line: state.job.line,
             verified: state.verified,
+            sha256: state.sha256.as_ref(),
+            duration: state.started.map(|s| s.elapsed()),
+            final_url: state.final_url.as_ref().map(SafeUrl),
         };
         self.shared.monitor.on_finished(status);
         self.summary.record(&report);

@@ -51,6 +51,12 @@ pub(crate) struct JobState {
     pub(crate) ticket: Ticket,
     /// The last attempt's time to first byte (the response head), when it got one.
     pub(crate) ttfb: Option<Duration>,
+    /// When the first attempt started.
+    pub(crate) started: Option<Instant>,
+    /// The URL that answered the last attempt, when a redirect led elsewhere.
+    pub(crate) final_url: Option<url::Url>,
+    /// The SHA-256 of the finished file.
+    pub(crate) sha256: Option<[u8; 32]>,
 }
 
 impl JobState {
@@ -74,6 +80,9 @@ impl JobState {
             verified: false,
             ticket: Ticket::default(),
             ttfb: None,
+            started: None,
+            final_url: None,
+            sha256: None,
         }
     }
 
@@ -233,6 +242,7 @@ async fn attempt(
         }
     };
     state.http_status = Some(head.status);
+    state.final_url = (head.url != state.job.url).then(|| head.url.clone());
     if let Decision::Stream { offset: 0, .. } = head.decision {
         // A new representation (or a first request): the old part goes before any byte or
         // validator of the new one is stored.

@@ -77,6 +77,8 @@ pub(crate) struct Head {
     /// True when the body's end can be told from a cut connection: a length, chunked framing
     /// or HTTP/2 (a close-delimited HTTP/1 body cannot).
     pub(crate) framed: bool,
+    /// The URL that answered, after redirects.
+    pub(crate) url: url::Url,
 }
 
 impl Head {
@@ -326,6 +328,7 @@ impl Fetcher {
                     disposition: text(header::CONTENT_DISPOSITION).map(str::to_owned),
                     validators: validators_got,
                     framed,
+                    url,
                 },
                 response,
             )),

@@ -43,6 +43,8 @@ struct Host<T> {
     /// Jobs waiting for a retry, with the instant they may go again.
     delayed: Vec<(Instant, T)>,
     cool_until: Option<Instant>,
+    /// Why it is paused (for the display).
+    pause_reason: Option<String>,
     in_ring: bool,
     control: Controller,
     bucket: Option<Bucket>,
@@ -86,6 +88,8 @@ pub struct HostView {
     pub ttfb: Option<Duration>,
     /// How long it stays paused (Retry-After, an outage), if it is.
     pub paused_for: Option<Duration>,
+    /// Why it is paused, if it is (`429 Too Many Requests, Retry-After 5 s`, an outage).
+    pub pause_reason: Option<String>,
     /// `slow start`, `steady` or `outage`.
     pub phase: &'static str,
     /// Refusals (`429`) the host answered so far.
@@ -105,6 +109,7 @@ impl HostView {
             waiting,
             ttfb: control.ttfb(),
             paused_for,
+            pause_reason: None,
             phase: match control.phase() {
                 Phase::SlowStart => "slow start",
                 Phase::Steady => "steady",
@@ -176,6 +181,7 @@ impl<T> Scheduler<T> {
                 queue: VecDeque::new(),
                 delayed: Vec::new(),
                 cool_until: None,
+                pause_reason: None,
                 in_ring: false,
                 control,
                 bucket: rate.map(|rate| Bucket::new(rate, now)),
@@ -267,15 +273,20 @@ impl<T> Scheduler<T> {
     }
 
     /// Starts no job of `host` before `until` (429 / Retry-After: the whole host slows down).
-    pub(crate) fn cool_down(&mut self, host: &str, until: Instant, now: Instant) {
+    /// Pauses `host` until `until` for `reason`; true when this starts a pause (not when it
+    /// lengthens one).
+    pub(crate) fn cool_down(&mut self, host: &str, until: Instant, now: Instant, reason: &str) -> bool {
         let h = self.host(host, now);
+        let starts = h.cool_until.is_none();
         if h.cool_until.is_none_or(|t| t < until) {
-            if h.cool_until.is_none() {
+            if starts {
                 h.control.pauses += 1;
             }
             h.cool_until = Some(until);
+            h.pause_reason = Some(reason.to_owned());
             self.timers.push(Reverse((until, host.to_owned())));
         }
+        starts
     }
 
     /// Removes and returns every job still waiting (at the end of an interrupted run). There are
@@ -304,7 +315,9 @@ impl<T> Scheduler<T> {
             .iter()
             .map(|(key, h)| {
                 let paused = h.cool_until.map(|t| t.saturating_duration_since(now));
-                HostView::of(key, &h.control, h.queue.len() + h.delayed.len(), paused)
+                let mut view = HostView::of(key, &h.control, h.queue.len() + h.delayed.len(), paused);
+                view.pause_reason = paused.and(h.pause_reason.clone());
+                view
             })
             .collect();
         views.sort_by(|a, b| (b.in_flight, b.waiting, &a.host).cmp(&(a.in_flight, a.waiting, &b.host)));
@@ -339,6 +352,7 @@ impl<T> Scheduler<T> {
             let Some(host) = self.hosts.get_mut(&key) else { continue };
             if host.cool_until.is_some_and(|t| t <= now) {
                 host.cool_until = None;
+                host.pause_reason = None;
             }
             // Due retries go to the front: they were read before anything still queued.
             let mut index = 0;
@@ -404,7 +418,7 @@ mod tests {
         s.push("a", 1, now);
         s.push("a", 2, now);
         s.push("b", 3, now);
-        s.cool_down("a", now + Duration::from_secs(5), now);
+        s.cool_down("a", now + Duration::from_secs(5), now, "test");
         assert_eq!(s.pop(now).map(|x| x.job), Some(3));
         assert!(s.pop(now).is_none());
         assert_eq!(s.next_wakeup(), Some(now + Duration::from_secs(5)));
