@@ -20,6 +20,9 @@ pub(crate) enum Command {
     Get(Box<GetArgs>),
     /// Show what an archive holds: counts by status, bytes, failures by reason and host
     Status(ArchiveArg),
+    /// Check the archive's done files against the disk (exists, size; sha256 with --full); what is
+    /// missing or corrupt is fetched again, and replaced, by the next run
+    Verify(VerifyArgs),
     /// Print the failed jobs of an archive as a JSONL manifest that `haul get -i -` runs unchanged
     /// (real URLs, sizes, checksums, non-secret headers, original lines)
     Failed(FailedArgs),
@@ -32,6 +35,18 @@ pub(crate) enum Command {
 pub(crate) struct ArchiveArg {
     /// The archive file, or an output directory holding `.haul/archive.sqlite` [default: .]
     pub(crate) archive: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    /// The output directory [default: .]
+    pub(crate) dir: Option<PathBuf>,
+    /// The archive [default: DIR/.haul/archive.sqlite]
+    #[arg(long, value_name = "FILE")]
+    pub(crate) archive: Option<PathBuf>,
+    /// Also compare each file's SHA-256 with the one recorded (reads every byte)
+    #[arg(long)]
+    pub(crate) full: bool,
 }
 
 #[derive(Debug, Args)]

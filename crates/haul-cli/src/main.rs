@@ -41,6 +41,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Get(args) => get(*args),
         Command::Status(a) => status(a.archive.as_deref()).map_err(|e| fail(Exit::Usage, e)),
+        Command::Verify(a) => verify(&a).map_err(|e| fail(Exit::Fatal, e)),
         Command::Failed(a) => failed(a.archive.archive.as_deref()).map_err(|e| fail(Exit::Usage, e)),
         Command::Archive(ArchiveCommand::Import { file, archive }) => {
             import(&file, archive.as_deref()).map_err(|e| fail(Exit::Fatal, e))
@@ -467,6 +468,83 @@ fn failed(arg: Option<&Path>) -> Result<Exit> {
     }
     let _ = out.flush();
     Ok(Exit::Success)
+}
+
+/// `haul verify`: done rows against the disk; wrong ones are marked stale (fetched again, and
+/// replaced, by the next run).
+fn verify(args: &args::VerifyArgs) -> Result<Exit> {
+    use sha2::Digest as _;
+    let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));
+    let path = args
+        .archive
+        .clone()
+        .unwrap_or_else(|| dir.join(haul::STATE_DIR).join(haul::DEFAULT_ARCHIVE_NAME));
+    if !path.exists() {
+        anyhow::bail!("no archive at {} (pass --archive FILE)", path.display());
+    }
+    let archive = haul::archive::Archive::open(&path, false)?;
+    let mut shown = Vec::new();
+    let (checked, stale) = archive.mark_stale(|row| {
+        let file = dir.join(&row.path);
+        let why = match std::fs::symlink_metadata(&file) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("missing".to_owned()),
+            Err(e) => Some(format!("cannot be read: {e}")),
+            Ok(meta) if !meta.file_type().is_file() => Some("not a regular file".to_owned()),
+            Ok(meta) if row.size.is_some_and(|size| size != meta.len()) => Some(format!(
+                "corrupt: {} bytes, {} recorded",
+                meta.len(),
+                row.size.unwrap_or_default()
+            )),
+            Ok(_) if args.full && row.sha256.is_some() => {
+                let digest = File::open(&file).and_then(|mut f| {
+                    let mut hasher = sha2::Sha256::new();
+                    let mut buf = vec![0u8; 1024 * 1024];
+                    loop {
+                        let n = std::io::Read::read(&mut f, &mut buf)?;
+                        if n == 0 {
+                            break;
+                        }
+                        hasher.update(&buf[..n]);
+                    }
+                    Ok(haul::to_hex(&hasher.finalize()))
+                });
+                match digest {
+                    Ok(hex) if Some(&hex) == row.sha256.as_ref() => None,
+                    Ok(_) => Some("corrupt: its SHA-256 differs from the one recorded".to_owned()),
+                    Err(e) => Some(format!("cannot be read: {e}")),
+                }
+            }
+            Ok(_) => None,
+        };
+        if let Some(why) = &why
+            && shown.len() < 20
+        {
+            shown.push(format!("  {}: {why}", row.path));
+        }
+        why
+    })?;
+    let mut out = std::io::stdout().lock();
+    for line in &shown {
+        writeln!(out, "{line}")?;
+    }
+    if stale > shown.len() as u64 {
+        writeln!(out, "  (and {} more)", stale - shown.len() as u64)?;
+    }
+    let how = if args.full {
+        "exists, size, sha256"
+    } else {
+        "exists, size"
+    };
+    writeln!(
+        out,
+        "checked {checked} done file(s) ({how}): {stale} missing or corrupt{}",
+        if stale > 0 {
+            "; the next `haul get` with the same list fetches them again"
+        } else {
+            ""
+        }
+    )?;
+    Ok(if stale > 0 { Exit::SomeFailed } else { Exit::Success })
 }
 
 fn import(file: &Path, archive: Option<&Path>) -> Result<Exit> {

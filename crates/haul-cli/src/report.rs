@@ -66,11 +66,15 @@ impl CliReporter {
 
 impl haul::Reporter for CliReporter {
     fn on_job_finished(&self, r: &haul::JobReport<'_>) {
+        let failed = r.status == haul::JobStatus::Failed;
+        if !failed && self.report.is_none() {
+            return; // the common case (a million skips): nothing to format
+        }
         // An id that is the URL itself is shown redacted like the URL.
         let url = r.url.to_string();
         let id = if r.id == r.url.0.as_str() { url.as_str() } else { r.id };
         // Failures are errors: printed even with --quiet.
-        if r.status == haul::JobStatus::Failed {
+        if failed {
             if self.display.is_json() {
                 self.display.event(&serde_json::json!({
                     "type": "failed",
@@ -158,6 +162,7 @@ pub(crate) fn summary_json(s: &haul::Summary, exit: i32) -> serde_json::Value {
         "bad_lines": s.bad_lines,
         "pending": s.pending,
         "unverified": s.unverified,
+        "refetched_stale": s.stale,
         "bytes": s.bytes,
         "elapsed_s": s.elapsed.as_secs_f64(),
         "files_per_s": s.done as f64 / secs,
@@ -238,6 +243,12 @@ fn summary_lines(s: &haul::Summary) -> Vec<String> {
         lines.push(format!(
             "  host {}: limit settled at {}{ttfb}; {} refused (429), {} load errors, paused {} time(s)",
             host.host, host.limit, host.refusals, host.errors, host.pauses
+        ));
+    }
+    if s.stale > 0 {
+        lines.push(format!(
+            "  {} archived file(s) were missing or corrupt on disk: fetched again",
+            s.stale
         ));
     }
     if s.unverified > 0 {

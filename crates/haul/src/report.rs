@@ -403,6 +403,9 @@ pub struct Summary {
     /// close-delimited body with no manifest size or digest. They are marked unverified in
     /// the archive and the report.
     pub unverified: u64,
+    /// Jobs the archive had as done whose file was missing on disk, or that `haul verify`
+    /// found missing or corrupt: fetched again.
+    pub stale: u64,
     /// The hosts that pushed back (refused, failed for load, paused), with the limit each
     /// settled at.
     pub hosts: Vec<HostView>,

@@ -263,3 +263,63 @@ fn query_style_urls_get_distinct_names_and_templates_name_from_fields() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("unknown field {title}"), "{}", stderr(&bad));
 }
+
+#[test]
+fn verify_finds_missing_and_corrupt_files_and_the_next_run_replaces_them() {
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let tmp = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..5).map(|i| format!("v{i}.bin")).collect();
+    let urls: Vec<String> = names.iter().map(|n| server.url(n, 5000, "")).collect();
+    let list = manifest(tmp.path(), &urls);
+    let out = tmp.path().join("out");
+    assert!(run(&get_args(&list, &out, &["--progress", "none"])).status.success());
+    // Deleted, truncated, one byte changed (same size).
+    std::fs::remove_file(out.join("v0.bin")).unwrap();
+    std::fs::write(out.join("v1.bin"), &body_for("v1.bin", 5000)[..100]).unwrap();
+    let mut changed = body_for("v2.bin", 5000);
+    changed[10] ^= 0xff;
+    std::fs::write(out.join("v2.bin"), &changed).unwrap();
+
+    // A rerun notices the deleted file by itself (one stat per archived job).
+    let rerun = run(&get_args(&list, &out, &["--progress", "none"]));
+    let text = stderr(&rerun);
+    assert!(rerun.status.success(), "{text}");
+    assert!(text.contains("1 archived file(s) were missing or corrupt"), "{text}");
+    assert_eq!(server.hits("/f/v0.bin"), 2);
+
+    let quick = run(&["verify", path(&out)]);
+    let report = String::from_utf8_lossy(&quick.stdout).into_owned();
+    assert_eq!(quick.status.code(), Some(1), "{report}");
+    assert!(report.contains("v1.bin: corrupt: 100 bytes, 5000 recorded"), "{report}");
+    assert!(!report.contains("v2.bin"), "same size: only --full sees it: {report}");
+    let full = run(&["verify", path(&out), "--full"]);
+    let report = String::from_utf8_lossy(&full.stdout).into_owned();
+    assert!(report.contains("v2.bin: corrupt: its SHA-256 differs"), "{report}");
+
+    // The next run fetches both again and replaces them (--on-exists skip would keep them).
+    let fix = run(&get_args(&list, &out, &["--progress", "none"]));
+    assert!(fix.status.success(), "{}", stderr(&fix));
+    for name in &names {
+        assert_eq!(
+            sha256_hex(&std::fs::read(out.join(name)).unwrap()),
+            sha256_hex(&body_for(name, 5000)),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        (
+            server.hits("/f/v1.bin"),
+            server.hits("/f/v2.bin"),
+            server.hits("/f/v3.bin")
+        ),
+        (2, 2, 1)
+    );
+    let clean = run(&["verify", path(&out), "--full"]);
+    assert_eq!(
+        clean.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&clean.stdout)
+    );
+}

@@ -141,7 +141,26 @@ pub struct Row {
     pub last_modified: Option<String>,
     /// False when nothing could check the file's length or content.
     pub verified: bool,
+    /// True for a done row `haul verify` found missing or corrupt on disk: the next run
+    /// fetches the job again and replaces the file, whatever `--on-exists` says.
+    pub stale: bool,
 }
+
+/// A done row, as `haul verify` checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DoneRow {
+    /// The job id.
+    pub id: String,
+    /// The path relative to the output directory.
+    pub path: String,
+    /// The recorded size.
+    pub size: Option<u64>,
+    /// The recorded SHA-256 (hex).
+    pub sha256: Option<String>,
+}
+
+/// The error class of rows `haul verify` marked stale.
+pub const STALE: &str = "stale";
 
 fn db_error(context: &str, e: impl std::fmt::Display) -> Error {
     Error::Archive(format!("{context}: {e}"))
@@ -293,6 +312,66 @@ impl Archive {
         ArchiveReader::open(&self.path)
     }
 
+    /// Checks every done row with `check` (which says why its file is wrong, or `None` when it
+    /// is right) and marks the wrong ones stale: failed with that reason, so the next run
+    /// fetches them again and replaces the file. Rows are read and updated in batches; memory
+    /// stays flat however many there are. Returns (rows checked, rows marked stale).
+    ///
+    /// # Errors
+    /// [`Error::Archive`] on a database error.
+    pub fn mark_stale(&self, mut check: impl FnMut(&DoneRow) -> Option<String>) -> Result<(u64, u64), Error> {
+        let conn = open_connection(&self.path)?;
+        let (mut checked, mut stale) = (0u64, 0u64);
+        let mut after = String::new();
+        loop {
+            // Keyset pagination by id: each batch is a short read, then a short write.
+            let batch: Vec<DoneRow> = {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT id, path, size, sha256 FROM jobs WHERE status = 'done' AND id > ?1 ORDER BY id LIMIT 1024",
+                    )
+                    .map_err(|e| db_error("read done rows", e))?;
+                let rows = stmt
+                    .query_map([&after], |r| {
+                        Ok(DoneRow {
+                            id: r.get(0)?,
+                            path: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                            size: r.get::<_, Option<i64>>(2)?.and_then(|s| u64::try_from(s).ok()),
+                            sha256: r.get(3)?,
+                        })
+                    })
+                    .map_err(|e| db_error("read done rows", e))?;
+                rows.collect::<Result<_, _>>()
+                    .map_err(|e| db_error("read done rows", e))?
+            };
+            let Some(last) = batch.last() else { break };
+            after.clone_from(&last.id);
+            let wrong: Vec<(String, String)> = batch
+                .iter()
+                .filter_map(|row| check(row).map(|why| (row.id.clone(), why)))
+                .collect();
+            checked += batch.len() as u64;
+            stale += wrong.len() as u64;
+            if !wrong.is_empty() {
+                let tx = conn.unchecked_transaction().map_err(|e| db_error("mark stale", e))?;
+                {
+                    let mut update = tx
+                        .prepare_cached(
+                            "UPDATE jobs SET status = 'failed', error_class = ?2, error = ?3, updated = ?4 WHERE id = ?1",
+                        )
+                        .map_err(|e| db_error("mark stale", e))?;
+                    for (id, why) in &wrong {
+                        update
+                            .execute(params![id, STALE, why, now_secs()])
+                            .map_err(|e| db_error("mark stale", e))?;
+                    }
+                }
+                tx.commit().map_err(|e| db_error("mark stale", e))?;
+            }
+        }
+        Ok((checked, stale))
+    }
+
     /// Starts the single writer thread.
     ///
     /// # Errors
@@ -388,7 +467,9 @@ impl ArchiveReader {
         self.in_transaction.set(self.in_transaction.get() + 1);
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT status, path, size, sha256, etag, last_modified, verified FROM jobs WHERE id = ?1")
+            .prepare_cached(
+                "SELECT status, path, size, sha256, etag, last_modified, verified, error_class FROM jobs WHERE id = ?1",
+            )
             .map_err(|e| db_error("prepare lookup", e))?;
         stmt.query_row([id], |r| {
             Ok(Row {
@@ -399,6 +480,7 @@ impl ArchiveReader {
                 etag: r.get(4)?,
                 last_modified: r.get(5)?,
                 verified: r.get(6)?,
+                stale: r.get::<_, Option<String>>(7)?.as_deref() == Some(STALE),
             })
         })
         .optional()

@@ -156,6 +156,9 @@ enum Input {
     Job(Box<JobState>),
     /// A job not to fetch: (job, its path, reason, detail).
     Skip(Box<Job>, String, &'static str, Option<String>),
+    /// A job the archive has done at a path haul wrote: skipped if a file is there, else
+    /// fetched again (the dispatcher looks, so the reader's thread does not pay for the stat).
+    Archived(Box<Job>, String, RelPath),
     Refused(Box<Job>, Error),
     Bad(ManifestError),
     End(u64),
@@ -373,9 +376,15 @@ fn read_manifest(
                 }
             }
         };
+        let urgent = matches!(input, Input::Job(_));
         batch.push(input);
-        // Hand over at once while the dispatcher keeps up (work starts with the first line);
-        // under backpressure, gather up to a batch so the threads wake once per batch, not per job.
+        // A job is handed over at once while the dispatcher keeps up (work starts with the
+        // first line); skips and bad lines only count, so they gather into batches (a million
+        // archived jobs wake the dispatcher 15,000 times, not a million). Under backpressure,
+        // jobs gather up to a batch too.
+        if !urgent && batch.len() < INPUT_BATCH {
+            continue;
+        }
         batch = match tx.try_send(batch) {
             Ok(()) => Vec::new(),
             Err(mpsc::error::TrySendError::Full(full)) if full.len() < INPUT_BATCH => full,
@@ -404,14 +413,21 @@ fn prepare(job: Job, shared: &Shared, archive: Option<&ArchiveReader>, seen: &mu
     };
     let mut validators = Validators::default();
     let mut known_total = None;
+    let mut stale = false;
     if let Some(archive) = archive
         && let Some(row) = archive.lookup(&job.id)?
     {
         match row.status {
             RowStatus::Done => {
-                let path = row.path.unwrap_or_else(|| rel.as_str().to_owned());
-                return Ok(Input::Skip(Box::new(job), path, "archived", None));
+                // A file haul recorded writing is looked for (one stat, by the dispatcher):
+                // deleted since, it is fetched again. An imported id has no path: done
+                // elsewhere, nothing to look for.
+                return Ok(match row.path {
+                    Some(path) => Input::Archived(Box::new(job), path, rel),
+                    None => Input::Skip(Box::new(job), rel.as_str().to_owned(), "archived", None),
+                });
             }
+            RowStatus::Failed if row.stale => stale = true,
             RowStatus::Partial | RowStatus::Failed => {
                 validators = Validators {
                     etag: row.etag,
@@ -449,6 +465,7 @@ fn prepare(job: Job, shared: &Shared, archive: Option<&ArchiveReader>, seen: &mu
     let mut state = JobState::new(job, rel.as_str().to_owned());
     state.validators = validators;
     state.known_total = known_total;
+    state.stale = stale;
     Ok(Input::Job(Box::new(state)))
 }
 
@@ -708,14 +725,33 @@ impl Dispatcher {
         match message {
             Input::Job(mut state) => {
                 self.shared.monitor.on_read();
+                self.summary.stale += u64::from(state.stale);
                 match self.shared.claim(&state.rel) {
                     Some(claim) => state.claims.push(claim),
+                    None if state.stale => {
+                        // The same archived job twice in the manifest, its file missing: the
+                        // first line fetches it.
+                        self.summary.stale -= 1;
+                        let rel = state.rel.clone();
+                        self.finish_report(&state, JobStatus::Skipped, Some("duplicate"), Some(&rel));
+                        return false;
+                    }
                     None => {
                         let error = Error::Conflict(state.rel.clone());
                         return self.fail(&state, &error);
                     }
                 }
                 return self.admit(state);
+            }
+            Input::Archived(job, path, rel) => {
+                if self.shared.store.is_missing(&path) {
+                    let mut state = Box::new(JobState::new(*job, rel.as_str().to_owned()));
+                    state.stale = true;
+                    return self.on_input(Input::Job(state));
+                }
+                self.shared.monitor.on_read();
+                let state = skipped_state(*job, path);
+                self.finish_report(&state, JobStatus::Skipped, Some("archived"), None);
             }
             Input::Skip(job, path, reason, detail) => {
                 self.shared.monitor.on_read();
@@ -949,6 +985,8 @@ mod spilled {
         etag: Option<String>,
         last_modified: Option<String>,
         known_total: Option<u64>,
+        #[serde(default)]
+        stale: bool,
     }
 
     pub(super) fn encode(state: &JobState) -> Vec<u8> {
@@ -966,6 +1004,7 @@ mod spilled {
             etag: state.validators.etag.clone(),
             last_modified: state.validators.last_modified.clone(),
             known_total: state.known_total,
+            stale: state.stale,
         };
         serde_json::to_vec(&spilled).expect("plain data encodes")
     }
@@ -986,6 +1025,7 @@ mod spilled {
             last_modified: s.last_modified,
         };
         state.known_total = s.known_total;
+        state.stale = s.stale;
         Some(Box::new(state))
     }
 }

@@ -57,6 +57,9 @@ pub(crate) struct JobState {
     pub(crate) final_url: Option<url::Url>,
     /// The SHA-256 of the finished file.
     pub(crate) sha256: Option<[u8; 32]>,
+    /// The archive had the job done, but its file is missing or wrong on disk: fetched again,
+    /// and the file there is replaced whatever `--on-exists` says.
+    pub(crate) stale: bool,
 }
 
 impl JobState {
@@ -83,6 +86,7 @@ impl JobState {
             started: None,
             final_url: None,
             sha256: None,
+            stale: false,
         }
     }
 
@@ -173,6 +177,11 @@ async fn check_existing(shared: &Arc<Shared>, state: &mut JobState) -> Result<Op
         if owner.is_some_and(|o| o != state.job.id) {
             return Err(Error::Conflict(state.final_rel.clone()));
         }
+    }
+    if state.stale {
+        // This job's own file, found wrong by `haul verify`: replaced.
+        state.commit = Commit::Replace { mode };
+        return Ok(None);
     }
     match shared.config.on_exists {
         OnExists::Overwrite => {

@@ -275,6 +275,17 @@ impl Store {
         tree::inspect(parent.fd(), split(rel).1).map_err(|e| Error::local("inspect", self.display(rel), e))
     }
 
+    /// True when nothing is at `rel` (one `fstatat` from the output directory, not following a
+    /// final symlink). A read-only check for skipping archived jobs: a symlinked directory on
+    /// the way is followed, which can only make a file look present (the job is skipped, nothing
+    /// is written); everything that writes goes through the descriptor walk.
+    pub(crate) fn is_missing(&self, rel: &str) -> bool {
+        matches!(
+            rustix::fs::statat(&self.root, rel, rustix::fs::AtFlags::SYMLINK_NOFOLLOW),
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR)
+        )
+    }
+
     /// `stem (N).ext` for the smallest N whose name is free.
     pub(crate) fn free_name(&self, rel: &str) -> Result<String, Error> {
         let (dir, name) = split(rel);
