@@ -240,7 +240,8 @@ pub(crate) struct GetArgs {
     /// Do not verify TLS certificates (dangerous: anyone on the path can change the files)
     #[arg(long)]
     pub(crate) insecure: bool,
-    /// Also trust the certificate authorities of this PEM file (beside the system's)
+    /// Also trust the certificate authorities of this PEM file (beside the system's), or a
+    /// server's own self-signed certificate given exactly
     #[arg(long, value_name = "FILE")]
     pub(crate) ca_cert: Option<PathBuf>,
     /// Send every request through this proxy (http://, https:// or socks5:// URL)

@@ -15,6 +15,8 @@ pub(crate) struct CliReporter {
     display: Display,
     quiet: bool,
     problems: Mutex<u64>,
+    /// Host-level failures (connect, TLS) already printed, by host and error: printed once.
+    host_failures: Mutex<std::collections::HashSet<(String, String)>>,
     write_error: Mutex<Option<std::io::Error>>,
 }
 
@@ -25,6 +27,7 @@ impl CliReporter {
             display,
             quiet,
             problems: Mutex::new(0),
+            host_failures: Mutex::new(std::collections::HashSet::new()),
             write_error: Mutex::new(None),
         }
     }
@@ -87,6 +90,19 @@ impl haul::Reporter for CliReporter {
                     "http_status": r.http_status,
                     "attempts": r.attempts,
                 }));
+            } else if matches!(r.reason, Some("connect" | "network" | "timeout")) {
+                // The host, not the job: said once (the summary counts them all).
+                let key = (r.host.to_owned(), r.error.unwrap_or("?").to_owned());
+                let mut seen = self.host_failures.lock().expect("host failures");
+                if seen.len() < 1000 && seen.insert(key) {
+                    drop(seen);
+                    self.problem(&format!(
+                        "failed: {}: {} (other jobs on {} failing the same way are counted in the summary)",
+                        r.url,
+                        r.error.unwrap_or("?"),
+                        r.host
+                    ));
+                }
             } else {
                 let at = if r.line > 0 {
                     format!("line {}: ", r.line)

@@ -19,6 +19,11 @@ pub struct Nginx {
     pub tls_port: u16,
     /// The PEM certificate of the test CA that signed the TLS port's certificate.
     pub certificate: PathBuf,
+    /// A TLS port whose certificate is self-signed the usual way (`openssl req -x509`: marked
+    /// as a CA), for 127.0.0.1.
+    pub self_signed_port: u16,
+    /// That port's own certificate (PEM).
+    pub self_signed: PathBuf,
 }
 
 fn free_port() -> u16 {
@@ -36,7 +41,7 @@ fn make_certificates(work: &Path) {
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
     )
     .expect("write leaf.ext");
-    let steps: [Vec<&str>; 3] = [
+    let steps: [Vec<&str>; 4] = [
         [
             &["req", "-x509"][..],
             &ec,
@@ -75,6 +80,24 @@ fn make_certificates(work: &Path) {
             "-out",
             "cert.pem",
         ],
+        // A server's own self-signed certificate, as most guides make one.
+        [
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "2",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-keyout",
+                "self.key",
+                "-out",
+                "self.pem",
+            ],
+        ]
+        .concat(),
     ];
     for args in steps {
         let made = Command::new("openssl")
@@ -108,7 +131,7 @@ impl Nginx {
     pub fn start(root: &Path, work: &Path) -> Self {
         let binary = nginx_binary().expect("nginx is not installed: apt-get install -y nginx-light");
         for attempt in 0..5 {
-            let (port, h2_port, tls_port) = (free_port(), free_port(), free_port());
+            let (port, h2_port, tls_port, self_signed_port) = (free_port(), free_port(), free_port(), free_port());
             std::fs::create_dir_all(work).expect("nginx work dir");
             let certificate = work.join("ca.pem");
             let key = work.join("key.pem");
@@ -130,7 +153,9 @@ impl Nginx {
                  server {{ listen 127.0.0.1:{h2_port} http2; root {root}; }}\n\
                  server {{ listen 127.0.0.1:{tls_port} ssl http2; root {root};\n\
                    ssl_certificate {cert}; ssl_certificate_key {key};\n\
-                   location = /downgrade {{ return 302 http://127.0.0.1:{port}/downgraded; }} }}\n}}\n",
+                   location = /downgrade {{ return 302 http://127.0.0.1:{port}/downgraded; }} }}\n\
+                 server {{ listen 127.0.0.1:{self_signed_port} ssl; root {root};\n\
+                   ssl_certificate {w}/self.pem; ssl_certificate_key {w}/self.key; }}\n}}\n",
                 root = root.display(),
                 cert = work.join("cert.pem").display(),
                 key = key.display()
@@ -171,6 +196,8 @@ impl Nginx {
                 h2_port,
                 tls_port,
                 certificate,
+                self_signed_port,
+                self_signed: work.join("self.pem"),
             };
         }
         unreachable!("nginx start loop returns or panics")

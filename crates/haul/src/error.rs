@@ -250,6 +250,9 @@ fn describe_network(err: &reqwest::Error) -> String {
     };
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
+        if let Some(words) = crate::fetch::tls::explain(cause) {
+            return format!("TLS: {words}");
+        }
         let s = cause.to_string();
         if !s.is_empty() && !text.ends_with(&s) {
             text.push_str(": ");

@@ -323,3 +323,24 @@ fn verify_finds_missing_and_corrupt_files_and_the_next_run_replaces_them() {
         String::from_utf8_lossy(&clean.stdout)
     );
 }
+
+#[test]
+fn a_host_that_fails_every_job_is_reported_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Port 9 on loopback: nothing listens, every connection is refused.
+    let urls: Vec<String> = (0..12).map(|i| format!("http://127.0.0.1:9/f{i}.bin")).collect();
+    let list = manifest(tmp.path(), &urls);
+    let out = tmp.path().join("out");
+    let report = tmp.path().join("report.jsonl");
+    let result = run(&get_args(
+        &list,
+        &out,
+        &["--retries", "0", "--progress", "none", "--report", path(&report)],
+    ));
+    let text = stderr(&result);
+    assert_eq!(result.status.code(), Some(1), "{text}");
+    assert_eq!(text.matches("failed: http").count(), 1, "printed once: {text}");
+    assert!(text.contains("failed 12 × connect on 127.0.0.1:9"), "{text}");
+    let rows = std::fs::read_to_string(&report).unwrap();
+    assert_eq!(rows.lines().count(), 12, "every job has its report line");
+}

@@ -7,6 +7,7 @@
 mod classify;
 mod range;
 mod redirect;
+pub(crate) mod tls;
 
 use std::time::{Duration, SystemTime};
 
@@ -146,11 +147,12 @@ impl Fetcher {
         if config.insecure {
             builder = builder.tls_danger_accept_invalid_certs(true);
         }
-        if let Some(path) = &config.ca_certs {
+        if let Some(path) = &config.ca_certs
+            && !config.insecure
+        {
             let pem = std::fs::read(path).map_err(|e| Error::io("read CA bundle", path, e))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|_| Error::Url(format!("{} holds no PEM certificate", path.display())))?;
-            builder = builder.tls_certs_merge(certs);
+            let tls = tls::client_config(&pem, &path.display().to_string())?;
+            builder = builder.tls_backend_preconfigured(tls);
         }
         if config.no_proxy {
             builder = builder.no_proxy();

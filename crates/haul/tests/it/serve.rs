@@ -258,3 +258,62 @@ async fn tls_is_verified_negotiates_h2_and_refuses_downgrades() {
     let (summary, _) = run(config(&insecure).insecure(true).build(), &manifest, Format::Plain).await;
     assert_eq!(summary.done, 50);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_servers_own_self_signed_certificate_given_with_ca_cert_is_trusted() {
+    let s = site(5, 50_000);
+    let base = format!("https://127.0.0.1:{}", s.nginx.self_signed_port);
+    let manifest: String = s.files.iter().map(|(n, _)| format!("{base}/{n}\n")).collect();
+    // Unknown: refused, in words, with what to do.
+    let (summary, reports) = run(config(&s.out).retries(0).build(), &manifest, Format::Plain).await;
+    assert_eq!(summary.failed_total(), 5, "{summary:?}");
+    let error = reports.0.lock().unwrap()[0].error.clone().unwrap();
+    assert!(
+        error.contains("TLS: the server") && error.contains("--ca-cert"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("Other(") && !error.contains("OtherError"),
+        "a debug dump: {error}"
+    );
+    // Given: its very certificate (made by `openssl req -x509`, so marked as a CA) is trusted.
+    let (summary, reports) = run(
+        config(&s.out).ca_certs(Some(s.nginx.self_signed.clone())).build(),
+        &manifest,
+        Format::Plain,
+    )
+    .await;
+    assert_eq!(
+        summary.done,
+        5,
+        "{:?}",
+        reports.0.lock().unwrap().first().and_then(|r| r.error.clone())
+    );
+    assert_all_downloaded(&s, "");
+    // Another certificate does not vouch for it; nor does its own for another name.
+    let other = s._tmp.path().join("other");
+    let (summary, _) = run(
+        config(&other)
+            .retries(0)
+            .ca_certs(Some(s.nginx.certificate.clone()))
+            .build(),
+        &manifest,
+        Format::Plain,
+    )
+    .await;
+    assert_eq!(summary.failed_total(), 5);
+    let by_name = format!("https://localhost:{}/{}\n", s.nginx.self_signed_port, s.files[0].0);
+    let (summary, reports) = run(
+        config(&other)
+            .retries(0)
+            .ca_certs(Some(s.nginx.self_signed.clone()))
+            .build(),
+        &by_name,
+        Format::Plain,
+    )
+    .await;
+    assert_eq!(summary.failed_total(), 1);
+    let error = reports.0.lock().unwrap()[0].error.clone().unwrap();
+    assert!(error.contains("TLS:"), "{error}");
+    assert!(files_under(&other).is_empty());
+}
