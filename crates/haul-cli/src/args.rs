@@ -6,9 +6,35 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    every job done or skipped
+  1    some jobs failed, or some manifest lines were bad (the rest is done)
+  2    usage error: a bad argument or manifest; nothing was downloaded
+  3    fatal: the run could not go on (disk full, output not writable, archive locked)
+  130  interrupted by Ctrl-C; 143 stopped by SIGTERM (rerun to finish)";
+
+const GET_EXAMPLES: &str = "\
+Examples:
+  haul get -i urls.txt -o photos                 one URL per line
+  haul get -i posts.jsonl -o out --name '{id}{ext}'
+  haul get -i urls.txt -o out --per-host 4 --rate 10/s
+  haul failed out | haul get -i - -o out         retry what failed, as it was given
+  haul get -i urls.txt -o out --dry-run          what would be fetched, and where
+
+Exit codes:
+  0 all done or skipped · 1 some failed · 2 usage error · 3 fatal · 130 Ctrl-C · 143 SIGTERM";
+
 /// haul: download thousands to millions of files, correctly, fast and politely.
 #[derive(Debug, Parser)]
-#[command(name = "haul", version, about, long_about = None, max_term_width = 100)]
+#[command(
+    name = "haul",
+    version,
+    about = "Download thousands to millions of files, correctly, fast and politely",
+    long_about = None,
+    max_term_width = 100,
+    after_help = EXIT_CODES
+)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -17,6 +43,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Download every URL of a manifest (and/or the URLs given as arguments)
+    #[command(after_help = GET_EXAMPLES)]
     Get(Box<GetArgs>),
     /// Show what an archive holds: counts by status, bytes, failures by reason and host
     Status(ArchiveArg),
@@ -29,6 +56,13 @@ pub(crate) enum Command {
     /// Manage an archive
     #[command(subcommand)]
     Archive(ArchiveCommand),
+    /// Print a shell completion script (e.g. `haul completions bash > /etc/bash_completion.d/haul`)
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `haul man | man -l -`
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -123,160 +157,172 @@ pub(crate) enum ArchiveKeyArg {
 #[derive(Debug, Args)]
 pub(crate) struct GetArgs {
     /// URLs to download (in addition to those of --input)
+    #[arg(help_heading = "Input")]
     pub(crate) urls: Vec<String>,
     /// The manifest to read ("-" for standard input)
-    #[arg(short, long, value_name = "FILE")]
+    #[arg(help_heading = "Input", short, long, value_name = "FILE")]
     pub(crate) input: Option<PathBuf>,
-    /// The manifest's format [default: from the extension: .jsonl/.ndjson, .csv, else plain]
-    #[arg(long, value_enum)]
+    /// The manifest's format [default: from the extension (.jsonl, .ndjson, .json, .csv), else read off the content]
+    #[arg(help_heading = "Input", long, value_enum)]
     pub(crate) format: Option<FormatArg>,
+    /// Print what would be fetched (and where), skipped or refused, without a request or a
+    /// change on disk: one tab-separated line per job on standard output
+    #[arg(help_heading = "Input", long)]
+    pub(crate) dry_run: bool,
     /// Check the whole manifest first and download nothing if any line is bad
-    #[arg(long)]
+    #[arg(help_heading = "Input", long)]
     pub(crate) strict: bool,
     /// The output directory [default: the current directory, announced]
-    #[arg(short, long, value_name = "DIR")]
+    #[arg(help_heading = "Output", short, long, value_name = "DIR")]
     pub(crate) output: Option<PathBuf>,
     /// How URLs map to file names when the manifest gives no path
-    #[arg(long, value_enum, default_value_t = LayoutArg::Flat)]
+    #[arg(help_heading = "Output", long, value_enum, default_value_t = LayoutArg::Flat)]
     pub(crate) layout: LayoutArg,
     /// Name files from a template when the manifest gives no path, e.g. '{host}/{id}{ext}' or
     /// '{stem}-{hash}{ext}'. Fields: {id} {host} {path} {name} {stem} {ext} {query} {hash} {line}
-    #[arg(long, value_name = "TEMPLATE", value_parser = haul::store::NameTemplate::parse)]
+    #[arg(help_heading = "Output", long, value_name = "TEMPLATE", value_parser = haul::store::NameTemplate::parse)]
     pub(crate) name: Option<haul::store::NameTemplate>,
     /// Name files by the server's Content-Disposition (when the manifest gives no path); the name
     /// is sanitised and stays in the directory the URL maps to
-    #[arg(long)]
+    #[arg(help_heading = "Output", long)]
     pub(crate) content_disposition: bool,
     /// What to do when a destination file already exists
-    #[arg(long, value_enum, default_value_t = OnExistsArg::Skip)]
+    #[arg(help_heading = "Output", long, value_enum, default_value_t = OnExistsArg::Skip)]
     pub(crate) on_exists: OnExistsArg,
     /// Transfers in flight at most [default: 32, or the configuration file's]
-    #[arg(short = 'j', long)]
+    #[arg(help_heading = "Politeness", short = 'j', long)]
     pub(crate) concurrency: Option<usize>,
     /// Transfers in flight at most to one host (host:port): the ceiling of its adaptive limit [default: 16, or the configuration file's]
-    #[arg(long)]
+    #[arg(help_heading = "Politeness", long)]
     pub(crate) per_host: Option<usize>,
     /// Keep every host at --per-host instead of adapting its limit to what it bears
-    #[arg(long)]
+    #[arg(help_heading = "Politeness", long)]
     pub(crate) no_adaptive: bool,
     /// Bytes per second at most over all transfers (e.g. 500k, 10M)
-    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    #[arg(help_heading = "Politeness", long, value_parser = parse_size, value_name = "SIZE")]
     pub(crate) limit_rate: Option<u64>,
     /// Requests per second at most to each host: N/s, N/m or N/h (e.g. 50/s)
-    #[arg(long, value_parser = haul::Rate::parse, value_name = "N/s")]
+    #[arg(help_heading = "Politeness", long, value_parser = haul::Rate::parse, value_name = "N/s")]
     pub(crate) rate: Option<haul::Rate>,
     /// Retries after the first attempt (transient errors, 429/503)
-    #[arg(long, default_value_t = haul::DEFAULT_RETRIES)]
+    #[arg(help_heading = "Failures and limits", long, default_value_t = haul::DEFAULT_RETRIES)]
     pub(crate) retries: u32,
     /// Base of the exponential backoff with full jitter (e.g. 500ms, 2s)
-    #[arg(long, value_parser = parse_duration, default_value = "500ms")]
+    #[arg(help_heading = "Failures and limits", long, value_parser = parse_duration, default_value = "500ms")]
     pub(crate) retry_wait: Duration,
     /// Longest Retry-After that is obeyed (longer ones are cut to this)
-    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    #[arg(help_heading = "Failures and limits", long, value_parser = parse_duration, default_value = "5m")]
     pub(crate) max_retry_wait: Duration,
     /// Connect timeout
-    #[arg(long, value_parser = parse_duration, default_value = "15s")]
+    #[arg(help_heading = "Failures and limits", long, value_parser = parse_duration, default_value = "15s")]
     pub(crate) connect_timeout: Duration,
     /// Fail an attempt when no byte arrives for this long
-    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    #[arg(help_heading = "Failures and limits", long, value_parser = parse_duration, default_value = "60s")]
     pub(crate) read_timeout: Duration,
     /// Abort (and retry) a transfer slower than this rate (e.g. 10k, 1MiB) over --lowest-speed-window
-    #[arg(long, value_parser = parse_size)]
+    #[arg(help_heading = "Failures and limits", long, value_parser = parse_size)]
     pub(crate) lowest_speed: Option<u64>,
     /// The window of --lowest-speed
-    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    #[arg(help_heading = "Failures and limits", long, value_parser = parse_duration, default_value = "30s")]
     pub(crate) lowest_speed_window: Duration,
     /// Accept an empty (0-byte) body as a finished file even without a manifest size of 0
-    #[arg(long)]
+    #[arg(help_heading = "Failures and limits", long)]
     pub(crate) allow_empty: bool,
     /// Refuse files larger than this (e.g. 2GiB), with or without a Content-Length
-    #[arg(long, value_parser = parse_size)]
+    #[arg(help_heading = "Failures and limits", long, value_parser = parse_size)]
     pub(crate) max_size: Option<u64>,
     /// Speak HTTP/2 without TLS (h2c) to every server
-    #[arg(long)]
+    #[arg(help_heading = "HTTP", long)]
     pub(crate) http2_prior_knowledge: bool,
     /// A header for every request ("Name: value"); repeatable
-    #[arg(short = 'H', long = "header", value_name = "HEADER")]
+    #[arg(help_heading = "HTTP", short = 'H', long = "header", value_name = "HEADER")]
     pub(crate) headers: Vec<String>,
     /// The User-Agent header
-    #[arg(long)]
+    #[arg(help_heading = "HTTP", long)]
     pub(crate) user_agent: Option<String>,
     /// A header for one host only: HOST=Name: value (not sent to hosts a redirect leads to); repeatable
-    #[arg(long = "host-header", value_name = "HOST=HEADER")]
+    #[arg(help_heading = "HTTP", long = "host-header", value_name = "HOST=HEADER")]
     pub(crate) host_headers: Vec<String>,
     /// A TOML configuration file: per_host, rate, limit_rate for every host and [hosts."PATTERN"] sections [default: $XDG_CONFIG_HOME/haul/config.toml if it exists]
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = "Politeness", long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
     /// Basic auth: HOST=USER:PASSWORD (https to that host only) or ORIGIN=USER:PASSWORD with ORIGIN like http://host:8080 (that origin only); repeatable
-    #[arg(long = "auth", value_name = "HOST=USER:PASSWORD")]
+    #[arg(help_heading = "HTTP", long = "auth", value_name = "HOST=USER:PASSWORD")]
     pub(crate) auth: Vec<String>,
     /// A bearer token: HOST=TOKEN (https to that host only) or ORIGIN=TOKEN (that origin only); repeatable
-    #[arg(long = "bearer", value_name = "HOST=TOKEN")]
+    #[arg(help_heading = "HTTP", long = "bearer", value_name = "HOST=TOKEN")]
     pub(crate) bearer: Vec<String>,
     /// Read credentials from ~/.netrc (or $NETRC); --auth and --bearer win over it
-    #[arg(long)]
+    #[arg(help_heading = "HTTP", long)]
     pub(crate) netrc: bool,
     /// Read credentials from this netrc file
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = "HTTP", long, value_name = "FILE")]
     pub(crate) netrc_file: Option<PathBuf>,
     /// Also send credentials given for a bare host (--auth, --bearer, netrc) over plain http
-    #[arg(long)]
+    #[arg(help_heading = "HTTP", long)]
     pub(crate) allow_insecure_auth: bool,
     /// A header whose value is a secret, like Authorization: kept to the job's own origin across redirects; repeatable
-    #[arg(long = "secret-header", value_name = "NAME")]
+    #[arg(help_heading = "HTTP", long = "secret-header", value_name = "NAME")]
     pub(crate) secret_headers: Vec<String>,
     /// Send cookies from a Netscape cookies.txt file (to the domains they belong to)
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = "HTTP", long, value_name = "FILE")]
     pub(crate) cookies: Option<PathBuf>,
     /// Redirects followed at most (loops and non-http(s) targets are always refused)
-    #[arg(long, default_value_t = haul::DEFAULT_MAX_REDIRECTS)]
+    #[arg(help_heading = "HTTP", long, default_value_t = haul::DEFAULT_MAX_REDIRECTS)]
     pub(crate) max_redirects: usize,
     /// Let credentials, cookies and per-host headers follow redirects to this host; repeatable
-    #[arg(long = "trust-redirect-host", value_name = "HOST")]
+    #[arg(help_heading = "HTTP", long = "trust-redirect-host", value_name = "HOST")]
     pub(crate) trusted_hosts: Vec<String>,
     /// Follow redirects from https to http (refused by default)
-    #[arg(long)]
+    #[arg(help_heading = "HTTP", long)]
     pub(crate) allow_https_downgrade: bool,
     /// Do not verify TLS certificates (dangerous: anyone on the path can change the files)
-    #[arg(long)]
+    #[arg(help_heading = "HTTP", long)]
     pub(crate) insecure: bool,
     /// Also trust the certificate authorities of this PEM file (beside the system's), or a
     /// server's own self-signed certificate given exactly
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = "HTTP", long, value_name = "FILE")]
     pub(crate) ca_cert: Option<PathBuf>,
     /// Send every request through this proxy (http://, https:// or socks5:// URL)
-    #[arg(long, value_name = "URL")]
+    #[arg(help_heading = "HTTP", long, value_name = "URL")]
     pub(crate) proxy: Option<String>,
     /// Ignore the proxy environment variables (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY)
-    #[arg(long, conflicts_with = "proxy")]
+    #[arg(help_heading = "HTTP", long, conflicts_with = "proxy")]
     pub(crate) no_proxy: bool,
     /// The archive (journal of done and failed jobs) [default: OUTPUT/.haul/archive.sqlite]
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = "State", long, value_name = "FILE")]
     pub(crate) archive: Option<PathBuf>,
     /// Keep no archive: nothing is skipped on a rerun, nothing resumes across runs
-    #[arg(long, conflicts_with = "archive")]
+    #[arg(help_heading = "State", long, conflicts_with = "archive")]
     pub(crate) no_archive: bool,
     /// What keys a job in the archive
-    #[arg(long, value_enum, default_value_t = ArchiveKeyArg::Id)]
+    #[arg(help_heading = "State", long, value_enum, default_value_t = ArchiveKeyArg::Id)]
     pub(crate) archive_key: ArchiveKeyArg,
     /// Wait for another haul process to release the archive instead of failing
-    #[arg(long)]
+    #[arg(help_heading = "State", long)]
     pub(crate) wait_archive: bool,
     /// fsync each file and its directory before recording it done (survives power loss)
-    #[arg(long)]
+    #[arg(help_heading = "State", long)]
     pub(crate) fsync: bool,
     /// Retry the jobs the archive lists as failed (alone, or with more input)
-    #[arg(long, conflicts_with = "no_archive")]
+    #[arg(help_heading = "State", long, conflicts_with = "no_archive")]
     pub(crate) retry_failed: bool,
     /// How to show progress
-    #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
+    #[arg(help_heading = "Display and logs", long, value_enum, default_value_t = ProgressArg::Auto)]
     pub(crate) progress: ProgressArg,
+    /// Log requests, responses and decisions (retries, pauses, job ends) to stderr: -v retries and
+    /// pauses, -vv every request and response, -vvv everything; URLs redacted, no header values
+    #[arg(help_heading = "Display and logs", short, long, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+    /// Write those logs as JSON lines to FILE instead (at least at -vv's level)
+    #[arg(help_heading = "Display and logs", long, value_name = "FILE")]
+    pub(crate) log_file: Option<PathBuf>,
     /// Print nothing but errors: failed jobs, bad lines, fatal errors (no progress, no summary)
-    #[arg(short, long)]
+    #[arg(help_heading = "Display and logs", short, long)]
     pub(crate) quiet: bool,
     /// Write one JSON line per job (id, url, final_url, path, status, http_status, bytes, sha256,
     /// verified, duration_s, attempts, reason, error, line) and per bad line; "-" for standard output
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = "Display and logs", long, value_name = "FILE")]
     pub(crate) report: Option<PathBuf>,
 }
 

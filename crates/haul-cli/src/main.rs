@@ -43,6 +43,19 @@ fn main() -> ExitCode {
         Command::Status(a) => status(a.archive.as_deref()).map_err(|e| fail(Exit::Usage, e)),
         Command::Verify(a) => verify(&a).map_err(|e| fail(Exit::Fatal, e)),
         Command::Failed(a) => failed(a.archive.archive.as_deref()).map_err(|e| fail(Exit::Usage, e)),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "haul", &mut std::io::stdout());
+            Ok(Exit::Success)
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(command).render(&mut std::io::stdout()) {
+                // `haul man | head`: a closed pipe is a normal end.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(fail(Exit::Fatal, e)),
+                _ => Ok(Exit::Success),
+            }
+        }
         Command::Archive(ArchiveCommand::Import { file, archive }) => {
             import(&file, archive.as_deref()).map_err(|e| fail(Exit::Fatal, e))
         }
@@ -300,6 +313,19 @@ fn get(args: GetArgs) -> Result<Exit, Failure> {
         );
     }
     let mut jobs: Jobs = Box::new(arguments.into_iter().map(Ok));
+    if args.dry_run {
+        if args.retry_failed {
+            return Err(fail(
+                Exit::Usage,
+                anyhow::anyhow!("--dry-run does not combine with --retry-failed"),
+            ));
+        }
+        let jobs: Jobs = match manifest {
+            Some(manifest) => Box::new(jobs.chain(manifest)),
+            None => jobs,
+        };
+        return dry_run(&config, jobs).map_err(|e| fail(Exit::Fatal, e));
+    }
     if args.retry_failed {
         let spool = spool_failed(&config)?;
         let failed = haul::ManifestReader::new(
@@ -337,11 +363,16 @@ async fn run(
     report: Option<Box<dyn std::io::Write + Send>>,
 ) -> Result<Exit, Failure> {
     let engine = haul::Engine::new(config);
-    let mode = if args.quiet {
+    let mut mode = if args.quiet {
         args::ProgressArg::None
     } else {
         args.progress
     };
+    if args.verbose > 0 && args.log_file.is_none() && mode == args::ProgressArg::Auto {
+        // Log lines on stderr and redrawn bars do not mix: plain progress lines instead.
+        mode = args::ProgressArg::Plain;
+    }
+    start_logs(&args, mode == args::ProgressArg::Json).map_err(|e| fail(Exit::Usage, e))?;
     let display = progress::Display::start(mode, engine.monitor());
     if let Some(input) = args.input.as_deref().filter(|p| *p != Path::new("-")) {
         count_ahead(input, engine.monitor());
@@ -393,6 +424,129 @@ async fn run(
         let _ = writeln!(std::io::stderr(), "error: {fatal}");
     }
     Ok(exit)
+}
+
+/// `--dry-run`: the engine's naming and the archive's answers, without a request and without
+/// creating anything. One line per job on stdout: `fetch URL PATH`, `skip URL PATH REASON`,
+/// `refuse URL - REASON`, `bad LINE - REASON` (tab-separated); counts on stderr.
+fn dry_run(config: &haul::Config, jobs: Jobs) -> Result<Exit> {
+    let archive = match config.archive_path() {
+        Some(path) if path.exists() => Some(haul::archive::ArchiveReader::open(&path)?),
+        _ => None,
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let (mut fetch, mut skip, mut refuse, mut bad) = (0u64, 0u64, 0u64, 0u64);
+    let mut claimed = std::collections::HashSet::new();
+    for item in jobs {
+        let job = match item {
+            Ok(job) => job,
+            Err(e) => {
+                bad += 1;
+                writeln!(out, "bad\t{}\t-\t{}", e.line, e.reason)?;
+                continue;
+            }
+        };
+        let url = job.safe_url().to_string();
+        let rel = match config.destination(&job) {
+            Ok(rel) => rel,
+            Err(why) => {
+                refuse += 1;
+                writeln!(out, "refuse\t{url}\t-\t{why}")?;
+                continue;
+            }
+        };
+        let row = match &archive {
+            Some(reader) => reader.lookup(&job.id)?,
+            None => None,
+        };
+        let rel = rel.as_str().to_owned();
+        let on_disk = config.output_dir.join(&rel);
+        let verdict = match row {
+            Some(row) if row.status == haul::archive::RowStatus::Done && (row.path.is_none() || on_disk.exists()) => {
+                Some("archived")
+            }
+            _ if !claimed.insert(rel.clone()) => Some("duplicate path"),
+            _ if on_disk.exists() => match config.on_exists {
+                haul::OnExists::Skip => Some("exists: kept if it matches the manifest's size and checksums"),
+                haul::OnExists::Fail => Some("exists: would fail (--on-exists fail)"),
+                haul::OnExists::Overwrite | haul::OnExists::Rename => None,
+            },
+            _ => None,
+        };
+        match verdict {
+            Some(reason) => {
+                skip += 1;
+                writeln!(out, "skip\t{url}\t{rel}\t{reason}")?;
+            }
+            None => {
+                fetch += 1;
+                writeln!(out, "fetch\t{url}\t{rel}")?;
+            }
+        }
+    }
+    out.flush()?;
+    let _ = writeln!(
+        std::io::stderr(),
+        "dry run: {fetch} to fetch, {skip} to skip, {refuse} refused, {bad} bad lines; nothing was requested or written"
+    );
+    Ok(if refuse + bad > 0 {
+        Exit::SomeFailed
+    } else {
+        Exit::Success
+    })
+}
+
+/// Starts the logs of `-v` (stderr) or `--log-file` (JSON lines): haul's own events only.
+fn start_logs(args: &GetArgs, json: bool) -> Result<()> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let level = match (args.verbose, args.log_file.is_some()) {
+        (0, false) => return Ok(()),
+        (0..=2, true) | (2, false) => tracing::Level::DEBUG,
+        (1, false) => tracing::Level::INFO,
+        _ => tracing::Level::TRACE,
+    };
+    let filter = tracing_subscriber::filter::Targets::new().with_target("haul", level);
+    match &args.log_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open the log file {}", path.display()))?;
+            tracing_subscriber::registry()
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .json()
+                        .with_writer(std::sync::Mutex::new(file))
+                        .with_filter(filter),
+                )
+                .try_init()?;
+        }
+        None if json => {
+            tracing_subscriber::registry()
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .json()
+                        .with_writer(std::io::stderr)
+                        .with_filter(filter),
+                )
+                .try_init()?;
+        }
+        None => {
+            tracing_subscriber::registry()
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .compact()
+                        .with_ansi(false)
+                        .with_writer(std::io::stderr)
+                        .with_filter(filter),
+                )
+                .try_init()?;
+        }
+    }
+    Ok(())
 }
 
 /// Counts the manifest's lines in the background (blank lines and comments aside), so the

@@ -144,6 +144,18 @@ pub struct Config {
 }
 
 impl Config {
+    /// Where `job` goes, relative to the output directory: the manifest's path, else the
+    /// `--name` template, else the layout's name for the URL.
+    ///
+    /// # Errors
+    /// The path is refused (absolute, `..`, haul's state directory, …), with the reason.
+    pub fn destination(&self, job: &crate::Job) -> Result<crate::store::RelPath, String> {
+        match (&job.path, &self.name_template) {
+            (None, Some(template)) => template.render(job),
+            _ => crate::store::output_path(job.path.as_deref(), &job.url, self.layout),
+        }
+    }
+
     /// A builder with every default, writing to `output_dir`.
     ///
     /// ```

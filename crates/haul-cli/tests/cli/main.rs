@@ -185,7 +185,7 @@ fn archive_import_skips_known_ids() {
         .map(|i| {
             format!(
                 "{{\"url\":\"{}\",\"id\":\"post-{i}\"}}",
-                server.url(&format!("p{i}"), 100, "")
+                server.url(&format!("p{i}.jpg"), 100, "")
             )
         })
         .collect();
@@ -193,7 +193,7 @@ fn archive_import_skips_known_ids() {
     let got = run(&get_args(&jsonl, &out, &["--progress", "none"]));
     assert!(got.status.success(), "{}", stderr(&got));
     assert_eq!(server.total_hits(), 1, "only post-3 was fetched");
-    assert!(out.join("p3").exists() && !out.join("p1").exists());
+    assert!(out.join("p3.jpg").exists() && !out.join("p1.jpg").exists());
 }
 
 #[test]

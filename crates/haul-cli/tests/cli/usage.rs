@@ -344,3 +344,130 @@ fn a_host_that_fails_every_job_is_reported_once() {
     let rows = std::fs::read_to_string(&report).unwrap();
     assert_eq!(rows.lines().count(), 12, "every job has its report line");
 }
+
+#[test]
+fn dry_run_says_what_would_happen_without_a_request_or_a_change() {
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let done = server.url("done.jpg", 10, "");
+    assert!(
+        run(&["get", &done, "-o", path(&out), "--progress", "none"])
+            .status
+            .success()
+    );
+    let hits = server.total_hits();
+    let list = tmp.path().join("list.jsonl");
+    std::fs::write(
+        &list,
+        format!(
+            "{{\"url\": \"{done}\"}}\n{{\"url\": \"{}\"}}\n{{\"url\": \"{}\", \"path\": \"../escape.jpg\"}}\nnot json\n",
+            server.url("new.jpg", 10, ""),
+            server.url("x.jpg", 10, "")
+        ),
+    )
+    .unwrap();
+    let result = run(&get_args(&list, &out, &["--dry-run"]));
+    let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
+    let lines: Vec<Vec<&str>> = stdout.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert_eq!(
+        (lines[0][0], lines[0][2], lines[0][3]),
+        ("skip", "done.jpg", "archived")
+    );
+    assert_eq!((lines[1][0], lines[1][2]), ("fetch", "new.jpg"));
+    assert_eq!(lines[2][0], "refuse");
+    assert_eq!((lines[3][0], lines[3][1]), ("bad", "4"));
+    assert_eq!(result.status.code(), Some(1));
+    assert!(stderr(&result).contains("1 to fetch, 1 to skip, 1 refused, 1 bad lines"));
+    assert_eq!(server.total_hits(), hits, "no request");
+    assert!(!out.join("new.jpg").exists());
+    // A fresh directory is not even created.
+    let fresh = tmp.path().join("fresh");
+    let result = run(&get_args(&list, &fresh, &["--dry-run"]));
+    assert_eq!(result.status.code(), Some(1));
+    assert!(!fresh.exists());
+}
+
+#[test]
+fn verbose_logs_show_requests_and_decisions_without_secrets() {
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let tmp = tempfile::tempdir().unwrap();
+    let signed = format!("{}&X-Amz-Signature=s1gnature", server.url("a.bin", 100, ""));
+    let busy = server.url("busy.bin", 100, "status=503&retry_after=0&times=1");
+    let list = manifest(tmp.path(), &[signed, busy]);
+    let out = tmp.path().join("out");
+    let secret = ["-H", "Authorization: Bearer t0psecret"];
+    let result = run(&get_args(
+        &list,
+        &out,
+        &[&["-vv", "--progress", "none"][..], &secret[..]].concat(),
+    ));
+    let text = stderr(&result);
+    assert!(result.status.success(), "{text}");
+    assert!(
+        text.contains("request") && text.contains("response") && text.contains("status=200"),
+        "{text}"
+    );
+    assert!(text.contains("retry"), "the 503 retry decision is logged: {text}");
+    assert!(text.contains("X-Amz-Signature=***"), "{text}");
+    for secret in ["s1gnature", "t0psecret"] {
+        assert!(!text.contains(secret), "{secret} in the logs: {text}");
+    }
+    // --log-file: JSON lines in the file, nothing extra on stderr.
+    let log = tmp.path().join("haul.log");
+    let out2 = tmp.path().join("out2");
+    let result = run(&get_args(
+        &list,
+        &out2,
+        &["--log-file", path(&log), "--progress", "none"],
+    ));
+    assert!(result.status.success());
+    assert!(!stderr(&result).contains("request"));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "response" && l["fields"]["status"] == 200),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn help_is_grouped_and_completions_and_man_page_come_from_the_same_definitions() {
+    let help = String::from_utf8_lossy(&run(&["get", "--help"]).stdout).into_owned();
+    for heading in [
+        "Input:",
+        "Output:",
+        "Politeness:",
+        "Failures and limits:",
+        "HTTP:",
+        "State:",
+        "Display and logs:",
+        "Examples:",
+        "Exit codes:",
+    ] {
+        assert!(help.contains(heading), "{heading} missing from get --help");
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let script = run(&["completions", shell]);
+        assert!(script.status.success());
+        assert!(
+            String::from_utf8_lossy(&script.stdout).contains("--per-host"),
+            "{shell}"
+        );
+    }
+    let man = String::from_utf8_lossy(&run(&["man"]).stdout).into_owned();
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH haul"),
+        "{}",
+        &man[..man.len().min(200)]
+    );
+    assert!(man.contains("politely"), "the description");
+}

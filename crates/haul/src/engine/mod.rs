@@ -35,7 +35,7 @@ use crate::report::{JobReport, JobStatus, Monitor, Reporter, Summary};
 use crate::schedule::backoff::{Backoff, Jitter};
 use crate::schedule::host::Signal;
 use crate::schedule::{Policy, Scheduler};
-use crate::store::{RelPath, Store, output_path};
+use crate::store::{RelPath, Store};
 use transfer::{JobState, Outcome};
 
 /// Attempts a job may lose for want of file descriptors (EMFILE) before it fails: such an
@@ -403,11 +403,7 @@ fn read_manifest(
 
 /// Decides a job's path and checks the archive.
 fn prepare(job: Job, shared: &Shared, archive: Option<&ArchiveReader>, seen: &mut SeenIndex) -> Result<Input, Error> {
-    let named = match (&job.path, &shared.config.name_template) {
-        (None, Some(template)) => template.render(&job),
-        _ => output_path(job.path.as_deref(), &job.url, shared.config.layout),
-    };
-    let rel: RelPath = match named {
+    let rel: RelPath = match shared.config.destination(&job) {
         Ok(rel) => rel,
         Err(reason) => return Ok(Input::Refused(Box::new(job), Error::Path(reason))),
     };
@@ -853,10 +849,19 @@ impl Dispatcher {
                 .scheduler
                 .cool_down(&state.host, deadline(now, delay), now, &reason)
             {
+                tracing::info!(target: "haul::decision", host = %state.host, %reason, "host paused");
                 self.reporter.on_host_paused(&state.host, delay, &reason);
             }
         }
         self.shared.monitor.on_retry();
+        tracing::info!(
+            target: "haul::decision",
+            url = %state.job.safe_url(),
+            attempt = state.attempts,
+            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            %error,
+            "retry"
+        );
         self.reporter.on_retry(&state.job, state.attempts, &error, delay);
         let host = state.host.clone();
         self.scheduler.retry_at(&host, state, deadline(now, delay), now);
@@ -934,6 +939,15 @@ impl Dispatcher {
 
     fn finish_report(&mut self, state: &JobState, status: JobStatus, reason: Option<&str>, error: Option<&str>) {
         self.shared.release(&state.claims);
+        tracing::debug!(
+            target: "haul::decision",
+            url = %state.job.safe_url(),
+            path = %state.final_rel,
+            status = status.name(),
+            reason,
+            error,
+            "job ended"
+        );
         let report = JobReport {
             id: &state.job.id,
             url: state.job.safe_url(),

@@ -26,7 +26,7 @@ use url::Url;
 use crate::auth::{Auth, Credentials};
 use crate::config::Config;
 use crate::error::Error;
-use crate::job::Job;
+use crate::job::{Job, SafeUrl};
 
 /// What we know that lets a `.part` file be continued.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -277,11 +277,30 @@ impl Fetcher {
         let mut visited = vec![url.clone()];
         let response = loop {
             let own_origin = !redirect::is_cross_origin(&job.url, &url) || self.is_trusted(&url);
-            let response = self
-                .request(&url, job, range, own_origin)
-                .send()
-                .await
-                .map_err(|e| Error::Network(e.without_url()))?;
+            // Logged: the URL redacted, the range, whether credentials go along; never a value
+            // of a header.
+            tracing::debug!(
+                target: "haul::http",
+                url = %SafeUrl(&url),
+                range = ?range.map(|(from, _)| from),
+                credentials = own_origin,
+                "request"
+            );
+            let sent = std::time::Instant::now();
+            let response = self.request(&url, job, range, own_origin).send().await.map_err(|e| {
+                let error = Error::Network(e.without_url());
+                tracing::debug!(target: "haul::http", url = %SafeUrl(&url), %error, "no response");
+                error
+            })?;
+            tracing::debug!(
+                target: "haul::http",
+                url = %SafeUrl(&url),
+                status = response.status().as_u16(),
+                ttfb_ms = u64::try_from(sent.elapsed().as_millis()).unwrap_or(u64::MAX),
+                length = ?response.content_length(),
+                version = ?response.version(),
+                "response"
+            );
             if !response.status().is_redirection() {
                 break response;
             }
