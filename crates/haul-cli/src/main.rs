@@ -499,6 +499,7 @@ fn dry_run(config: &haul::Config, jobs: Jobs) -> Result<Exit> {
 /// Starts the logs of `-v` (stderr) or `--log-file` (JSON lines): haul's own events only.
 fn start_logs(args: &GetArgs, json: bool) -> Result<()> {
     use tracing_subscriber::Layer as _;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let level = match (args.verbose, args.log_file.is_some()) {
@@ -508,43 +509,27 @@ fn start_logs(args: &GetArgs, json: bool) -> Result<()> {
         _ => tracing::Level::TRACE,
     };
     let filter = tracing_subscriber::filter::Targets::new().with_target("haul", level);
-    match &args.log_file {
+    let writer = match &args.log_file {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .with_context(|| format!("cannot open the log file {}", path.display()))?;
-            tracing_subscriber::registry()
-                .with(
-                    tracing_subscriber::fmt::layer()
-                        .json()
-                        .with_writer(std::sync::Mutex::new(file))
-                        .with_filter(filter),
-                )
-                .try_init()?;
+            BoxMakeWriter::new(std::sync::Mutex::new(file))
         }
-        None if json => {
-            tracing_subscriber::registry()
-                .with(
-                    tracing_subscriber::fmt::layer()
-                        .json()
-                        .with_writer(std::io::stderr)
-                        .with_filter(filter),
-                )
-                .try_init()?;
-        }
-        None => {
-            tracing_subscriber::registry()
-                .with(
-                    tracing_subscriber::fmt::layer()
-                        .compact()
-                        .with_ansi(false)
-                        .with_writer(std::io::stderr)
-                        .with_filter(filter),
-                )
-                .try_init()?;
-        }
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
+    let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(writer);
+    // JSON lines in a file, or beside --progress json; a compact line for a person otherwise.
+    if json || args.log_file.is_some() {
+        tracing_subscriber::registry()
+            .with(layer.json().with_filter(filter))
+            .try_init()?;
+    } else {
+        tracing_subscriber::registry()
+            .with(layer.compact().with_filter(filter))
+            .try_init()?;
     }
     Ok(())
 }

@@ -4,14 +4,14 @@
 use std::fs::File;
 use std::io::Read as _;
 use std::os::fd::{AsFd as _, OwnedFd};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use haul_test::FaultServer;
 use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
 use rustix::termios::{Winsize, tcsetwinsize};
 
-use super::{get_args, haul, manifest, runtime, wait_for};
+use super::{get_args, haul, manifest, runtime, signal_when_flowing, wait_for};
 
 /// A pseudo-terminal of 24 rows and 80 columns: the controlling side, and the path of the
 /// terminal side for the child.
@@ -124,13 +124,7 @@ fn after_ctrl_c_the_hint_stays_readable() {
     let list = manifest(tmp.path(), &[server.url("big.bin", 8_000_000, "rate=1000000")]);
     let out = tmp.path().join("out");
     let (mut child, reader) = on_terminal(&get_args(&list, &out, &[]));
-    let part = haul::store::part_path(&out, "big.bin");
-    assert!(wait_for(Duration::from_secs(20), || std::fs::metadata(&part)
-        .is_ok_and(|m| m.len() > 1_000_000)));
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    signal_when_flowing(&child, &haul::store::part_path(&out, "big.bin"), 1_000_000, "-INT");
     assert_eq!(ends(&mut child), 130);
     let screen = final_screen(&reader.join().unwrap());
     let all = screen.join("\n");

@@ -64,6 +64,21 @@ fn wait_for(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
     ready()
 }
 
+/// Waits until `part` holds more than `bytes` (data is flowing: an event, not a fixed sleep),
+/// then sends `signal` (`-INT`, `-TERM`) to `child`.
+fn signal_when_flowing(child: &std::process::Child, part: &Path, bytes: u64, signal: &str) {
+    assert!(
+        wait_for(Duration::from_secs(20), || std::fs::metadata(part)
+            .is_ok_and(|m| m.len() > bytes)),
+        "no data reached {}",
+        part.display()
+    );
+    Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -248,14 +263,7 @@ fn sigint_leaves_resumable_parts_and_exits_130() {
         .args(get_args(&list, &out, &["--progress", "none"]))
         .spawn()
         .unwrap();
-    // Interrupt once data is flowing into the part file (an event, not a fixed sleep).
-    let part = haul::store::part_path(&out, "big.bin");
-    assert!(wait_for(Duration::from_secs(20), || std::fs::metadata(&part)
-        .is_ok_and(|m| m.len() > 0)));
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    signal_when_flowing(&child, &haul::store::part_path(&out, "big.bin"), 0, "-INT");
     let result = child.wait_with_output().unwrap();
     assert_eq!(result.status.code(), Some(130));
     let part = std::fs::metadata(haul::store::part_path(&out, "big.bin"))

@@ -1,12 +1,9 @@
 //! What a new user meets: usage errors with hints and exit code 2, formats read off the
 //! content, faithful retries of failed jobs, SIGTERM's exit code, --quiet.
 
-use std::process::Command;
-use std::time::Duration;
-
 use haul_test::{FaultServer, body_for, sha256_hex};
 
-use super::{get_args, haul, manifest, path, run, run_command, runtime, stderr, wait_for};
+use super::{get_args, haul, manifest, path, run, run_command, runtime, signal_when_flowing, stderr};
 
 #[test]
 fn usage_errors_exit_2_with_a_hint_and_touch_nothing() {
@@ -180,13 +177,7 @@ fn sigterm_exits_143_and_quiet_still_shows_failures() {
         .args(get_args(&list, &out, &["--progress", "none"]))
         .spawn()
         .unwrap();
-    let part = haul::store::part_path(&out, "slow.bin");
-    assert!(wait_for(Duration::from_secs(20), || std::fs::metadata(&part)
-        .is_ok_and(|m| m.len() > 0)));
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    signal_when_flowing(&child, &haul::store::part_path(&out, "slow.bin"), 0, "-TERM");
     let result = child.wait_with_output().unwrap();
     assert_eq!(result.status.code(), Some(143));
     assert!(!out.join("slow.bin").exists());

@@ -226,29 +226,19 @@ fn create_private(path: &Path) -> Result<(), Error> {
 
 /// Brings an archive of an earlier haul up to this schema.
 fn migrate(conn: &Connection) -> Result<(), Error> {
-    let has_verified: bool = conn
-        .query_row(
-            "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'verified'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .map_err(|e| db_error("read schema", e))?
-        > 0;
-    if !has_verified {
-        conn.execute_batch("ALTER TABLE jobs ADD COLUMN verified INTEGER NOT NULL DEFAULT 1")
-            .map_err(|e| db_error("upgrade schema", e))?;
-    }
-    let has_spec: bool = conn
-        .query_row(
-            "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'spec'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .map_err(|e| db_error("read schema", e))?
-        > 0;
-    if !has_spec {
-        conn.execute_batch("ALTER TABLE jobs ADD COLUMN spec TEXT")
-            .map_err(|e| db_error("upgrade schema", e))?;
+    for (column, definition) in [("verified", "INTEGER NOT NULL DEFAULT 1"), ("spec", "TEXT")] {
+        let present: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = ?1",
+                [column],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(|e| db_error("read schema", e))?
+            > 0;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {column} {definition}"))
+                .map_err(|e| db_error("upgrade schema", e))?;
+        }
     }
     Ok(())
 }
