@@ -462,3 +462,37 @@ fn help_is_grouped_and_completions_and_man_page_come_from_the_same_definitions()
     );
     assert!(man.contains("politely"), "the description");
 }
+
+#[test]
+fn the_total_is_known_from_the_start_when_the_manifest_is_a_file() {
+    use std::io::BufRead as _;
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let tmp = tempfile::tempdir().unwrap();
+    // 3,000 jobs at 50 ms each over 2 connections: the reader is far from the end at 1 s.
+    let urls: Vec<String> = (0..3000)
+        .map(|i| server.url(&format!("t{i}.bin"), 10, "delay=50"))
+        .collect();
+    let list = manifest(tmp.path(), &urls);
+    let out = tmp.path().join("out");
+    let mut child = haul()
+        .args(get_args(&list, &out, &["-j", "2", "--progress", "json"]))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = None;
+    for line in stderr.lines().take(50) {
+        let event: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if event["type"] == "progress" {
+            first = Some(event);
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let first = first.expect("a progress line");
+    assert!(first["read"].as_u64().unwrap() < 3000, "{first}");
+    assert_eq!(first["total"], 3000, "counted ahead: {first}");
+    assert_eq!(first["total_exact"], false);
+}
