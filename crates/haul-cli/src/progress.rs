@@ -183,7 +183,8 @@ impl Status {
         let finished = stats.done + stats.skipped + stats.failed;
         let transfers = monitor.transfers();
         // Files still to finish at the current pace, but never less than the bytes the running
-        // transfers still need at the current byte rate.
+        // transfers still need at the current byte rate, nor than the slowest transfer's own ETA
+        // (a throttled video outlasts the overall rate's estimate).
         let eta = stats.total.and_then(|total| {
             let files_left = total.saturating_sub(finished);
             if files_left == 0 {
@@ -199,7 +200,8 @@ impl Status {
             } else {
                 0.0
             };
-            Some(Duration::from_secs_f64(by_files.max(by_bytes).min(1e9)))
+            let slowest = transfers.iter().filter_map(transfer_eta).max().unwrap_or_default();
+            Some(Duration::from_secs_f64(by_files.max(by_bytes).min(1e9)).max(slowest))
         });
         Self {
             stats,
@@ -434,13 +436,16 @@ pub(crate) fn terminal_width() -> Option<usize> {
 }
 
 /// Splits `line` into pieces of at most `width` columns, at spaces where it can (a longer word,
-/// like a URL, is cut); continuation pieces are indented by four spaces.
+/// like a URL, is cut); the line's own indentation is kept, and continuation pieces are indented
+/// four spaces more.
 pub(crate) fn wrap(line: &str, width: usize) -> Vec<String> {
-    const INDENT: &str = "    ";
+    let body = line.trim_start_matches(' ');
+    let lead = &line[..line.len() - body.len()];
+    let indent = format!("{lead}    ");
     let mut pieces = Vec::new();
-    let mut current = String::new();
-    let mut used = 0;
-    for word in line.split(' ') {
+    let mut current = lead.to_owned();
+    let mut used = lead.len();
+    for word in body.split(' ') {
         let mut word: Vec<char> = word.chars().collect();
         loop {
             let gap = usize::from(used > 0 && !current.trim().is_empty());
@@ -460,8 +465,8 @@ pub(crate) fn wrap(line: &str, width: usize) -> Vec<String> {
                 word = rest;
             }
             pieces.push(std::mem::take(&mut current));
-            current.push_str(INDENT);
-            used = INDENT.len();
+            current.push_str(&indent);
+            used = indent.len();
             if word.is_empty() {
                 break;
             }
@@ -544,6 +549,15 @@ mod tests {
         let joined: String = pieces.iter().map(|p| p.trim_start()).collect::<Vec<_>>().join("");
         assert!(joined.contains(&url[..60]), "{joined}");
         assert_eq!(wrap("short", 80), vec!["short".to_owned()]);
+        assert_eq!(
+            wrap("  failed 1 × http 404", 80),
+            vec!["  failed 1 × http 404".to_owned()]
+        );
+        let indented = wrap(&format!("  host {}", "word ".repeat(30)), 40);
+        assert!(
+            indented[0].starts_with("  host") && indented[1].starts_with("      word"),
+            "{indented:?}"
+        );
     }
 
     #[test]

@@ -76,6 +76,11 @@ impl haul::Reporter for CliReporter {
         // An id that is the URL itself is shown redacted like the URL.
         let url = r.url.to_string();
         let id = if r.id == r.url.0.as_str() { url.as_str() } else { r.id };
+        let at = if r.line > 0 {
+            format!("line {}: ", r.line)
+        } else {
+            String::new()
+        };
         // Failures are errors: printed even with --quiet.
         if failed {
             if self.display.is_json() {
@@ -97,18 +102,13 @@ impl haul::Reporter for CliReporter {
                 if seen.len() < 1000 && seen.insert(key) {
                     drop(seen);
                     self.problem(&format!(
-                        "failed: {}: {} (other jobs on {} failing the same way are counted in the summary)",
+                        "failed: {at}{}: {} (further jobs on {} failing the same way are not listed; the summary counts them)",
                         r.url,
                         r.error.unwrap_or("?"),
                         r.host
                     ));
                 }
             } else {
-                let at = if r.line > 0 {
-                    format!("line {}: ", r.line)
-                } else {
-                    String::new()
-                };
                 self.problem(&format!("failed: {at}{}: {}", r.url, r.error.unwrap_or("?")));
             }
         }

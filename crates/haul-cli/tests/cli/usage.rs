@@ -330,7 +330,7 @@ fn a_host_that_fails_every_job_is_reported_once() {
     ));
     let text = stderr(&result);
     assert_eq!(result.status.code(), Some(1), "{text}");
-    assert_eq!(text.matches("failed: http").count(), 1, "printed once: {text}");
+    assert_eq!(text.matches("failed: line").count(), 1, "printed once: {text}");
     assert!(text.contains("failed 12 × connect on 127.0.0.1:9"), "{text}");
     let rows = std::fs::read_to_string(&report).unwrap();
     assert_eq!(rows.lines().count(), 12, "every job has its report line");

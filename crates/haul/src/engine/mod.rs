@@ -721,13 +721,14 @@ impl Dispatcher {
         match message {
             Input::Job(mut state) => {
                 self.shared.monitor.on_read();
-                self.summary.stale += u64::from(state.stale);
                 match self.shared.claim(&state.rel) {
-                    Some(claim) => state.claims.push(claim),
+                    Some(claim) => {
+                        state.claims.push(claim);
+                        self.summary.stale += u64::from(state.stale);
+                    }
                     None if state.stale => {
                         // The same archived job twice in the manifest, its file missing: the
                         // first line fetches it.
-                        self.summary.stale -= 1;
                         let rel = state.rel.clone();
                         self.finish_report(&state, JobStatus::Skipped, Some("duplicate"), Some(&rel));
                         return false;
