@@ -60,9 +60,13 @@ pub(crate) async fn run(config: Config, manifest: &str, format: Format) -> (Summ
     (summary, reporter)
 }
 
-/// A config for tests: fast retries.
+/// A config for tests: fast retries. Runs wait for the output directory's and the archive's
+/// locks: another test of this binary that spawns a process (nginx, openssl) just as a run ends
+/// holds that run's lock descriptors for an instant, between its fork and its exec, and the next
+/// run on the same directory would find them taken.
 pub(crate) fn config(out: &Path) -> ConfigBuilder {
     Config::builder(out)
+        .wait_archive(true)
         .concurrency(8)
         .per_host(8)
         .retry_wait(std::time::Duration::from_millis(10))
