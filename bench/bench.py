@@ -112,6 +112,8 @@ def tools(port, setname, sums, work, j):
         "curl": lambda out: ["curl", "-s", "--parallel", "--parallel-max", str(j), "--output-dir", str(out), "-K", str(curl_cfg)],
         "wget2": lambda out: ["wget2", "-q", "--max-threads", str(j), "--no-robots", "-i", str(work / "urls.txt"), "-P", str(out)],
         "aria2c": lambda out: ["aria2c", "-q", "-j", str(j), "-x1", "--file-allocation=none", "--allow-overwrite=true", "--auto-file-renaming=false", "-i", str(work / "urls.txt"), "-d", str(out)],
+        "aria2c-x8": lambda out: ["aria2c", "-q", "-j", str(j), "-x8", "-s8", "--file-allocation=none", "--allow-overwrite=true", "--auto-file-renaming=false", "-i", str(work / "urls.txt"), "-d", str(out)],
+        "haul-nodigest": lambda out: [str(HAUL), "get", "-i", str(work / "urls.txt"), "-o", str(out), "-j", str(j), "--per-host", str(j), "--progress", "none", "--digest", "none"],
     }
 
 

@@ -47,7 +47,7 @@ pub(crate) enum Command {
     Get(Box<GetArgs>),
     /// Show what an archive holds: counts by status, bytes, failures by reason and host
     Status(ArchiveArg),
-    /// Check the archive's done files against the disk (exists, size; sha256 with --full); what is
+    /// Check the archive's done files against the disk (exists, size; the recorded digest with --full); what is
     /// missing or corrupt is fetched again, and replaced, by the next run
     Verify(VerifyArgs),
     /// Print the failed jobs of an archive as a JSONL manifest that `haul get -i -` runs unchanged
@@ -231,6 +231,15 @@ pub(crate) struct GetArgs {
     /// Refuse files larger than this (e.g. 2GiB), with or without a Content-Length
     #[arg(help_heading = "Failures and limits", long, value_parser = parse_size)]
     pub(crate) max_size: Option<u64>,
+    /// Connections per large file: ranges fetched at once into one part file, each connection
+    /// counted against the host's limit (1: one stream). Needs a known size, byte ranges and an
+    /// ETag or Last-Modified
+    #[arg(help_heading = "HTTP", long, default_value_t = haul::DEFAULT_SPLIT, value_name = "N")]
+    pub(crate) split: usize,
+    /// Split only files of at least twice this size, with at most one connection per this size
+    /// of the file
+    #[arg(help_heading = "HTTP", long, value_parser = parse_size, default_value = "16MiB", value_name = "SIZE")]
+    pub(crate) min_split_size: u64,
     /// Speak HTTP/2 without TLS (h2c) to every server
     #[arg(help_heading = "HTTP", long)]
     pub(crate) http2_prior_knowledge: bool,
@@ -304,6 +313,10 @@ pub(crate) struct GetArgs {
     /// fsync each file and its directory before recording it done (survives power loss)
     #[arg(help_heading = "State", long)]
     pub(crate) fsync: bool,
+    /// The digest the archive records of every file, for `haul verify --full`: blake3 (fast),
+    /// sha256, or none. A manifest's sha256 or md5 is verified whatever this says
+    #[arg(help_heading = "State", long, value_parser = parse_digest, default_value = "blake3", value_name = "ALGO")]
+    pub(crate) digest: haul::DigestKind,
     /// Retry the jobs the archive lists as failed (alone, or with more input)
     #[arg(help_heading = "State", long, conflicts_with = "no_archive")]
     pub(crate) retry_failed: bool,
@@ -321,7 +334,8 @@ pub(crate) struct GetArgs {
     #[arg(help_heading = "Display and logs", short, long)]
     pub(crate) quiet: bool,
     /// Write one JSON line per job (id, url, final_url, path, status, http_status, bytes, sha256,
-    /// verified, duration_s, attempts, reason, error, line) and per bad line; "-" for standard output
+    /// blake3, verified, duration_s, attempts, reason, error, line) and per bad line; "-" for
+    /// standard output
     #[arg(help_heading = "Display and logs", long, value_name = "FILE")]
     pub(crate) report: Option<PathBuf>,
 }
@@ -404,7 +418,10 @@ impl GetArgs {
             .ca_certs(self.ca_cert.clone())
             .trusted_hosts(self.trusted_hosts.clone())
             .secret_headers(self.secret_headers.clone())
-            .allow_empty(self.allow_empty);
+            .allow_empty(self.allow_empty)
+            .digest(self.digest)
+            .split(self.split.max(1))
+            .min_split_size(self.min_split_size.max(1));
         if let Some(agent) = &self.user_agent {
             builder = builder.user_agent(agent.clone());
         }
@@ -523,6 +540,11 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
         reason = "sizes are positive and far below 2^53"
     )]
     Ok((value * multiplier).round() as u64)
+}
+
+/// `--digest`: blake3, sha256 or none.
+fn parse_digest(text: &str) -> Result<haul::DigestKind, String> {
+    text.parse()
 }
 
 #[cfg(test)]

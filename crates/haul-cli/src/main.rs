@@ -612,7 +612,6 @@ fn failed(arg: Option<&Path>) -> Result<Exit> {
 /// `haul verify`: done rows against the disk; wrong ones are marked stale (fetched again, and
 /// replaced, by the next run).
 fn verify(args: &args::VerifyArgs) -> Result<Exit> {
-    use sha2::Digest as _;
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));
     let path = args
         .archive
@@ -634,22 +633,23 @@ fn verify(args: &args::VerifyArgs) -> Result<Exit> {
                 meta.len(),
                 row.size.unwrap_or_default()
             )),
-            Ok(_) if args.full && row.sha256.is_some() => {
-                let digest = File::open(&file).and_then(|mut f| {
-                    let mut hasher = sha2::Sha256::new();
-                    let mut buf = vec![0u8; 1024 * 1024];
-                    loop {
-                        let n = std::io::Read::read(&mut f, &mut buf)?;
-                        if n == 0 {
-                            break;
+            Ok(_) if args.full && (row.blake3.is_some() || row.sha256.is_some()) => {
+                // The recorded digest: BLAKE3 (the default), else SHA-256 (older archives,
+                // `--digest sha256`).
+                let blake3 = row.blake3.is_some();
+                match haul::store::hash_file(&file, blake3, !blake3) {
+                    Ok((_, found)) => {
+                        let (got, want, name) = if blake3 {
+                            (found.blake3, &row.blake3, "BLAKE3")
+                        } else {
+                            (found.sha256, &row.sha256, "SHA-256")
+                        };
+                        if got.map(|d| haul::to_hex(&d)).as_ref() == want.as_ref() {
+                            None
+                        } else {
+                            Some(format!("corrupt: its {name} differs from the one recorded"))
                         }
-                        hasher.update(&buf[..n]);
                     }
-                    Ok(haul::to_hex(&hasher.finalize()))
-                });
-                match digest {
-                    Ok(hex) if Some(&hex) == row.sha256.as_ref() => None,
-                    Ok(_) => Some("corrupt: its SHA-256 differs from the one recorded".to_owned()),
                     Err(e) => Some(format!("cannot be read: {e}")),
                 }
             }
@@ -670,7 +670,7 @@ fn verify(args: &args::VerifyArgs) -> Result<Exit> {
         writeln!(out, "  (and {} more)", stale - shown.len() as u64)?;
     }
     let how = if args.full {
-        "exists, size, sha256"
+        "exists, size, digest"
     } else {
         "exists, size"
     };

@@ -122,6 +122,7 @@ impl haul::Reporter for CliReporter {
                 "http_status": r.http_status,
                 "bytes": r.bytes,
                 "sha256": r.sha256.map(|h| haul::to_hex(h)),
+                "blake3": r.blake3.map(|h| haul::to_hex(h)),
                 "verified": r.verified,
                 "duration_s": r.duration.map(|d| d.as_secs_f64()),
                 "attempts": r.attempts,

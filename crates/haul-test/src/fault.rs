@@ -9,12 +9,14 @@
 //! | `times=N` | faults below apply to the first N requests of the path only (default: all) |
 //! | `status=CODE`, `retry_after=S` | answer CODE (with `Retry-After: S`) instead of the file |
 //! | `delay=MS` | wait before answering |
-//! | `rate=BYTES_PER_SEC` | throttle the body |
+//! | `rate=BYTES_PER_SEC` | throttle the body (each response on its own: a per-connection limit) |
+//! | `slow_first=F` | the first request of the path is throttled F times slower than `rate` |
 //! | `reset=N` | abort the connection after N body bytes |
 //! | `short=N` | announce the full Content-Length but send N bytes and close |
 //! | `stall=1` | send the headers, then nothing |
 //! | `etag=changing` | a new ETag (and content version) on every request |
-//! | `norange=1` | ignore Range: always 200 with the whole body |
+//! | `norange=1` | no `Accept-Ranges`, and Range ignored: always 200 with the whole body |
+//! | `norange=lie` | `Accept-Ranges: bytes`, yet Range ignored |
 //! | `badrange=1` | answer a Range with a Content-Range that starts elsewhere |
 //! | `novalidators=1` | send no ETag and no Last-Modified |
 //! | `chunked=1` | no Content-Length |
@@ -71,7 +73,10 @@ pub fn body_for(name: &str, size: u64) -> Vec<u8> {
     body_version(name, size, 0)
 }
 
-fn body_version(name: &str, size: u64, version: u64) -> Vec<u8> {
+/// The bytes the server sends for `name` when its ETag ends in `-v{version}` (`etag=changing`
+/// serves a new version on each request).
+#[must_use]
+pub fn body_version(name: &str, size: u64, version: u64) -> Vec<u8> {
     let mut hasher = DefaultHasher::new();
     name.hash(&mut hasher);
     version.hash(&mut hasher);
@@ -92,6 +97,12 @@ fn body_version(name: &str, size: u64, version: u64) -> Vec<u8> {
 #[must_use]
 pub fn sha256_hex(data: &[u8]) -> String {
     Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The BLAKE3 of `data` in lowercase hex (the archive's default digest).
+#[must_use]
+pub fn blake3_hex(data: &[u8]) -> String {
+    blake3::hash(data).to_hex().to_string()
 }
 
 /// A server that can serve only `k` requests at once, each taking `latency`.
@@ -128,6 +139,9 @@ pub struct Logged {
     pub status: u16,
 }
 
+/// A body's name, size and version.
+type BodyKey = (String, u64, u64);
+
 #[derive(Default)]
 struct State {
     hits: Mutex<HashMap<String, u64>>,
@@ -139,6 +153,28 @@ struct State {
     queue: Option<tokio::sync::Semaphore>,
     started: Option<std::time::Instant>,
     log: Mutex<Vec<Logged>>,
+    /// The last large bodies made (range requests of one big file share them).
+    bodies: Mutex<Vec<(BodyKey, Bytes)>>,
+}
+
+impl State {
+    /// The body of `name` at `version`, made once while it is among the last few large ones.
+    fn body(&self, name: &str, size: u64, version: u64) -> Bytes {
+        if size < 1 << 20 {
+            return Bytes::from(body_version(name, size, version));
+        }
+        let key = (name.to_owned(), size, version);
+        let mut bodies = self.bodies.lock().expect("bodies");
+        if let Some((_, body)) = bodies.iter().find(|(k, _)| *k == key) {
+            return body.clone();
+        }
+        let body = Bytes::from(body_version(name, size, version));
+        if bodies.len() >= 4 {
+            bodies.remove(0);
+        }
+        bodies.push((key, body.clone()));
+        body
+    }
 }
 
 /// A running fault server; stops when dropped.
@@ -421,10 +457,12 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
         || (resuming && mix.changed_validator > 0 && draw(mix.seed, &path, hit, 2) < mix.changed_validator);
     let version = if changed { hit } else { 0 };
     let etag = format!("\"{name}-{size}-v{version}\"");
-    let body = body_version(name, size, version);
+    let body = state.body(name, size, version);
 
-    // Range handling (RFC 9110 §14): honour `bytes=N-` when If-Range matches the ETag.
+    // Range handling (RFC 9110 §14): honour `bytes=N-` and `bytes=N-M` when If-Range matches
+    // the ETag.
     let mut start = 0u64;
+    let mut last = size.saturating_sub(1);
     let mut partial = false;
     if let Some(range) = req.headers().get("range").and_then(|v| v.to_str().ok())
         && param("norange").is_none()
@@ -433,10 +471,10 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
             .headers()
             .get("if-range")
             .is_none_or(|v| v.to_str().ok() == Some(etag.as_str()));
-        if let Some(from) = range
-            .strip_prefix("bytes=")
-            .and_then(|r| r.strip_suffix('-'))
-            .and_then(|n| n.parse::<u64>().ok())
+        let asked = range.strip_prefix("bytes=").and_then(|r| r.split_once('-'));
+        let from = asked.and_then(|(a, _)| a.parse::<u64>().ok());
+        let to = asked.and_then(|(_, b)| b.parse::<u64>().ok());
+        if let Some(from) = from
             && if_range_ok
         {
             if from >= size {
@@ -447,6 +485,7 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
                     .expect("response");
             }
             start = from;
+            last = to.map_or(last, |t| t.min(last));
             partial = true;
         }
     }
@@ -460,7 +499,9 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
             .header("etag", HeaderValue::from_str(&etag).expect("etag"))
             .header("last-modified", "Wed, 01 Jan 2025 00:00:00 GMT");
     }
-    builder = builder.header("accept-ranges", "bytes");
+    if param("norange") != Some("1") {
+        builder = builder.header("accept-ranges", "bytes");
+    }
     for i in 0..number("filler_headers").unwrap_or(0) {
         builder = builder.header(format!("x-filler-{i}"), "x".repeat(64));
     }
@@ -469,9 +510,10 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
     }
     if partial {
         let shown = if param("badrange").is_some() { start + 1 } else { start };
-        builder = builder.header("content-range", format!("bytes {shown}-{}/{size}", size - 1));
+        builder = builder.header("content-range", format!("bytes {shown}-{last}/{size}"));
     }
-    let data = Bytes::from(body).slice(usize::try_from(start).expect("fits")..);
+    let end = if partial { last + 1 } else { size };
+    let data = body.slice(usize::try_from(start).expect("fits")..usize::try_from(end).expect("fits"));
     let announced = data.len() as u64;
     if param("chunked").is_none() {
         builder = builder.header("content-length", announced);
@@ -486,7 +528,10 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
         cut = Some(announced * 2 / 3);
     }
     let stall = faulty && param("stall").is_some();
-    let rate = number("rate").filter(|_| faulty);
+    let rate = number("rate").filter(|_| faulty).map(|r| match number("slow_first") {
+        Some(factor) if hit == 1 => (r / factor.max(1)).max(1),
+        _ => r,
+    });
     if cut.is_none() && !stall && rate.is_none() {
         return builder.body(full(data)).expect("response");
     }

@@ -8,7 +8,7 @@ pub mod nginx;
 mod scripted;
 mod socks;
 
-pub use fault::{Beyond, Capacity, FaultServer, Logged, Mix, body_for, sha256_hex};
+pub use fault::{Beyond, Capacity, FaultServer, Logged, Mix, blake3_hex, body_for, body_version, sha256_hex};
 pub use nginx::{Nginx, nginx_binary};
 pub use scripted::{Reply, Scripted, Seen};
 pub use socks::Socks5;

@@ -146,7 +146,7 @@ impl Nginx {
                 conf,
                 "worker_processes 1;\ndaemon on;\npid {w}/nginx.pid;\nerror_log {w}/logs/error.log;\n\
                  events {{ worker_connections 4096; }}\n\
-                 http {{\n  access_log {w}/logs/access.log;\n  client_body_temp_path {w}/tmp/body;\n  proxy_temp_path {w}/tmp/proxy;\n\
+                 http {{\n  log_format haul '$remote_addr - $remote_user [$time_local] \"$request\" $status $body_bytes_sent \"$http_referer\" \"$http_user_agent\" conn=$connection';\n  access_log {w}/logs/access.log haul;\n  client_body_temp_path {w}/tmp/body;\n  proxy_temp_path {w}/tmp/proxy;\n\
                  fastcgi_temp_path {w}/tmp/fcgi;\n  uwsgi_temp_path {w}/tmp/uwsgi;\n  scgi_temp_path {w}/tmp/scgi;\n\
                  sendfile on; tcp_nopush on; keepalive_requests 1000000; keepalive_timeout 120s;\n\
                  server {{ listen 127.0.0.1:{port}; root {root}; }}\n\

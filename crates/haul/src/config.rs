@@ -23,6 +23,10 @@ pub const DEFAULT_MAX_RETRY_WAIT: Duration = Duration::from_secs(300);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// No byte for this long fails the attempt (headers or body).
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections per large file (`--split`).
+pub const DEFAULT_SPLIT: usize = 4;
+/// Files of at least twice this size are split, into ranges of at least this size.
+pub const DEFAULT_MIN_SPLIT_SIZE: u64 = 16 * 1024 * 1024;
 /// Redirects followed at most.
 pub const DEFAULT_MAX_REDIRECTS: usize = 10;
 /// The archive's file name inside `OUTPUT/.haul/`.
@@ -141,6 +145,12 @@ pub struct Config {
     pub secret_headers: Vec<String>,
     /// Accept a 0-byte body as a finished file even when the manifest gives no size of 0.
     pub allow_empty: bool,
+    /// The digest the archive records of every file (`--digest`).
+    pub digest: crate::DigestKind,
+    /// Connections per large file (`--split`; 1: one stream).
+    pub split: usize,
+    /// Files of at least twice this size are split, into ranges of at least this size.
+    pub min_split_size: u64,
 }
 
 impl Config {
@@ -203,6 +213,9 @@ impl Config {
                 trusted_hosts: Vec::new(),
                 secret_headers: Vec::new(),
                 allow_empty: false,
+                digest: crate::DigestKind::Blake3,
+                split: DEFAULT_SPLIT,
+                min_split_size: DEFAULT_MIN_SPLIT_SIZE,
             },
         }
     }
@@ -314,6 +327,12 @@ setters! {
     secret_headers: Vec<String>;
     /// Accept 0-byte bodies without a manifest size of 0.
     allow_empty: bool;
+    /// The digest the archive records of every file.
+    digest: crate::DigestKind;
+    /// Connections per large file (at least 1).
+    split: usize;
+    /// The smallest range of a split file.
+    min_split_size: u64;
 }
 
 impl ConfigBuilder {
@@ -322,6 +341,8 @@ impl ConfigBuilder {
     pub fn build(mut self) -> Config {
         self.config.concurrency = self.config.concurrency.max(1);
         self.config.per_host = self.config.per_host.max(1);
+        self.config.split = self.config.split.max(1);
+        self.config.min_split_size = self.config.min_split_size.max(1);
         self.config
     }
 }

@@ -70,8 +70,11 @@ pub struct JobReport<'a> {
     /// True when the file's length or content was checked (always false unless done or
     /// adopted; see `Summary::unverified`).
     pub verified: bool,
-    /// The SHA-256 of the file (done jobs).
+    /// The SHA-256 of the file (done jobs, when recorded with `--digest sha256` or verified
+    /// against the manifest).
     pub sha256: Option<&'a [u8; 32]>,
+    /// The BLAKE3 of the file (done jobs, with the default `--digest blake3`).
+    pub blake3: Option<&'a [u8; 32]>,
     /// From the first attempt's start to the end (jobs that were started).
     pub duration: Option<Duration>,
     /// The URL that answered, when redirects led away from `url` (shown redacted).

@@ -453,9 +453,11 @@ fn memory_stays_bounded_over_a_200k_line_manifest() {
     );
     // One host all the way: reading ahead for other hosts stops after 16,384 jobs on disk
     // found none, so the spill does not grow with the manifest either.
+    // (16,384 jobs of about 320 bytes; 200,000 spilled would be over 60 MB. How much of the
+    // 20,000-line run spills depends on timing, so the bound is absolute.)
     assert!(
-        large_spill < 16 * 1024 * 1024 && large_spill < small_spill * 2 + 1024 * 1024,
-        "read-ahead spill grew from {small_spill} to {large_spill} bytes"
+        large_spill < 8 * 1024 * 1024,
+        "read-ahead spill grew to {large_spill} bytes (20,000 lines: {small_spill})"
     );
 }
 
@@ -728,12 +730,13 @@ fn json_progress_writes_only_json_lines_with_events_and_a_summary() {
         (Some(3), Some(1))
     );
     assert_eq!(summary["exit_code"], 1);
-    // --report - is standard output: one line per job, with sha256, duration and verified.
+    // --report - is standard output: one line per job, with its digest, duration and verified.
     let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
     let rows: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rows.len(), 4, "{stdout}");
     let slow = rows.iter().find(|r| r["path"] == "slow.bin").unwrap();
-    assert_eq!(slow["sha256"], sha256_hex(&body_for("slow.bin", 2_500_000)));
+    assert_eq!(slow["blake3"], haul_test::blake3_hex(&body_for("slow.bin", 2_500_000)));
+    assert!(slow["sha256"].is_null(), "SHA-256 is computed only when asked: {slow}");
     assert_eq!(slow["verified"], true);
     assert!(slow["duration_s"].as_f64().unwrap() > 1.0, "{slow}");
     assert!(!tmp.path().join("-").exists() && !Path::new("-").exists());

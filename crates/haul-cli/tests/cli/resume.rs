@@ -85,7 +85,7 @@ fn archive_row(out: &Path, id: &str) -> haul::archive::Row {
         .expect("an archive row")
 }
 
-/// The run ended done with exactly `content`, recorded with its sha256.
+/// The run ended done with exactly `content`, recorded with its digest (BLAKE3 by default).
 fn assert_done_with(r: &Resumed, content: &[u8]) {
     assert_eq!(r.second.status.code(), Some(0), "{}", stderr(&r.second));
     let file = std::fs::read(r.out.join("r.bin")).unwrap();
@@ -93,8 +93,8 @@ fn assert_done_with(r: &Resumed, content: &[u8]) {
     let row = archive_row(&r.out, &format!("{}/r.bin", r.server.base()));
     assert_eq!(row.status, haul::archive::RowStatus::Done);
     assert_eq!(
-        row.sha256.as_deref(),
-        Some(sha256_hex(&file).as_str()),
+        row.blake3.as_deref(),
+        Some(haul_test::blake3_hex(&file).as_str()),
         "the row matches the file"
     );
     assert!(!haul::store::part_path(&r.out, "r.bin").exists());
@@ -320,5 +320,106 @@ fn size_limits_apply_before_and_during_the_body() {
     assert!(
         started.elapsed() < std::time::Duration::from_secs(20),
         "no body read to its end"
+    );
+}
+
+/// Issue 11: `kill -9` in the middle of a segmented transfer; the rerun asks only for the ranges
+/// the archive lists as missing, each with If-Range, and the file ends whole.
+#[test]
+fn kill_9_mid_segmented_transfer_then_only_missing_ranges_are_fetched() {
+    const MIB: u64 = 1024 * 1024;
+    let rt = super::runtime();
+    let server = rt.block_on(haul_test::FaultServer::start());
+    let size = 16 * MIB;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    // One job (fixed id and path): throttled per connection in the first run, not in the second.
+    let line = |url: String| format!("{{\"url\":\"{url}\",\"id\":\"big\",\"path\":\"big.bin\"}}\n");
+    let slow = tmp.path().join("slow.jsonl");
+    std::fs::write(&slow, line(server.url("big.bin", size, "rate=1000000"))).unwrap();
+    let fast = tmp.path().join("fast.jsonl");
+    std::fs::write(&fast, line(server.url("big.bin", size, ""))).unwrap();
+    let split = ["--split", "4", "--min-split-size", "1M", "--progress", "none"];
+    let mut child = super::haul()
+        .args(get_args(&slow, &out, &split))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once the archive records a split transfer with some ranges done.
+    let archive = out.join(".haul/archive.sqlite");
+    let missing = |row: &haul::archive::Row| -> Vec<(u64, u64)> {
+        row.segments
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .filter(|r| !r.is_empty())
+            .map(|r| {
+                let (a, b) = r.split_once('-').unwrap();
+                (a.parse().unwrap(), b.parse().unwrap())
+            })
+            .collect()
+    };
+    let recorded = || {
+        haul::archive::ArchiveReader::open(&archive)
+            .ok()
+            .and_then(|r| r.lookup("big").ok().flatten())
+    };
+    let split_and_going = super::wait_for(std::time::Duration::from_secs(30), || {
+        recorded().is_some_and(|row| {
+            let left: u64 = missing(&row).iter().map(|(a, b)| b - a).sum();
+            missing(&row).len() >= 2 && left < size - 2 * MIB
+        })
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(split_and_going, "the archive never showed a split transfer in progress");
+    let row = recorded().unwrap();
+    assert_eq!(row.status, haul::archive::RowStatus::Partial);
+    let gaps = missing(&row);
+    assert!(
+        !std::path::Path::new(&out.join("big.bin")).exists(),
+        "no partial bytes at the final name"
+    );
+
+    let before = server.headers_seen().len();
+    let second = run(&get_args(&fast, &out, &split));
+    assert_eq!(second.status.code(), Some(0), "{}", stderr(&second));
+    let file = std::fs::read(out.join("big.bin")).unwrap();
+    assert_eq!(
+        sha256_hex(&file),
+        sha256_hex(&body_for("big.bin", size)),
+        "no spliced bytes"
+    );
+    let asked: Vec<_> = server.headers_seen()[before..]
+        .iter()
+        .filter(|(path, _)| path == "/f/big.bin")
+        .map(|(_, headers)| {
+            let range = headers.get("range").expect("every request of the rerun is a range");
+            assert!(headers.contains_key("if-range"), "ranges are asked with If-Range");
+            let range = range.to_str().unwrap().strip_prefix("bytes=").unwrap().to_owned();
+            let (a, b) = range.split_once('-').unwrap();
+            (a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap() + 1)
+        })
+        .collect();
+    assert!(!asked.is_empty());
+    for (from, to) in &asked {
+        assert!(
+            gaps.iter().any(|(a, b)| from >= a && to <= b),
+            "range {from}-{to} was not missing (missing: {gaps:?})"
+        );
+    }
+    let fetched: u64 = asked.iter().map(|(a, b)| b - a).sum();
+    let left: u64 = gaps.iter().map(|(a, b)| b - a).sum();
+    assert!(
+        fetched <= left + MIB,
+        "fetched {fetched} bytes again for {left} missing"
+    );
+    let row = archive_row(&out, "big");
+    assert_eq!(row.status, haul::archive::RowStatus::Done);
+    assert_eq!(row.segments, None);
+    assert!(
+        std::fs::read_dir(out.join(".haul/parts")).unwrap().next().is_none(),
+        "no part left"
     );
 }

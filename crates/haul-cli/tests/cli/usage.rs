@@ -286,7 +286,7 @@ fn verify_finds_missing_and_corrupt_files_and_the_next_run_replaces_them() {
     assert!(!report.contains("v2.bin"), "same size: only --full sees it: {report}");
     let full = run(&["verify", path(&out), "--full"]);
     let report = String::from_utf8_lossy(&full.stdout).into_owned();
-    assert!(report.contains("v2.bin: corrupt: its SHA-256 differs"), "{report}");
+    assert!(report.contains("v2.bin: corrupt: its BLAKE3 differs"), "{report}");
 
     // The next run fetches both again and replaces them (--on-exists skip would keep them).
     let fix = run(&get_args(&list, &out, &["--progress", "none"]));

@@ -53,7 +53,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     first_seen    INTEGER NOT NULL,
     updated       INTEGER NOT NULL,
     verified      INTEGER NOT NULL DEFAULT 1,
-    spec          TEXT
+    spec          TEXT,
+    blake3        TEXT,
+    segments      TEXT
 ) WITHOUT ROWID;
 -- No index on status: `haul status` scans, and every commit stays one index lighter.
 DROP INDEX IF EXISTS jobs_status;
@@ -100,8 +102,10 @@ pub struct Record {
     pub path: Option<String>,
     /// Size in bytes (done), or expected size (partial).
     pub size: Option<u64>,
-    /// SHA-256 hex of the file (done).
+    /// SHA-256 hex of the file (done, when computed: `--digest sha256` or a manifest checksum).
     pub sha256: Option<String>,
+    /// BLAKE3 hex of the file (done, with the default `--digest blake3`).
+    pub blake3: Option<String>,
     /// False when nothing could check the file's length or content (see `Summary::unverified`).
     pub verified: bool,
     /// The ETag of the response.
@@ -122,6 +126,9 @@ pub struct Record {
     /// non-secret headers, original line), so `haul failed` and `--retry-failed` run it again
     /// unchanged. See [`Job::to_manifest_line`](crate::Job::to_manifest_line).
     pub spec: Option<String>,
+    /// For a partial segmented transfer: the byte ranges already in its part file
+    /// (`start-end,start-end`, ends exclusive), so a later run fetches only the rest.
+    pub segments: Option<String>,
 }
 
 /// What a lookup finds of a job.
@@ -135,6 +142,10 @@ pub struct Row {
     pub size: Option<u64>,
     /// SHA-256 hex.
     pub sha256: Option<String>,
+    /// BLAKE3 hex.
+    pub blake3: Option<String>,
+    /// The ranges a partial segmented transfer holds (see [`Record::segments`]).
+    pub segments: Option<String>,
     /// The ETag seen.
     pub etag: Option<String>,
     /// The Last-Modified seen.
@@ -157,6 +168,8 @@ pub struct DoneRow {
     pub size: Option<u64>,
     /// The recorded SHA-256 (hex).
     pub sha256: Option<String>,
+    /// The recorded BLAKE3 (hex).
+    pub blake3: Option<String>,
 }
 
 /// The error class of rows `haul verify` marked stale.
@@ -226,7 +239,12 @@ fn create_private(path: &Path) -> Result<(), Error> {
 
 /// Brings an archive of an earlier haul up to this schema.
 fn migrate(conn: &Connection) -> Result<(), Error> {
-    for (column, definition) in [("verified", "INTEGER NOT NULL DEFAULT 1"), ("spec", "TEXT")] {
+    for (column, definition) in [
+        ("verified", "INTEGER NOT NULL DEFAULT 1"),
+        ("spec", "TEXT"),
+        ("blake3", "TEXT"),
+        ("segments", "TEXT"),
+    ] {
         let present: bool = conn
             .query_row(
                 "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = ?1",
@@ -318,7 +336,7 @@ impl Archive {
             let batch: Vec<DoneRow> = {
                 let mut stmt = conn
                     .prepare_cached(
-                        "SELECT id, path, size, sha256 FROM jobs WHERE status = 'done' AND id > ?1 ORDER BY id LIMIT 1024",
+                        "SELECT id, path, size, sha256, blake3 FROM jobs WHERE status = 'done' AND id > ?1 ORDER BY id LIMIT 1024",
                     )
                     .map_err(|e| db_error("read done rows", e))?;
                 let rows = stmt
@@ -328,6 +346,7 @@ impl Archive {
                             path: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
                             size: r.get::<_, Option<i64>>(2)?.and_then(|s| u64::try_from(s).ok()),
                             sha256: r.get(3)?,
+                            blake3: r.get(4)?,
                         })
                     })
                     .map_err(|e| db_error("read done rows", e))?;
@@ -458,7 +477,7 @@ impl ArchiveReader {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT status, path, size, sha256, etag, last_modified, verified, error_class FROM jobs WHERE id = ?1",
+                "SELECT status, path, size, sha256, etag, last_modified, verified, error_class, blake3, segments FROM jobs WHERE id = ?1",
             )
             .map_err(|e| db_error("prepare lookup", e))?;
         stmt.query_row([id], |r| {
@@ -467,6 +486,8 @@ impl ArchiveReader {
                 path: r.get(1)?,
                 size: r.get::<_, Option<i64>>(2)?.and_then(|s| u64::try_from(s).ok()),
                 sha256: r.get(3)?,
+                blake3: r.get(8)?,
+                segments: r.get(9)?,
                 etag: r.get(4)?,
                 last_modified: r.get(5)?,
                 verified: r.get(6)?,
@@ -742,11 +763,13 @@ fn write_batch(conn: &Connection, batch: &[Record]) -> rusqlite::Result<()> {
     {
         let mut stmt = tx.prepare_cached(
             "INSERT INTO jobs (id, url, path, size, sha256, etag, last_modified, status, http_status,
-                               error_class, error, attempts, first_seen, updated, verified, spec)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15)
+                               error_class, error, attempts, first_seen, updated, verified, spec,
+                               blake3, segments)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15, ?16, ?17)
              ON CONFLICT(id) DO UPDATE SET
                url = excluded.url, path = excluded.path, size = excluded.size,
-               sha256 = excluded.sha256, etag = excluded.etag, verified = excluded.verified,
+               sha256 = excluded.sha256, blake3 = excluded.blake3, segments = excluded.segments,
+               etag = excluded.etag, verified = excluded.verified,
                last_modified = excluded.last_modified, status = excluded.status,
                http_status = excluded.http_status, error_class = excluded.error_class,
                error = excluded.error, attempts = jobs.attempts + excluded.attempts, spec = excluded.spec,
@@ -770,6 +793,8 @@ fn write_batch(conn: &Connection, batch: &[Record]) -> rusqlite::Result<()> {
                 now,
                 r.verified,
                 r.spec,
+                r.blake3,
+                r.segments,
             ])?;
         }
     }
@@ -826,6 +851,8 @@ mod tests {
             path: Some(id.into()),
             size: Some(3),
             sha256: Some("ab".into()),
+            blake3: None,
+            segments: None,
             verified: true,
             etag: Some("\"e\"".into()),
             last_modified: None,

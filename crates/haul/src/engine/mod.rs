@@ -14,6 +14,8 @@
 //! file has been renamed into place.
 
 mod limits;
+mod plan;
+mod split;
 mod transfer;
 
 use std::collections::{HashSet, VecDeque};
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::archive::{Archive, ArchiveReader, Journal, Record, RowStatus, Seen, SeenIndex, Spill};
 use crate::config::Config;
@@ -33,7 +35,7 @@ use crate::job::{Job, SafeUrl, to_hex};
 use crate::manifest::ManifestError;
 use crate::report::{JobReport, JobStatus, Monitor, Reporter, Summary};
 use crate::schedule::backoff::{Backoff, Jitter};
-use crate::schedule::host::Signal;
+use crate::schedule::host::{Signal, Ticket};
 use crate::schedule::{Policy, Scheduler};
 use crate::store::{RelPath, Store};
 use transfer::{JobState, Outcome};
@@ -126,10 +128,12 @@ impl Shared {
         }
     }
 
-    /// Journals a large transfer as it starts, with its validators, for resume after a crash.
+    /// Journals a large transfer as it starts, with its validators (and, for a segmented one,
+    /// the ranges still missing), for resume after a crash.
     fn note_partial(&self, state: &JobState, total: Option<u64>) {
         let Some(journal) = &self.journal else { return };
-        if !state.validators.allow_resume() || total.is_some_and(|t| t < PARTIAL_RECORD_MIN) {
+        let segmented = state.split_missing.is_some();
+        if !state.validators.allow_resume() || (!segmented && total.is_some_and(|t| t < PARTIAL_RECORD_MIN)) {
             return;
         }
         let _ = journal.record(Record {
@@ -138,6 +142,7 @@ impl Shared {
             path: Some(state.final_rel.clone()),
             size: total,
             sha256: None,
+            blake3: None,
             verified: false,
             etag: state.validators.etag.clone(),
             last_modified: state.validators.last_modified.clone(),
@@ -147,6 +152,7 @@ impl Shared {
             error: None,
             attempts: 0,
             spec: None,
+            segments: state.split_missing.as_deref().map(plan::format_ranges),
         });
     }
 }
@@ -166,9 +172,37 @@ enum Input {
 }
 
 /// What a worker sends back.
-struct WorkerDone {
+pub(crate) struct WorkerDone {
     state: Box<JobState>,
     result: Result<Outcome, Error>,
+}
+
+/// What workers tell the dispatcher.
+pub(crate) enum Note {
+    /// A job's attempt ended.
+    Done(WorkerDone),
+    /// A request with a long body got its answer's head (slow start grows now).
+    Answered { host: String, ticket: Ticket },
+    /// A segmented transfer wants a slot for one more request to `host`.
+    WantSlot {
+        host: String,
+        reply: oneshot::Sender<split::Granted>,
+    },
+    /// A segmented transfer's request ended: its slot goes back, with what it said of the
+    /// host's load and the pause its answer asked for.
+    SlotEnded {
+        host: String,
+        ticket: Ticket,
+        signal: Signal,
+        pause: Option<(Duration, String)>,
+    },
+}
+
+/// What waits in a host's queue.
+enum Work {
+    Job(Box<JobState>),
+    /// A running segmented transfer's request for one more slot (queued ahead of new jobs).
+    Slot(oneshot::Sender<split::Granted>),
 }
 
 impl Engine {
@@ -299,6 +333,8 @@ impl Engine {
             host_queue: (shared.config.per_host * 2).clamp(16, window),
             unproductive: 0,
             held: VecDeque::new(),
+            running: 0,
+            stopped: VecDeque::new(),
             summary: Summary::default(),
             jitter: Jitter::new(seed()),
             backoff: Backoff {
@@ -409,6 +445,7 @@ fn prepare(job: Job, shared: &Shared, archive: Option<&ArchiveReader>, seen: &mu
     };
     let mut validators = Validators::default();
     let mut known_total = None;
+    let mut split_missing = None;
     let mut stale = false;
     if let Some(archive) = archive
         && let Some(row) = archive.lookup(&job.id)?
@@ -430,6 +467,11 @@ fn prepare(job: Job, shared: &Shared, archive: Option<&ArchiveReader>, seen: &mu
                     last_modified: row.last_modified,
                 };
                 known_total = row.size;
+                split_missing = row
+                    .segments
+                    .as_deref()
+                    .zip(row.size)
+                    .and_then(|(text, total)| plan::parse_ranges(text, total));
             }
         }
     }
@@ -461,6 +503,7 @@ fn prepare(job: Job, shared: &Shared, archive: Option<&ArchiveReader>, seen: &mu
     let mut state = JobState::new(job, rel.as_str().to_owned());
     state.validators = validators;
     state.known_total = known_total;
+    state.split_missing = split_missing;
     state.stale = stale;
     Ok(Input::Job(Box::new(state)))
 }
@@ -494,7 +537,11 @@ struct Dispatcher {
     held: VecDeque<Box<JobState>>,
     shared: Arc<Shared>,
     reporter: Arc<dyn Reporter>,
-    scheduler: Scheduler<Box<JobState>>,
+    scheduler: Scheduler<Work>,
+    /// Jobs whose worker runs (a segmented transfer may hold no slot for a moment).
+    running: usize,
+    /// Jobs taken out of the queues when the run began to stop (reported pending at the end).
+    stopped: VecDeque<Box<JobState>>,
     summary: Summary,
     jitter: Jitter,
     backoff: Backoff,
@@ -509,7 +556,7 @@ impl Dispatcher {
         mut input: mpsc::Receiver<Vec<Input>>,
         mut cancel: watch::Receiver<bool>,
     ) -> (Summary, bool) {
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<WorkerDone>();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Note>();
         let mut input_open = true;
         let mut stopping = false;
         loop {
@@ -517,11 +564,36 @@ impl Dispatcher {
             if !stopping {
                 self.place_held();
                 while let Some(started) = self.scheduler.pop(now) {
-                    let mut state = started.job;
-                    debug_assert_eq!(started.host, state.host);
-                    state.ticket = started.ticket;
-                    self.spawn(state, &done_tx, &cancel);
+                    match started.job {
+                        Work::Job(mut state) => {
+                            debug_assert_eq!(started.host, state.host);
+                            state.ticket = Some(started.ticket);
+                            self.running += 1;
+                            self.spawn(state, &done_tx, &cancel);
+                        }
+                        Work::Slot(reply) => {
+                            // A transfer that ended meanwhile drops the grant, which gives the
+                            // slot back (see `split::Granted`).
+                            let slots = split::Slots {
+                                host: started.host,
+                                tx: done_tx.clone(),
+                            };
+                            let _ = reply.send(split::Granted::new(started.ticket, slots));
+                        }
+                    }
                 }
+            } else if self.stopped.is_empty() && self.scheduler.waiting() > 0 {
+                // Nothing starts any more: waiting jobs end pending, and segmented transfers
+                // waiting for a slot learn that none will come.
+                self.stopped = self
+                    .scheduler
+                    .take_waiting()
+                    .into_iter()
+                    .filter_map(|work| match work {
+                        Work::Job(state) => Some(state),
+                        Work::Slot(_) => None,
+                    })
+                    .collect();
             }
             if now.saturating_duration_since(self.views_at) >= HOST_VIEWS_EVERY {
                 self.views_at = now;
@@ -529,6 +601,7 @@ impl Dispatcher {
             }
             if (!input_open || stopping)
                 && self.scheduler.active() == 0
+                && self.running == 0
                 && (stopping || (self.scheduler.waiting() == 0 && self.spill.len() == 0 && self.held.is_empty()))
             {
                 break;
@@ -558,11 +631,33 @@ impl Dispatcher {
                         self.summary.interrupted = true;
                     }
                 }
-                Some(done) = done_rx.recv() => {
-                    if self.on_finished(done) {
-                        stopping = true;
+                Some(note) = done_rx.recv() => match note {
+                    Note::Done(done) => {
+                        self.running -= 1;
+                        if self.on_finished(done) {
+                            stopping = true;
+                        }
                     }
-                }
+                    Note::Answered { host, ticket } => self.scheduler.answered(&host, ticket),
+                    Note::WantSlot { host, reply } => {
+                        if !stopping {
+                            self.scheduler.push_front(&host, Work::Slot(reply), Instant::now());
+                        }
+                    }
+                    Note::SlotEnded { host, ticket, signal, pause } => {
+                        let now = Instant::now();
+                        self.scheduler.finish(&host, ticket, signal, now);
+                        if let Some((wait, reason)) = pause
+                            && self.scheduler.cool_down(&host, deadline(now, wait), now, &reason)
+                        {
+                            tracing::info!(target: "haul::decision", %host, %reason, "host paused");
+                            self.reporter.on_host_paused(&host, wait, &reason);
+                        }
+                        if self.spill.len_of(&host) > 0 && self.refill(&host) {
+                            stopping = true;
+                        }
+                    }
+                },
                 batch = input.recv(), if accept => match batch {
                     Some(batch) => {
                         for message in batch {
@@ -578,8 +673,12 @@ impl Dispatcher {
             }
         }
         // Whatever is still queued or on disk was never finished: report it pending.
-        let waiting = self.scheduler.take_waiting();
-        for state in waiting.into_iter().chain(std::mem::take(&mut self.held)) {
+        let waiting = self.scheduler.take_waiting().into_iter().filter_map(|work| match work {
+            Work::Job(state) => Some(state),
+            Work::Slot(_) => None,
+        });
+        let stopped = std::mem::take(&mut self.stopped);
+        for state in stopped.into_iter().chain(waiting).chain(std::mem::take(&mut self.held)) {
             self.finish_report(&state, JobStatus::Pending, None, None);
         }
         let hosts: Vec<String> = self.spill.hosts().map(str::to_owned).collect();
@@ -608,7 +707,7 @@ impl Dispatcher {
             if self.scheduler.ready(&host) == 0 {
                 self.unproductive = 0; // a host with nothing queued: reading ahead paid
             }
-            self.scheduler.push(&host, state, Instant::now());
+            self.scheduler.push(&host, Work::Job(state), Instant::now());
             return false;
         }
         if self.unproductive >= READ_AHEAD || !self.held.is_empty() {
@@ -639,7 +738,7 @@ impl Dispatcher {
             }
             let host = host.clone();
             let state = self.held.pop_front().expect("front exists");
-            self.scheduler.push(&host, state, Instant::now());
+            self.scheduler.push(&host, Work::Job(state), Instant::now());
         }
     }
 
@@ -673,7 +772,7 @@ impl Dispatcher {
                     continue;
                 }
             }
-            self.scheduler.push(host, state, Instant::now());
+            self.scheduler.push(host, Work::Job(state), Instant::now());
         }
         false
     }
@@ -684,12 +783,7 @@ impl Dispatcher {
         hosts.iter().any(|host| self.refill(host))
     }
 
-    fn spawn(
-        &self,
-        mut state: Box<JobState>,
-        done: &mpsc::UnboundedSender<WorkerDone>,
-        cancel: &watch::Receiver<bool>,
-    ) {
+    fn spawn(&self, mut state: Box<JobState>, done: &mpsc::UnboundedSender<Note>, cancel: &watch::Receiver<bool>) {
         if state.attempts == 0 {
             self.reporter.on_job_start(&state.job);
         }
@@ -697,11 +791,15 @@ impl Dispatcher {
         let shared = Arc::clone(&self.shared);
         let done = done.clone();
         let mut cancel = cancel.clone();
+        let slots = split::Slots {
+            host: state.host.clone(),
+            tx: done.clone(),
+        };
         tokio::spawn(async move {
             // Cancellation is cooperative (see `transfer`): the attempt ends its body loop and
             // keeps its part; it is never dropped mid-write or mid-rename. A panic is this job's
             // failure, never a run that waits forever for its report.
-            let attempt = AssertUnwindSafe(transfer::run(&shared, &mut state, &mut cancel))
+            let attempt = AssertUnwindSafe(transfer::run(&shared, &mut state, &mut cancel, &slots))
                 .catch_unwind()
                 .await;
             let result = attempt.unwrap_or_else(|panic| {
@@ -712,7 +810,7 @@ impl Dispatcher {
                     .unwrap_or_else(|| "a transfer panicked".to_owned());
                 Err(Error::Internal(text))
             });
-            let _ = done.send(WorkerDone { state, result });
+            let _ = done.send(Note::Done(WorkerDone { state, result }));
         });
     }
 
@@ -777,7 +875,9 @@ impl Dispatcher {
     fn on_finished(&mut self, done: WorkerDone) -> bool {
         let WorkerDone { state, result } = done;
         let signal = load_signal(&result, state.ttfb);
-        self.scheduler.finish(&state.host, state.ticket, signal, Instant::now());
+        if let Some(ticket) = state.ticket {
+            self.scheduler.finish(&state.host, ticket, signal, Instant::now());
+        }
         if self.spill.len_of(&state.host) > 0 && self.refill(&state.host) {
             return true;
         }
@@ -792,7 +892,7 @@ impl Dispatcher {
                 let stop = self.record_done(&state, &file, verified);
                 let mut state = state;
                 state.verified = verified;
-                state.sha256 = Some(file.sha256);
+                state.digests = Some(file.digests);
                 self.summary.unverified += u64::from(!verified);
                 self.finish_report(&state, JobStatus::Done, (!verified).then_some("unverified"), None);
                 stop
@@ -803,7 +903,7 @@ impl Dispatcher {
                 let mut adopted = state;
                 adopted.bytes = file.bytes;
                 adopted.verified = verified;
-                adopted.sha256 = Some(file.sha256);
+                adopted.digests = Some(file.digests);
                 let reason = if verified { "exists" } else { "exists, unverified" };
                 self.finish_report(&adopted, JobStatus::Skipped, Some(reason), None);
                 stop
@@ -865,7 +965,8 @@ impl Dispatcher {
         );
         self.reporter.on_retry(&state.job, state.attempts, &error, delay);
         let host = state.host.clone();
-        self.scheduler.retry_at(&host, state, deadline(now, delay), now);
+        self.scheduler
+            .retry_at(&host, Work::Job(state), deadline(now, delay), now);
         false
     }
 
@@ -880,7 +981,8 @@ impl Dispatcher {
             url: state.job.url.as_str().to_owned(),
             path: Some(state.final_rel.clone()),
             size: Some(file.bytes),
-            sha256: Some(to_hex(&file.sha256)),
+            sha256: file.digests.sha256.map(|d| to_hex(&d)),
+            blake3: file.digests.blake3.map(|d| to_hex(&d)),
             verified,
             etag: state.validators.etag.clone(),
             last_modified: state.validators.last_modified.clone(),
@@ -890,6 +992,7 @@ impl Dispatcher {
             error: None,
             attempts: state.attempts,
             spec: None,
+            segments: None,
         };
         match journal.record(record) {
             Ok(()) => false,
@@ -914,6 +1017,7 @@ impl Dispatcher {
                 // The length the server gave with these validators: a resume must agree with it.
                 size: state.known_total.or(state.job.size),
                 sha256: None,
+                blake3: None,
                 verified: false,
                 etag: state.validators.etag.clone(),
                 last_modified: state.validators.last_modified.clone(),
@@ -923,6 +1027,7 @@ impl Dispatcher {
                 error: Some(error.to_string()),
                 attempts: state.attempts,
                 spec: Some(state.job.to_manifest_line(&self.shared.config.secret_headers)),
+                segments: state.split_missing.as_deref().map(plan::format_ranges),
             });
             if let Err(e) = recorded {
                 self.summary.fatal.get_or_insert_with(|| e.to_string());
@@ -962,7 +1067,8 @@ impl Dispatcher {
             error,
             line: state.job.line,
             verified: state.verified,
-            sha256: state.sha256.as_ref(),
+            sha256: state.digests.as_ref().and_then(|d| d.sha256.as_ref()),
+            blake3: state.digests.as_ref().and_then(|d| d.blake3.as_ref()),
             duration: state.started.map(|s| s.elapsed()),
             final_url: state.final_url.as_ref().map(SafeUrl),
         };
@@ -1002,6 +1108,8 @@ mod spilled {
         known_total: Option<u64>,
         #[serde(default)]
         stale: bool,
+        #[serde(default)]
+        split_missing: Option<Vec<(u64, u64)>>,
     }
 
     pub(super) fn encode(state: &JobState) -> Vec<u8> {
@@ -1020,6 +1128,7 @@ mod spilled {
             last_modified: state.validators.last_modified.clone(),
             known_total: state.known_total,
             stale: state.stale,
+            split_missing: state.split_missing.clone(),
         };
         serde_json::to_vec(&spilled).expect("plain data encodes")
     }
@@ -1041,6 +1150,7 @@ mod spilled {
         };
         state.known_total = s.known_total;
         state.stale = s.stale;
+        state.split_missing = s.split_missing;
         Some(Box::new(state))
     }
 }
@@ -1050,15 +1160,22 @@ fn load_signal(result: &Result<Outcome, Error>, ttfb: Option<Duration>) -> Signa
     match result {
         Ok(Outcome::Done { .. }) => ttfb.map_or(Signal::Nothing, Signal::Answer),
         Ok(Outcome::Adopted { .. } | Outcome::Interrupted) => Signal::Nothing,
-        Err(Error::Status { status: 429, .. }) => Signal::Refused,
-        Err(Error::Status {
+        Err(error) => error_signal(error, ttfb),
+    }
+}
+
+/// What a failed request says of its host's load.
+fn error_signal(error: &Error, ttfb: Option<Duration>) -> Signal {
+    match error {
+        Error::Status { status: 429, .. } => Signal::Refused,
+        Error::Status {
             status: 408 | 500 | 502 | 503 | 504,
             ..
-        }) => Signal::Error,
-        Err(Error::Status { .. } | Error::Range(_)) => ttfb.map_or(Signal::Nothing, Signal::Answer),
-        Err(Error::Network(e)) if e.is_connect() || e.is_timeout() => Signal::Error,
-        Err(Error::Network(_) | Error::IdleTimeout(_) | Error::ShortBody { .. }) => Signal::Error,
-        Err(_) => Signal::Nothing,
+        } => Signal::Error,
+        Error::Status { .. } | Error::Range(_) => ttfb.map_or(Signal::Nothing, Signal::Answer),
+        Error::Network(e) if e.is_connect() || e.is_timeout() => Signal::Error,
+        Error::Network(_) | Error::IdleTimeout(_) | Error::ShortBody { .. } => Signal::Error,
+        _ => Signal::Nothing,
     }
 }
 

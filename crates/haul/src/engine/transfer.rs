@@ -13,12 +13,19 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::Shared;
+use super::plan::Plan;
+use super::split::{self, Slots};
 use crate::config::OnExists;
 use crate::error::Error;
 use crate::fetch::{BodyEnd, BodyLimits, BodySink, Decision, Validators, stream_body};
 use crate::job::Job;
 use crate::schedule::host::Ticket;
-use crate::store::{Commit, Entry, Expect, Finished, PartWriter, disposition_filename, with_file_name};
+use crate::store::{
+    Commit, Entry, Expect, FileDigests, Finished, PartWriter, Want, disposition_filename, with_file_name,
+};
+
+/// A body at least this long reports its answer's head to the scheduler at once.
+const LONG_BODY: u64 = 1024 * 1024;
 
 /// A job between attempts: everything the retry loop carries along.
 #[derive(Debug)]
@@ -47,16 +54,22 @@ pub(crate) struct JobState {
     pub(crate) claims: Vec<u64>,
     /// True once the finished file's length or content was checked.
     pub(crate) verified: bool,
-    /// The scheduler's ticket of the running attempt.
-    pub(crate) ticket: Ticket,
+    /// The scheduler's ticket of the running attempt (a segmented transfer gives it back as
+    /// soon as its first request ends).
+    pub(crate) ticket: Option<Ticket>,
+    /// Fetch this file as one stream (its server broke a segmented transfer's rules).
+    pub(crate) no_split: bool,
+    /// The ranges a segmented transfer's part file still misses (set while one runs, and
+    /// from the archive for a resume).
+    pub(crate) split_missing: Option<Vec<(u64, u64)>>,
     /// The last attempt's time to first byte (the response head), when it got one.
     pub(crate) ttfb: Option<Duration>,
     /// When the first attempt started.
     pub(crate) started: Option<Instant>,
     /// The URL that answered the last attempt, when a redirect led elsewhere.
     pub(crate) final_url: Option<url::Url>,
-    /// The SHA-256 of the finished file.
-    pub(crate) sha256: Option<[u8; 32]>,
+    /// The digests of the finished file.
+    pub(crate) digests: Option<FileDigests>,
     /// The archive had the job done, but its file is missing or wrong on disk: fetched again,
     /// and the file there is replaced whatever `--on-exists` says.
     pub(crate) stale: bool,
@@ -81,16 +94,18 @@ impl JobState {
             named_by_server: false,
             claims: Vec::new(),
             verified: false,
-            ticket: Ticket::default(),
+            ticket: None,
+            no_split: false,
+            split_missing: None,
             ttfb: None,
             started: None,
             final_url: None,
-            sha256: None,
+            digests: None,
             stale: false,
         }
     }
 
-    fn expect(&self, server_total: Option<u64>) -> Expect {
+    pub(crate) fn expect(&self, server_total: Option<u64>) -> Expect {
         Expect {
             size: self.job.size.or(server_total),
             sha256: self.job.sha256,
@@ -133,6 +148,7 @@ pub(crate) async fn run(
     shared: &Arc<Shared>,
     state: &mut JobState,
     cancel: &mut watch::Receiver<bool>,
+    slots: &Slots,
 ) -> Result<Outcome, Error> {
     if !state.checked_exists {
         state.checked_exists = true;
@@ -140,7 +156,31 @@ pub(crate) async fn run(
             return Ok(adopted);
         }
     }
-    attempt(shared, state, cancel).await
+    if let Some(plan) = resumable_split(shared, state) {
+        state.attempts += 1;
+        return split::run(shared, state, cancel, slots, None, plan).await;
+    }
+    attempt(shared, state, cancel, slots).await
+}
+
+/// The plan of a segmented transfer to resume: the archive (or an earlier attempt) lists the
+/// ranges missing, the part file is there at the file's length, and the validators can make
+/// each range request safe. Anything less: the part is removed and the file fetched anew.
+fn resumable_split(shared: &Shared, state: &mut JobState) -> Option<Plan> {
+    let missing = state.split_missing.take()?;
+    let total = state.known_total;
+    let usable = state.validators.allow_resume()
+        && !state.no_split
+        && total.is_some()
+        && shared.store.split_len(&state.rel) == total
+        && state.job.size.is_none_or(|s| Some(s) == total);
+    match total {
+        Some(total) if usable => Some(Plan::resume(total, &missing)),
+        _ => {
+            shared.store.discard_split(&state.rel);
+            None
+        }
+    }
 }
 
 /// Applies `--on-exists` to a destination that exists. Returns an outcome when the file there
@@ -197,13 +237,13 @@ async fn check_existing(shared: &Arc<Shared>, state: &mut JobState) -> Result<Op
             let expect = state.expect(None);
             let store = Arc::clone(&shared.store);
             let rel = state.final_rel.clone();
-            let want_md5 = expect.md5.is_some();
-            let found = tokio::task::spawn_blocking(move || store.hash_existing(&rel, want_md5))
+            let want = Want::new(shared.config.digest, &expect);
+            let found = tokio::task::spawn_blocking(move || store.hash_existing(&rel, want))
                 .await
                 .map_err(|e| Error::Internal(e.to_string()))??;
-            let (bytes, sha256, md5) = found;
-            if crate::store::matches(&expect, bytes, &sha256, md5.as_ref()) {
-                let file = Finished { bytes, sha256 };
+            let (bytes, digests) = found;
+            if crate::store::matches(&expect, bytes, &digests) {
+                let file = Finished { bytes, digests };
                 return Ok(Some(Outcome::Adopted {
                     file,
                     verified: expect.is_checkable(),
@@ -221,6 +261,7 @@ async fn attempt(
     shared: &Arc<Shared>,
     state: &mut JobState,
     cancel: &mut watch::Receiver<bool>,
+    slots: &Slots,
 ) -> Result<Outcome, Error> {
     state.attempts += 1;
     let config = &shared.config;
@@ -234,7 +275,7 @@ async fn attempt(
     let sent = tokio::select! {
         biased;
         _ = cancel.wait_for(|c| *c) => return Ok(Outcome::Interrupted),
-        sent = shared.fetcher.send(&state.job, part_len, &state.validators, state.known_total) => sent,
+        sent = shared.fetcher.send(&state.job, part_len, None, &state.validators, state.known_total) => sent,
     };
     if sent.is_ok() || matches!(sent, Err(Error::Status { .. } | Error::Range(_))) {
         state.ttfb = Some(sent_at.elapsed());
@@ -252,6 +293,14 @@ async fn attempt(
     };
     state.http_status = Some(head.status);
     state.final_url = (head.url != state.job.url).then(|| head.url.clone());
+    if head
+        .total()
+        .is_none_or(|t| t.saturating_sub(head.offset()) >= LONG_BODY)
+        && let Some(ticket) = &mut state.ticket
+    {
+        // A long body: slow start need not wait for its end.
+        slots.answered(ticket);
+    }
     if let Decision::Stream { offset: 0, .. } = head.decision {
         // A new representation (or a first request): the old part goes before any byte or
         // validator of the new one is stored.
@@ -297,12 +346,22 @@ async fn attempt(
     {
         return Err(Error::TooLarge { limit });
     }
+    if let (Decision::Stream { offset: 0, .. }, Some(size)) = (&head.decision, total) {
+        if split::worth_splitting(shared, state, &head, size) {
+            let plan = Plan::new(size);
+            return split::run(shared, state, cancel, slots, Some(response), plan).await;
+        }
+        if size >= 2 * config.min_split_size {
+            // A file that could have been split earlier: no segmented part may linger.
+            shared.store.discard_split(&state.rel);
+        }
+    }
     let expect = state.expect(total);
     let mut writer = PartWriter::new(
         Arc::clone(&shared.store),
         &state.rel,
         head.offset(),
-        expect.md5.is_some(),
+        Want::new(config.digest, &expect),
     );
     if let Decision::Complete { .. } = head.decision {
         let file = writer.finish(expect, &state.final_rel, state.commit).await?;

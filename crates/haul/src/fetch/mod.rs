@@ -64,6 +64,15 @@ impl Validators {
     }
 }
 
+/// The `Range` and `If-Range` of a request.
+#[derive(Debug, Clone, Copy)]
+struct Range<'a> {
+    from: u64,
+    /// Exclusive end (`None`: to the end of the file).
+    to: Option<u64>,
+    validator: &'a str,
+}
+
 /// A response whose head was accepted, and what it means for the part file.
 #[derive(Debug)]
 pub(crate) struct Head {
@@ -80,6 +89,8 @@ pub(crate) struct Head {
     pub(crate) framed: bool,
     /// The URL that answered, after redirects.
     pub(crate) url: url::Url,
+    /// True when the server said it serves byte ranges (`Accept-Ranges: bytes`).
+    pub(crate) ranges: bool,
 }
 
 impl Head {
@@ -207,7 +218,7 @@ impl Fetcher {
     /// job's credentials, cookies, per-host headers and secret headers; after a redirect to
     /// another origin (`own_origin` false) it carries none of them. On a trusted host the
     /// original origin's credentials are sent.
-    fn request(&self, url: &Url, job: &Job, range: Option<(u64, &str)>, own_origin: bool) -> reqwest::RequestBuilder {
+    fn request(&self, url: &Url, job: &Job, range: Option<Range<'_>>, own_origin: bool) -> reqwest::RequestBuilder {
         let mut request = self.client.get(url.clone()).headers(self.headers.clone());
         if own_origin {
             request = request.headers(self.secret_headers.clone());
@@ -250,17 +261,20 @@ impl Fetcher {
                 request = request.header(name.as_str(), value.as_str());
             }
         }
-        if let Some((offset, validator)) = range {
-            request = request
-                .header(header::RANGE, format!("bytes={offset}-"))
-                .header(header::IF_RANGE, validator);
+        if let Some(Range { from, to, validator }) = range {
+            let bytes = match to {
+                Some(to) => format!("bytes={from}-{}", to - 1),
+                None => format!("bytes={from}-"),
+            };
+            request = request.header(header::RANGE, bytes).header(header::IF_RANGE, validator);
         }
         request
     }
 
-    /// Sends one GET for `job`, asking for bytes from `offset` when a resumable part exists,
-    /// follows redirects (every hop counted, credentials kept to their origin), and decides
-    /// what the answer means for the part (see [`range`]).
+    /// Sends one GET for `job`, asking for bytes from `offset` when a resumable part exists
+    /// (up to `end`, exclusive, for a segment), follows redirects (every hop counted,
+    /// credentials kept to their origin), and decides what the answer means for the part (see
+    /// [`range`]).
     ///
     /// # Errors
     /// [`Error::Range`] when the answer cannot continue the part (the caller discards it),
@@ -269,10 +283,18 @@ impl Fetcher {
         &self,
         job: &Job,
         offset: u64,
+        end: Option<u64>,
         validators: &Validators,
         known_total: Option<u64>,
     ) -> Result<(Head, Response), Error> {
-        let range = validators.if_range().filter(|_| offset > 0).map(|v| (offset, v));
+        let range = validators
+            .if_range()
+            .filter(|_| offset > 0 || end.is_some())
+            .map(|validator| Range {
+                from: offset,
+                to: end,
+                validator,
+            });
         let mut url = job.url.clone();
         let mut visited = vec![url.clone()];
         let response = loop {
@@ -282,7 +304,8 @@ impl Fetcher {
             tracing::debug!(
                 target: "haul::http",
                 url = %SafeUrl(&url),
-                range = ?range.map(|(from, _)| from),
+                from = ?range.map(|r| r.from),
+                to = ?range.and_then(|r| r.to),
                 credentials = own_origin,
                 "request"
             );
@@ -323,9 +346,12 @@ impl Fetcher {
         let content_length = response.content_length();
         let chunked = text(header::TRANSFER_ENCODING).is_some_and(|t| t.to_ascii_lowercase().contains("chunked"));
         let framed = content_length.is_some() || chunked || response.version() >= reqwest::Version::HTTP_2;
+        let accepts_ranges = text(header::ACCEPT_RANGES).is_some_and(|v| v.eq_ignore_ascii_case("bytes"))
+            || response.status() == reqwest::StatusCode::PARTIAL_CONTENT;
         let decision = range::decide(
             Asked {
                 offset: if range.is_some() { offset } else { 0 },
+                end: range.and(end),
                 validators,
                 known_total,
             },
@@ -350,6 +376,7 @@ impl Fetcher {
                     validators: validators_got,
                     framed,
                     url,
+                    ranges: accepts_ranges,
                 },
                 response,
             )),

@@ -15,6 +15,8 @@
 //! | resume at N | `200` with a partial `Content-Range` | restart |
 //! | resume at N | `416` naming total N, validators (if any) unchanged, N equal to the known total (if any) | the part is complete: verify it whole |
 //! | resume at N | `416`, anything else | restart |
+//! | segment N..M | `206`, `Content-Range` starts at N and ends by M, total and validator as for a resume | continue at N (the rest of the segment is asked again) |
+//! | segment N..M | `200`, `416`, or a `206` that fails a check | restart the whole file |
 //! | any | any other status | an HTTP error, classified by [`super::classify`] |
 //!
 //! "Restart" fails this attempt with [`crate::Error::Range`] (transient): the engine removes
@@ -28,6 +30,8 @@ use super::Validators;
 pub(crate) struct Asked<'a> {
     /// The resume offset (0: the whole file).
     pub(crate) offset: u64,
+    /// For a segment: the end of the range asked for (exclusive).
+    pub(crate) end: Option<u64>,
     /// The validators stored with the part (sent as `If-Range` when resuming).
     pub(crate) validators: &'a Validators,
     /// The file's total length as an earlier response gave it.
@@ -58,8 +62,13 @@ pub(crate) enum Decision {
 
 /// The rule table of the module documentation.
 pub(crate) fn decide(asked: Asked<'_>, answer: Answer<'_>) -> Decision {
-    let resuming = asked.offset > 0 && asked.validators.if_range().is_some();
+    let segment = asked.end.is_some() && asked.validators.if_range().is_some();
+    let resuming = (asked.offset > 0 || segment) && asked.validators.if_range().is_some();
     match answer.status {
+        200 if segment => {
+            Decision::Restart("200 OK to a segment request: the server ignored the range or the file changed".into())
+        }
+        416 if segment => Decision::Restart(format!("416 for a segment at {}", asked.offset)),
         200 => whole_file(answer),
         206 if !resuming => Decision::Restart("206 Partial Content to a request without Range".into()),
         206 => continued(asked, answer),
@@ -105,6 +114,13 @@ fn continued(asked: Asked<'_>, answer: Answer<'_>) -> Decision {
     };
     if start != asked.offset {
         return Decision::Restart(format!("Content-Range starts at {start}, asked for {}", asked.offset));
+    }
+    if let Some(asked_end) = asked.end
+        && end >= asked_end
+    {
+        return Decision::Restart(format!(
+            "Content-Range {text:?} runs past the segment's end {asked_end}"
+        ));
     }
     if let (Some(known), Some(total)) = (asked.known_total, total)
         && known != total
@@ -238,6 +254,7 @@ mod tests {
         decide(
             Asked {
                 offset,
+                end: None,
                 validators: stored,
                 known_total: known,
             },
@@ -252,6 +269,68 @@ mod tests {
 
     fn is_restart(d: &Decision) -> bool {
         matches!(d, Decision::Restart(_))
+    }
+
+    /// A segment request for `[from, to)` of a 100-byte file with ETag "a".
+    fn segment(from: u64, to: u64, status: u16, range: Option<&str>, got: &Validators) -> Decision {
+        decide(
+            Asked {
+                offset: from,
+                end: Some(to),
+                validators: &etag("\"a\""),
+                known_total: Some(100),
+            },
+            Answer {
+                status,
+                content_range: range,
+                content_length: None,
+                validators: got,
+            },
+        )
+    }
+
+    #[test]
+    fn segment_answers() {
+        let a = etag("\"a\"");
+        assert_eq!(
+            segment(0, 50, 206, Some("bytes 0-49/100"), &a),
+            Decision::Stream {
+                offset: 0,
+                total: Some(100)
+            },
+            "a segment from 0 is a range too"
+        );
+        assert_eq!(
+            segment(50, 100, 206, Some("bytes 50-79/100"), &a),
+            Decision::Stream {
+                offset: 50,
+                total: Some(100)
+            },
+            "less than asked: the rest is asked again"
+        );
+        assert!(
+            is_restart(&segment(50, 80, 206, Some("bytes 50-99/100"), &a)),
+            "past the end"
+        );
+        assert!(
+            is_restart(&segment(50, 100, 206, Some("bytes 40-99/100"), &a)),
+            "other start"
+        );
+        assert!(
+            is_restart(&segment(50, 100, 206, Some("bytes 50-99/101"), &a)),
+            "other total"
+        );
+        assert!(
+            is_restart(&segment(50, 100, 206, Some("bytes 50-99/100"), &etag("\"b\""))),
+            "changed"
+        );
+        assert!(
+            is_restart(&segment(50, 100, 206, Some("bytes 50-99/100"), &Validators::default())),
+            "no validator"
+        );
+        assert!(is_restart(&segment(0, 50, 200, None, &a)), "a 200 to a segment request");
+        assert!(is_restart(&segment(50, 100, 416, Some("bytes */100"), &a)));
+        assert_eq!(segment(50, 100, 503, None, &a), Decision::Status);
     }
 
     #[test]

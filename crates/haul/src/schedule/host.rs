@@ -107,6 +107,9 @@ pub(crate) struct Ticket {
     generation: u32,
     /// [`Controller::filled`] when the request started.
     filled: u32,
+    /// True once its answer's head was counted toward slow start (a long body's request
+    /// reports its head at once, so growth does not wait for the body's end).
+    pub(crate) answered: bool,
 }
 
 /// The adaptive limit of one host.
@@ -222,6 +225,7 @@ impl Controller {
         let ticket = Ticket {
             generation: self.generation,
             filled: self.filled,
+            answered: false,
         };
         if self.in_flight >= self.limit() {
             self.filled = self.filled.wrapping_add(1);
@@ -241,7 +245,9 @@ impl Controller {
         }
         match signal {
             Signal::Answer(ttfb) => {
-                self.grow_per_answer(ticket);
+                if !ticket.answered {
+                    self.grow_per_answer(ticket);
+                }
                 self.window.answers += 1;
                 self.window.ttfb_sum += ttfb;
                 if self.answered_at.len() >= ANSWERS_KEPT {
@@ -337,6 +343,14 @@ impl Controller {
     /// the limit doubles every time to first byte without waiting for a window to close. Only
     /// before the host ever refused (after an outage, growth goes by windows, under the level
     /// it refused).
+    /// A request's answer began (its head came): slow start grows now, as TCP's does per
+    /// acknowledgement, rather than when a long body ends. See [`Ticket::answered`].
+    pub(crate) fn on_answer(&mut self, ticket: Ticket) {
+        if !ticket.answered && ticket.generation == self.generation {
+            self.grow_per_answer(ticket);
+        }
+    }
+
     fn grow_per_answer(&mut self, ticket: Ticket) {
         let using = ticket.filled != self.filled;
         if self.adaptive && self.slow_start && !self.outage && self.refused_at.is_none() && using {

@@ -198,6 +198,13 @@ impl<T> Scheduler<T> {
         self.enlist(host);
     }
 
+    /// Queues work for `host` ahead of its other jobs (a running transfer's next request).
+    pub(crate) fn push_front(&mut self, host: &str, job: T, now: Instant) {
+        self.waiting += 1;
+        self.host(host, now).queue.push_front(job);
+        self.enlist(host);
+    }
+
     fn enlist(&mut self, key: &str) {
         if let Some(host) = self.hosts.get_mut(key)
             && !host.in_ring
@@ -247,6 +254,14 @@ impl<T> Scheduler<T> {
         }
         self.enlist(host);
         self.forget_if_idle(host, now);
+    }
+
+    /// A running request of `host` got its answer's head (see [`Controller::on_answer`]).
+    pub(crate) fn answered(&mut self, host: &str, ticket: Ticket) {
+        if let Some(h) = self.hosts.get_mut(host) {
+            h.control.on_answer(ticket);
+        }
+        self.enlist(host);
     }
 
     /// True while most of the host's recent answers are errors (see [`Controller`]).

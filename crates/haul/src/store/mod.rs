@@ -14,22 +14,25 @@
 //! long. Larger bodies, resumed parts (their prefix is hashed again) and `--fsync` finishes are
 //! written in 256 KiB blocks on the blocking pool while the next block is being received.
 
+mod digest;
 mod disposition;
 mod path;
 mod tree;
 
 use std::fs::File;
-use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
+use std::io::{self, IoSlice, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use md5::Md5;
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 use tokio::task::JoinHandle;
 
+use digest::Digests;
+pub(crate) use digest::Want;
+pub use digest::{DigestKind, FileDigests, hash_file};
 pub use disposition::{LAUNCHER_EXTENSIONS, disposition_filename};
 pub(crate) use path::with_file_name;
 pub use path::{Layout, NameTemplate, RelPath, checked_path, output_path};
@@ -49,6 +52,10 @@ const PARTS_DIR: &str = "parts";
 const LOCK_FILE: &str = "lock";
 /// The suffix of files that hold partial data (inside `.haul/parts/` only).
 pub const PART_SUFFIX: &str = ".part";
+/// The suffix of a segmented transfer's part file: its ranges are written out of order, so its
+/// length says nothing of what it holds (the archive records the ranges missing). A name of its
+/// own keeps a single-stream resume from ever taking its length as a prefix.
+const SPLIT_SUFFIX: &str = ".split.part";
 
 /// The output directory and how files are finished in it.
 #[derive(Debug)]
@@ -106,7 +113,7 @@ impl Expect {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Finished {
     pub(crate) bytes: u64,
-    pub(crate) sha256: [u8; 32],
+    pub(crate) digests: FileDigests,
 }
 
 /// How a finished file takes its final name.
@@ -244,6 +251,87 @@ impl Store {
         let _ = tree::remove(self.parts.as_fd(), &self.part_name(rel));
     }
 
+    /// The name of a segmented transfer's temporary file for `rel`.
+    fn split_name(&self, rel: &str) -> String {
+        let part = self.part_name(rel);
+        format!("{}{SPLIT_SUFFIX}", part.trim_end_matches(PART_SUFFIX))
+    }
+
+    /// The length of the segmented transfer's temporary file of `rel`, if one is there.
+    pub(crate) fn split_len(&self, rel: &str) -> Option<u64> {
+        match tree::inspect(self.parts.as_fd(), &self.split_name(rel)) {
+            Ok(Entry::File { size, .. }) => Some(size),
+            _ => None,
+        }
+    }
+
+    /// Removes the segmented transfer's temporary file of `rel`.
+    pub(crate) fn discard_split(&self, rel: &str) {
+        let _ = tree::remove(self.parts.as_fd(), &self.split_name(rel));
+    }
+
+    /// Opens the segmented transfer's temporary file of `rel` (never through a symlink), sized
+    /// to `total` bytes; `fresh` empties it first. Blocking.
+    pub(crate) fn open_split(&self, rel: &str, total: u64, fresh: bool) -> Result<SplitPart, Error> {
+        let part = self.split_name(rel);
+        let path = self.part_display(&part);
+        let file = tree::open_write(self.parts.as_fd(), &part, fresh).map_err(|e| Error::io("create", &path, e))?;
+        // Sparse: only what is written takes disk space.
+        file.set_len(total).map_err(|e| Error::io("size", &path, e))?;
+        Ok(SplitPart {
+            file: Arc::new(file),
+            part,
+            path,
+        })
+    }
+
+    /// Verifies a complete segmented part over its whole content (length, the manifest's
+    /// checksums, the archive's digest) and renames it to `final_rel` as `commit` allows. On a
+    /// mismatch the part is removed and nothing is renamed.
+    pub(crate) async fn finish_split(
+        self: &Arc<Self>,
+        part: SplitPart,
+        total: u64,
+        expect: Expect,
+        want: Want,
+        final_rel: &str,
+        commit: Commit,
+    ) -> Result<Finished, Error> {
+        let store = Arc::clone(self);
+        let final_rel = final_rel.to_owned();
+        let _permit = self.finishers.acquire().await.expect("semaphore is never closed");
+        join(tokio::task::spawn_blocking(move || {
+            let SplitPart { file, part, path } = part;
+            let file = Arc::try_unwrap(file)
+                .map_err(|_| Error::Internal("a segment writer still holds the part file".into()))?;
+            let checked = (|| {
+                let len = file.metadata().map_err(|e| Error::io("inspect", &path, e))?.len();
+                let mut digests = Digests::new(want);
+                let read = digests.read_from(&mut &file, &path, None)?;
+                if len != total || read != total {
+                    return Err(Error::Verify(format!(
+                        "the segmented part holds {read} bytes, expected {total}"
+                    )));
+                }
+                let digests = digests.finish();
+                verify(&expect, total, &digests)?;
+                Ok(digests)
+            })();
+            match checked {
+                Ok(digests) => {
+                    store.commit(file, &part, &final_rel, commit)?;
+                    Ok(Finished { bytes: total, digests })
+                }
+                Err(e) => {
+                    drop(file);
+                    let _ = tree::remove(store.parts.as_fd(), &part);
+                    Err(e)
+                }
+            }
+        }))
+        .await
+    }
+
     /// Opens the directory that holds `rel`.
     fn parent(&self, rel: &str, create: bool) -> Result<Option<Parent<'_>>, Error> {
         let (dir, _) = split(rel);
@@ -310,16 +398,15 @@ impl Store {
     }
 
     /// The length and digests of the file at `rel` (to adopt a file already at its destination).
-    pub(crate) fn hash_existing(&self, rel: &str, want_md5: bool) -> Result<FileDigest, Error> {
+    pub(crate) fn hash_existing(&self, rel: &str, want: Want) -> Result<(u64, FileDigests), Error> {
         let path = self.display(rel);
         let parent = self
             .parent(rel, false)?
             .ok_or_else(|| Error::local("open", &path, io::ErrorKind::NotFound.into()))?;
         let mut file = tree::open_read(parent.fd(), split(rel).1).map_err(|e| Error::local("open", &path, e))?;
-        let mut digests = Digests::new(want_md5);
+        let mut digests = Digests::new(want);
         let total = digests.read_from(&mut file, &path, None)?;
-        let (sha256, md5) = digests.finish();
-        Ok((total, sha256, md5))
+        Ok((total, digests.finish()))
     }
 }
 
@@ -360,52 +447,6 @@ fn open_private_dir(parent: &OwnedFd, name: &str, path: &Path) -> Result<OwnedFd
     })?;
     rustix::fs::fchmod(&dir, rustix::fs::Mode::from_raw_mode(0o700)).map_err(|e| Error::io("chmod", path, e.into()))?;
     Ok(dir)
-}
-
-/// The digests of a file: SHA-256 always (the archive keeps it), MD5 when the manifest asks.
-struct Digests {
-    sha256: Sha256,
-    md5: Option<Md5>,
-}
-
-impl Digests {
-    fn new(want_md5: bool) -> Self {
-        Self {
-            sha256: Sha256::new(),
-            md5: want_md5.then(Md5::new),
-        }
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        self.sha256.update(data);
-        if let Some(md5) = &mut self.md5 {
-            md5.update(data);
-        }
-    }
-
-    fn finish(self) -> ([u8; 32], Option<[u8; 16]>) {
-        (self.sha256.finalize().into(), self.md5.map(|m| m.finalize().into()))
-    }
-
-    /// Hashes up to `limit` bytes (all, when `None`) read from `file`; returns how many.
-    fn read_from(&mut self, file: &mut File, path: &Path, limit: Option<u64>) -> Result<u64, Error> {
-        let mut block = vec![0u8; BLOCK];
-        let mut total = 0u64;
-        loop {
-            let want = limit.map_or(BLOCK, |l| {
-                usize::try_from((l - total).min(BLOCK as u64)).unwrap_or(BLOCK)
-            });
-            if want == 0 {
-                return Ok(total);
-            }
-            let got = file.read(&mut block[..want]).map_err(|e| Error::io("read", path, e))?;
-            if got == 0 {
-                return Ok(total);
-            }
-            self.update(&block[..got]);
-            total += got as u64;
-        }
-    }
 }
 
 /// The open `.part` file and the digests of everything written to it so far.
@@ -459,8 +500,105 @@ const MAX_CHUNKS: usize = 512;
 /// A block being written on the blocking pool; gives back the sink.
 type BlockWrite = JoinHandle<Result<Sink, Error>>;
 
-/// Digests of an existing file: (length, SHA-256, MD5 when asked).
-pub(crate) type FileDigest = (u64, [u8; 32], Option<[u8; 16]>);
+/// The open part file of a segmented transfer, shared by its connections' writers.
+#[derive(Debug, Clone)]
+pub(crate) struct SplitPart {
+    file: Arc<File>,
+    part: String,
+    path: PathBuf,
+}
+
+impl SplitPart {
+    /// Flushes what was written to the disk (before the archive records it, under `--fsync`).
+    pub(crate) async fn sync(&self) -> Result<(), Error> {
+        let (file, path) = (Arc::clone(&self.file), self.path.clone());
+        join(tokio::task::spawn_blocking(move || {
+            file.sync_data().map_err(|e| Error::io("fsync", &path, e))
+        }))
+        .await
+    }
+}
+
+/// Writes one connection's bytes of a segmented transfer at their offsets, a block at a time on
+/// the blocking pool while the next block is received.
+pub(crate) struct RangeWriter {
+    file: Arc<File>,
+    path: PathBuf,
+    /// Where the buffer's first byte goes.
+    next: u64,
+    buffer: Chunks,
+    /// A block being written; gives back the offset the file holds this writer's bytes up to.
+    in_flight: Option<JoinHandle<Result<u64, Error>>>,
+}
+
+impl RangeWriter {
+    /// A writer of `part` from offset `from`.
+    pub(crate) fn new(part: &SplitPart, from: u64) -> Self {
+        Self {
+            file: Arc::clone(&part.file),
+            path: part.path.clone(),
+            next: from,
+            buffer: Chunks::default(),
+            in_flight: None,
+        }
+    }
+
+    /// Buffers `data`; a full block goes to the blocking pool. Returns the offset the part file
+    /// holds this writer's bytes up to, when a block finished.
+    pub(crate) async fn write(&mut self, data: Bytes) -> Result<Option<u64>, Error> {
+        self.buffer.push(data);
+        if self.buffer.is_full() {
+            return self.hand_off().await;
+        }
+        Ok(None)
+    }
+
+    /// Waits for the block in flight, then hands the buffer to the blocking pool.
+    async fn hand_off(&mut self) -> Result<Option<u64>, Error> {
+        let done = match self.in_flight.take() {
+            Some(handle) => Some(join(handle).await?),
+            None => None,
+        };
+        let Chunks { chunks, len } = std::mem::take(&mut self.buffer);
+        let (file, path, at) = (Arc::clone(&self.file), self.path.clone(), self.next);
+        self.next += len as u64;
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            write_at(&file, &path, &chunks, at)?;
+            Ok(at + len as u64)
+        }));
+        Ok(done)
+    }
+
+    /// Writes everything buffered; returns the offset the part file holds this writer's bytes
+    /// up to.
+    pub(crate) async fn flush(mut self) -> Result<u64, Error> {
+        if self.buffer.len > 0 {
+            self.hand_off().await?;
+        }
+        match self.in_flight.take() {
+            Some(handle) => join(handle).await,
+            None => Ok(self.next),
+        }
+    }
+}
+
+/// Writes `chunks` at `offset` with positioned, vectored writes.
+fn write_at(file: &File, path: &Path, chunks: &[Bytes], mut offset: u64) -> Result<(), Error> {
+    let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+    let mut remaining = &mut slices[..];
+    while !remaining.is_empty() {
+        match rustix::io::pwritev(file, remaining, offset) {
+            Ok(0) => return Err(Error::io("write", path, io::ErrorKind::WriteZero.into())),
+            Ok(n) => {
+                offset += n as u64;
+                IoSlice::advance_slices(&mut remaining, n);
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(Error::io("write", path, e.into())),
+        }
+    }
+    Ok(())
+}
 
 /// Streams one body into its part file and finishes it into place.
 ///
@@ -473,7 +611,7 @@ pub(crate) struct PartWriter {
     part: String,
     /// Where the part starts: bytes of an earlier attempt kept for a resumed transfer.
     offset: u64,
-    want_md5: bool,
+    want: Want,
     buffer: Chunks,
     sink: Option<Sink>,
     in_flight: Option<BlockWrite>,
@@ -485,14 +623,14 @@ impl PartWriter {
     /// A writer for `rel` that keeps the first `offset` bytes of an existing part file (0
     /// starts afresh: the part is truncated when it is opened, before any byte is written).
     /// Nothing touches the disk until the first block or `finish`.
-    pub(crate) fn new(store: Arc<Store>, rel: &str, offset: u64, want_md5: bool) -> Self {
+    pub(crate) fn new(store: Arc<Store>, rel: &str, offset: u64, want: Want) -> Self {
         let part = store.part_name(rel);
         Self {
             store,
             rel: rel.to_owned(),
             part,
             offset,
-            want_md5,
+            want,
             buffer: Chunks::default(),
             sink: None,
             in_flight: None,
@@ -524,11 +662,11 @@ impl PartWriter {
         let data = std::mem::take(&mut self.buffer).chunks;
         let store = Arc::clone(&self.store);
         let part = self.part.clone();
-        let (offset, want_md5) = (self.offset, self.want_md5);
+        let (offset, want) = (self.offset, self.want);
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             let mut sink = match sink {
                 Some(sink) => sink,
-                None => open_part(&store, &part, offset, want_md5)?,
+                None => open_part(&store, &part, offset, want)?,
             };
             sink.write(&store.part_display(&part), &data)?;
             Ok(sink)
@@ -566,7 +704,7 @@ impl PartWriter {
         let part = std::mem::take(&mut self.part);
         let final_rel = final_rel.to_owned();
         let Chunks { chunks: data, len } = std::mem::take(&mut self.buffer);
-        let (offset, want_md5, total) = (self.offset, self.want_md5, self.total);
+        let (offset, want, total) = (self.offset, self.want, self.total);
         // Only a fresh small body is finished here: a resumed prefix is hashed again and an
         // fsync waits for the disk, both too slow for the network thread.
         let inline = sink.is_none() && offset == 0 && !store.fsync && len <= INLINE_MAX && store.disk_is_fast();
@@ -574,18 +712,18 @@ impl PartWriter {
             let part_path = store.part_display(&part);
             let mut sink = match sink {
                 Some(sink) => sink,
-                None => open_part(&store, &part, offset, want_md5)?,
+                None => open_part(&store, &part, offset, want)?,
             };
             sink.write(&part_path, &data)?;
             let Sink { file, digests } = sink;
-            let (sha256, md5) = digests.finish();
-            if let Err(e) = verify(&expect, total, &sha256, md5.as_ref()) {
+            let digests = digests.finish();
+            if let Err(e) = verify(&expect, total, &digests) {
                 drop(file);
                 let _ = tree::remove(store.parts.as_fd(), &part);
                 return Err(e);
             }
             store.commit(file, &part, &final_rel, commit)?;
-            Ok(Finished { bytes: total, sha256 })
+            Ok(Finished { bytes: total, digests })
         };
         if inline {
             let started = Instant::now();
@@ -659,11 +797,11 @@ async fn join<T>(handle: JoinHandle<Result<T, Error>>) -> Result<T, Error> {
 }
 
 /// Opens a part file (never through a symlink); keeps and hashes its first `offset` bytes.
-fn open_part(store: &Store, part: &str, offset: u64, want_md5: bool) -> Result<Sink, Error> {
+fn open_part(store: &Store, part: &str, offset: u64, want: Want) -> Result<Sink, Error> {
     let path = store.part_display(part);
     let mut file =
         tree::open_write(store.parts.as_fd(), part, offset == 0).map_err(|e| Error::io("create", &path, e))?;
-    let mut digests = Digests::new(want_md5);
+    let mut digests = Digests::new(want);
     if offset > 0 {
         // Hash the kept prefix again: the digest covers the whole file, not just this attempt.
         if digests.read_from(&mut file, &path, Some(offset))? < offset {
@@ -678,33 +816,36 @@ fn open_part(store: &Store, part: &str, offset: u64, want_md5: bool) -> Result<S
     Ok(Sink { file, digests })
 }
 
-fn verify(expect: &Expect, total: u64, sha256: &[u8; 32], md5: Option<&[u8; 16]>) -> Result<(), Error> {
+fn verify(expect: &Expect, total: u64, got: &FileDigests) -> Result<(), Error> {
     use crate::job::to_hex;
     if let Some(size) = expect.size.filter(|&s| s != total) {
         return Err(Error::Verify(format!(
             "size mismatch: expected {size} bytes, got {total}"
         )));
     }
-    if let Some(want) = expect.sha256.filter(|w| w != sha256) {
+    if let Some(want) = expect.sha256
+        && got.sha256 != Some(want)
+    {
         return Err(Error::Verify(format!(
             "sha256 mismatch: expected {}, got {}",
             to_hex(&want),
-            to_hex(sha256)
+            got.sha256.map_or_else(|| "none".to_owned(), |d| to_hex(&d))
         )));
     }
-    if let (Some(want), Some(got)) = (expect.md5, md5)
-        && &want != got
+    if let Some(want) = expect.md5
+        && let Some(got) = got.md5
+        && want != got
     {
         return Err(Error::Verify(format!(
             "md5 mismatch: expected {}, got {}",
             to_hex(&want),
-            to_hex(got)
+            to_hex(&got)
         )));
     }
     Ok(())
 }
 
 /// Checks an existing file against what is known of it.
-pub(crate) fn matches(expect: &Expect, total: u64, sha256: &[u8; 32], md5: Option<&[u8; 16]>) -> bool {
-    verify(expect, total, sha256, md5).is_ok()
+pub(crate) fn matches(expect: &Expect, total: u64, got: &FileDigests) -> bool {
+    verify(expect, total, got).is_ok()
 }

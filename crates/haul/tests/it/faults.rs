@@ -210,7 +210,7 @@ async fn soak_with_mixed_faults() {
         // archive holds exactly the digest of what is on disk.
         assert_eq!(bytes.len() as u64, size);
         let row = reader.lookup(&server.url(&name, size, "")).unwrap().unwrap();
-        assert_eq!(row.sha256.as_deref(), Some(sha256_hex(&bytes).as_str()));
+        assert_eq!(row.blake3.as_deref(), Some(haul_test::blake3_hex(&bytes).as_str()));
     }
 }
 
@@ -235,6 +235,8 @@ async fn range_not_satisfiable_on_a_complete_part_finishes_it() {
             path: Some("x.bin".into()),
             size: Some(size),
             sha256: None,
+            blake3: None,
+            segments: None,
             verified: false,
             etag: Some(format!("\"x.bin-{size}-v0\"")),
             last_modified: None,

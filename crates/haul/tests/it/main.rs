@@ -6,4 +6,5 @@ mod props;
 mod regress;
 mod safety;
 mod serve;
+mod split;
 mod support;
