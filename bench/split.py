@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Segmented transfers (issue 11): one large file from a server that throttles every connection
-(haul's test server, `rate=` per response), haul --split 8 against aria2c -x8 -s8, and one-stream
-baselines (haul --split 1, curl, wget2), alternating the tool order each round.
+(haul's test server, `rate=` per response), haul --split 8 against aria2c -x8 -s8 and wget2
+--chunk-size, and one stream (haul --split 1), alternating the tool order each round.
 
-    python3 bench/split.py                 # 256 MiB at 8 MB/s per connection, 3 rounds
+    python3 bench/split.py                 # 128 MiB at 8 MB/s per connection, 3 rounds
     python3 bench/split.py --mib 64 --rate 4000000 --rounds 1
 
 Every download is compared with a reference fetched once by curl (sha256). Prints MB/s, CPU
-seconds and haul's ratio to aria2c. Needs: curl wget2 aria2 (Debian packages); builds haul and
+seconds and haul's ratio to each. Needs: curl wget2 aria2 (Debian packages); builds haul and
 haul-testserver in release mode.
 """
 import argparse, hashlib, os, shutil, signal, statistics, subprocess, sys, tempfile, time
@@ -41,7 +41,7 @@ def sha256(path):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--mib", type=int, default=256, help="file size in MiB")
+    ap.add_argument("--mib", type=int, default=128, help="file size in MiB")
     ap.add_argument("--rate", type=int, default=8_000_000, help="bytes/s per connection")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out-root", default="/dev/shm" if os.path.isdir("/dev/shm") else None)
@@ -57,8 +57,8 @@ def main():
         "aria2c -x8 -s8": lambda out: ["aria2c", "-q", "-x8", "-s8", "--file-allocation=none",
                                         "--allow-overwrite=true", "-d", str(out), "-o", "big.bin", url],
         "haul --split 1": lambda out: [str(HAUL), "get", url, "-o", str(out), "--split", "1", "--progress", "none"],
-        "curl": lambda out: ["curl", "-s", "-o", str(out / "big.bin"), url],
-        "wget2": lambda out: ["wget2", "-q", "--no-robots", "-O", str(out / "big.bin"), url],
+        "wget2 --chunk-size 16M": lambda out: ["wget2", "-q", "--no-robots", "--max-threads", "8", "--chunk-size", "16M",
+                                               "-O", str(out / "big.bin"), url],
     }
     names = list(tools)
     results = {t: [] for t in names}

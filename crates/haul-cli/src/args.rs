@@ -313,9 +313,10 @@ pub(crate) struct GetArgs {
     /// fsync each file and its directory before recording it done (survives power loss)
     #[arg(help_heading = "State", long)]
     pub(crate) fsync: bool,
-    /// The digest the archive records of every file, for `haul verify --full`: blake3 (fast),
-    /// sha256, or none. A manifest's sha256 or md5 is verified whatever this says
-    #[arg(help_heading = "State", long, value_parser = parse_digest, default_value = "blake3", value_name = "ALGO")]
+    /// A digest of every file for the archive, so `haul verify --full` can tell a file changed on
+    /// disk: none, blake3 (fast) or sha256. A manifest's sha256 or md5 is verified whatever this
+    /// says
+    #[arg(help_heading = "State", long, value_parser = parse_digest, default_value = "none", value_name = "ALGO")]
     pub(crate) digest: haul::DigestKind,
     /// Retry the jobs the archive lists as failed (alone, or with more input)
     #[arg(help_heading = "State", long, conflicts_with = "no_archive")]

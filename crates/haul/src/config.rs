@@ -213,7 +213,7 @@ impl Config {
                 trusted_hosts: Vec::new(),
                 secret_headers: Vec::new(),
                 allow_empty: false,
-                digest: crate::DigestKind::Blake3,
+                digest: crate::DigestKind::None,
                 split: DEFAULT_SPLIT,
                 min_split_size: DEFAULT_MIN_SPLIT_SIZE,
             },

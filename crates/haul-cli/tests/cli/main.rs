@@ -701,7 +701,11 @@ fn json_progress_writes_only_json_lines_with_events_and_a_summary() {
         ],
     );
     let out = tmp.path().join("out");
-    let result = run(&get_args(&list, &out, &["--progress", "json", "--report", "-"]));
+    let result = run(&get_args(
+        &list,
+        &out,
+        &["--progress", "json", "--report", "-", "--digest", "blake3"],
+    ));
     assert_eq!(result.status.code(), Some(1), "{}", stderr(&result));
     let events: Vec<serde_json::Value> = stderr(&result)
         .lines()

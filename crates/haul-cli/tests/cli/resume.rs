@@ -66,7 +66,11 @@ fn interrupted_then_resumed(replies: Vec<Reply>, second_args: &[&str]) -> Resume
         Some(HALF as u64),
         "a resumable part"
     );
-    let mut args = get_args(&list, &out, &["--retry-wait", "10ms", "--progress", "none"]);
+    let mut args = get_args(
+        &list,
+        &out,
+        &["--retry-wait", "10ms", "--progress", "none", "--digest", "blake3"],
+    );
     args.extend_from_slice(second_args);
     let second = run(&args);
     Resumed {

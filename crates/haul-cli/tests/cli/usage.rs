@@ -264,7 +264,8 @@ fn verify_finds_missing_and_corrupt_files_and_the_next_run_replaces_them() {
     let urls: Vec<String> = names.iter().map(|n| server.url(n, 5000, "")).collect();
     let list = manifest(tmp.path(), &urls);
     let out = tmp.path().join("out");
-    assert!(run(&get_args(&list, &out, &["--progress", "none"])).status.success());
+    let digest = ["--progress", "none", "--digest", "blake3"];
+    assert!(run(&get_args(&list, &out, &digest)).status.success());
     // Deleted, truncated, one byte changed (same size).
     std::fs::remove_file(out.join("v0.bin")).unwrap();
     std::fs::write(out.join("v1.bin"), &body_for("v1.bin", 5000)[..100]).unwrap();
@@ -289,7 +290,7 @@ fn verify_finds_missing_and_corrupt_files_and_the_next_run_replaces_them() {
     assert!(report.contains("v2.bin: corrupt: its BLAKE3 differs"), "{report}");
 
     // The next run fetches both again and replaces them (--on-exists skip would keep them).
-    let fix = run(&get_args(&list, &out, &["--progress", "none"]));
+    let fix = run(&get_args(&list, &out, &digest));
     assert!(fix.status.success(), "{}", stderr(&fix));
     for name in &names {
         assert_eq!(

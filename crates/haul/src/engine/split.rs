@@ -35,7 +35,7 @@ use super::{Note, Shared};
 use crate::error::{Error, ErrorClass};
 use crate::fetch::{Decision, Head, Throttle as _, classify};
 use crate::schedule::host::{Signal, Ticket};
-use crate::store::{RangeWriter, SplitPart, Want};
+use crate::store::{Prefix, RangeWriter, SplitPart, Want};
 
 /// How often the ranges still missing are recorded while a segmented transfer runs.
 const RECORD_EVERY: Duration = Duration::from_secs(1);
@@ -181,12 +181,17 @@ pub(crate) async fn run(
     let guard = shared.monitor.start_transfer(&state.rel, Some(total));
     guard.set_received(plan.lock().expect("plan").done_bytes());
 
+    let expect = state.expect(Some(total));
+    let want = Want::new(shared.config.digest, &expect);
+    let ctx_prefix = Arc::new(Mutex::new(None));
     let ctx = Arc::new(Context {
         shared: Arc::clone(shared),
         request: RequestState::of(state),
         part: part.clone(),
         plan: Arc::clone(&plan),
         guard,
+        want,
+        prefix: Arc::clone(&ctx_prefix),
     });
     // The connections stop on the run's cancel, or on this transfer's own stop (a changed file).
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -338,11 +343,10 @@ pub(crate) async fn run(
         record(shared, state, &part, &plan).await;
         return Ok(Outcome::Interrupted);
     }
-    let expect = state.expect(Some(total));
-    let want = Want::new(shared.config.digest, &expect);
+    let prefix = ctx_prefix.lock().expect("prefix").take();
     let finished = shared
         .store
-        .finish_split(part, total, expect, want, &state.final_rel, state.commit)
+        .finish_split(part, total, expect, want, prefix, &state.final_rel, state.commit)
         .await;
     state.split_missing = None;
     match finished {
@@ -402,6 +406,10 @@ struct Context {
     part: SplitPart,
     plan: Arc<Mutex<Plan>>,
     guard: crate::report::TransferGuard,
+    /// The digests the file needs (the archive's, the manifest's checksums).
+    want: Want,
+    /// The digests of the file's first bytes, from the connection that wrote them from 0.
+    prefix: Arc<Mutex<Option<Prefix>>>,
 }
 
 /// One range request and its body.
@@ -504,7 +512,7 @@ impl Connection {
             all: ctx.shared.bandwidth.as_ref(),
             host: rule.and_then(|i| ctx.shared.rule_bandwidth[i].as_ref()),
         };
-        let mut writer = RangeWriter::new(&ctx.part, self.claim.from);
+        let mut writer = RangeWriter::new(&ctx.part, self.claim.from, ctx.want);
         let result = loop {
             let chunk = tokio::select! {
                 biased;
@@ -541,10 +549,17 @@ impl Connection {
                 }
             }
         };
-        let flushed = writer.flush().await;
-        if let Ok(upto) = flushed {
-            ctx.plan.lock().expect("plan").written(self.claim.piece, upto);
-        }
+        let flushed = match writer.flush().await {
+            Ok((upto, prefix)) => {
+                ctx.plan.lock().expect("plan").written(self.claim.piece, upto);
+                if let Some(prefix) = prefix {
+                    // The bytes from 0 this connection hashed as it wrote them: not read again.
+                    *ctx.prefix.lock().expect("prefix") = Some(prefix);
+                }
+                Ok(upto)
+            }
+            Err(e) => Err(e),
+        };
         self.release();
         match (result, flushed) {
             (Err(e), _) | (Ok(_), Err(e)) => Err(e),

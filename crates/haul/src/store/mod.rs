@@ -30,9 +30,8 @@ use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use tokio::task::JoinHandle;
 
-use digest::Digests;
-pub(crate) use digest::Want;
 pub use digest::{DigestKind, FileDigests, hash_file};
+pub(crate) use digest::{Digests, Want};
 pub use disposition::{LAUNCHER_EXTENSIONS, disposition_filename};
 pub(crate) use path::with_file_name;
 pub use path::{Layout, NameTemplate, RelPath, checked_path, output_path};
@@ -288,12 +287,16 @@ impl Store {
     /// Verifies a complete segmented part over its whole content (length, the manifest's
     /// checksums, the archive's digest) and renames it to `final_rel` as `commit` allows. On a
     /// mismatch the part is removed and nothing is renamed.
+    /// `prefix`: the digests of the part's first bytes, hashed as they were written; only the
+    /// rest is read back.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn finish_split(
         self: &Arc<Self>,
         part: SplitPart,
         total: u64,
         expect: Expect,
         want: Want,
+        prefix: Option<Prefix>,
         final_rel: &str,
         commit: Commit,
     ) -> Result<Finished, Error> {
@@ -306,8 +309,16 @@ impl Store {
                 .map_err(|_| Error::Internal("a segment writer still holds the part file".into()))?;
             let checked = (|| {
                 let len = file.metadata().map_err(|e| Error::io("inspect", &path, e))?.len();
-                let mut digests = Digests::new(want);
-                let read = digests.read_from(&mut &file, &path, None)?;
+                let (from, mut digests) = prefix.unwrap_or_else(|| (0, Digests::new(want)));
+                // Nothing to hash (`--digest none`, no manifest checksum): the length is all.
+                let read = if want.any() && from < total {
+                    (&file)
+                        .seek(SeekFrom::Start(from))
+                        .map_err(|e| Error::io("seek", &path, e))?;
+                    from + digests.read_from(&mut &file, &path, None)?
+                } else {
+                    len
+                };
                 if len != total || read != total {
                     return Err(Error::Verify(format!(
                         "the segmented part holds {read} bytes, expected {total}"
@@ -527,18 +538,28 @@ pub(crate) struct RangeWriter {
     /// Where the buffer's first byte goes.
     next: u64,
     buffer: Chunks,
+    /// The digests of the file from byte 0 up to `next` (the writer that starts at 0 only):
+    /// a file no thief cut is verified without reading it back.
+    digests: Option<Digests>,
     /// A block being written; gives back the offset the file holds this writer's bytes up to.
-    in_flight: Option<JoinHandle<Result<u64, Error>>>,
+    in_flight: Option<RangeBlock>,
 }
 
+/// A block of a range being written: gives back where it ended and the running digests.
+type RangeBlock = JoinHandle<Result<(u64, Option<Digests>), Error>>;
+
+/// The digests of a segmented part's first bytes, and how many bytes they cover.
+pub(crate) type Prefix = (u64, Digests);
+
 impl RangeWriter {
-    /// A writer of `part` from offset `from`.
-    pub(crate) fn new(part: &SplitPart, from: u64) -> Self {
+    /// A writer of `part` from offset `from`; from 0, it also hashes what it writes (`want`).
+    pub(crate) fn new(part: &SplitPart, from: u64, want: Want) -> Self {
         Self {
             file: Arc::clone(&part.file),
             path: part.path.clone(),
             next: from,
             buffer: Chunks::default(),
+            digests: (from == 0 && want.any()).then(|| Digests::new(want)),
             in_flight: None,
         }
     }
@@ -556,29 +577,40 @@ impl RangeWriter {
     /// Waits for the block in flight, then hands the buffer to the blocking pool.
     async fn hand_off(&mut self) -> Result<Option<u64>, Error> {
         let done = match self.in_flight.take() {
-            Some(handle) => Some(join(handle).await?),
+            Some(handle) => {
+                let (upto, digests) = join(handle).await?;
+                self.digests = digests;
+                Some(upto)
+            }
             None => None,
         };
         let Chunks { chunks, len } = std::mem::take(&mut self.buffer);
         let (file, path, at) = (Arc::clone(&self.file), self.path.clone(), self.next);
+        let mut digests = self.digests.take();
         self.next += len as u64;
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            if let Some(d) = &mut digests {
+                for chunk in &chunks {
+                    d.update(chunk);
+                }
+            }
             write_at(&file, &path, &chunks, at)?;
-            Ok(at + len as u64)
+            Ok((at + len as u64, digests))
         }));
         Ok(done)
     }
 
     /// Writes everything buffered; returns the offset the part file holds this writer's bytes
-    /// up to.
-    pub(crate) async fn flush(mut self) -> Result<u64, Error> {
+    /// up to, and (for the writer from 0) the digests of everything before it.
+    pub(crate) async fn flush(mut self) -> Result<(u64, Option<Prefix>), Error> {
         if self.buffer.len > 0 {
             self.hand_off().await?;
         }
-        match self.in_flight.take() {
-            Some(handle) => join(handle).await,
-            None => Ok(self.next),
-        }
+        let (upto, digests) = match self.in_flight.take() {
+            Some(handle) => join(handle).await?,
+            None => (self.next, self.digests.take()),
+        };
+        Ok((upto, digests.map(|d| (upto, d))))
     }
 }
 

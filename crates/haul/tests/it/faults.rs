@@ -188,6 +188,7 @@ async fn soak_with_mixed_faults() {
         expected.push((name, size));
     }
     let cfg = config(&out)
+        .digest(haul::DigestKind::Blake3)
         .concurrency(32)
         .per_host(32)
         .retries(10)

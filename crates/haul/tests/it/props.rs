@@ -86,7 +86,11 @@ fn check(sequence: &[(u8, usize)]) -> Result<(), TestCaseError> {
         .block_on(run(config(&out).retries(0).build(), &manifest, Format::Plain))
         .0;
     prop_assert_eq!(first.failed_total(), 1);
-    let cfg = config(&out).retries(RETRIES).archive(ArchiveMode::Default).build();
+    let cfg = config(&out)
+        .retries(RETRIES)
+        .archive(ArchiveMode::Default)
+        .digest(haul::DigestKind::Blake3)
+        .build();
     let (summary, _) = rt.block_on(run(cfg, &manifest, Format::Plain));
     prop_assert_eq!(summary.done + summary.failed_total(), 1, "ended: {:?}", summary);
     prop_assert!(
