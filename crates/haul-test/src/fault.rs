@@ -396,7 +396,11 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
     }
     let param = |name: &str| query.get(name).map(String::as_str);
     let number = |name: &str| param(name).and_then(|v| v.parse::<u64>().ok());
-    let faulty = number("times").is_none_or(|times| hit <= times);
+    // `only=K`: the K-th request alone gets the faults (a throttle applies to every request).
+    let faulty = match number("only") {
+        Some(k) => hit == k,
+        None => number("times").is_none_or(|times| hit <= times),
+    };
 
     if let Some(ms) = number("delay").filter(|_| faulty) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -528,10 +532,12 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
         cut = Some(announced * 2 / 3);
     }
     let stall = faulty && param("stall").is_some();
-    let rate = number("rate").filter(|_| faulty).map(|r| match number("slow_first") {
-        Some(factor) if hit == 1 => (r / factor.max(1)).max(1),
-        _ => r,
-    });
+    let rate = number("rate")
+        .filter(|_| faulty || param("only").is_some())
+        .map(|r| match number("slow_first") {
+            Some(factor) if hit == 1 => (r / factor.max(1)).max(1),
+            _ => r,
+        });
     if cut.is_none() && !stall && rate.is_none() {
         return builder.body(full(data)).expect("response");
     }

@@ -143,3 +143,24 @@ async fn a_file_that_changes_mid_transfer_is_fetched_again_whole() {
     let whole = (1..=hits).any(|v| file == haul_test::body_version("moving.bin", size, v));
     assert!(whole, "the file is one version, whole ({hits} requests)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_range_is_retried_alone() {
+    let server = FaultServer::start().await;
+    let size = 16 * MIB;
+    // The third request (a range, once the split began) is cut after 512 KiB.
+    let url = server.url("cut.bin", size, &format!("rate={RATE}&reset=524288&only=3"));
+    fetch(&url, "cut.bin", size, 8).await;
+    let requests: Vec<bool> = server
+        .headers_seen()
+        .iter()
+        .filter(|(path, _)| path == "/f/cut.bin")
+        .map(|(_, headers)| headers.contains_key("range"))
+        .collect();
+    assert!(!requests[0], "the first request asks for the whole file");
+    assert!(requests.len() >= 4, "{requests:?}");
+    assert!(
+        requests[1..].iter().all(|ranged| *ranged),
+        "after the cut only ranges are asked for, never the whole file again: {requests:?}"
+    );
+}
