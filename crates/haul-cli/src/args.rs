@@ -231,9 +231,9 @@ pub(crate) struct GetArgs {
     /// Refuse files larger than this (e.g. 2GiB), with or without a Content-Length
     #[arg(help_heading = "Failures and limits", long, value_parser = parse_size)]
     pub(crate) max_size: Option<u64>,
-    /// Connections per large file: ranges fetched at once into one part file, each connection
-    /// counted against the host's limit (1: one stream). Needs a known size, byte ranges and an
-    /// ETag or Last-Modified
+    /// Connections per large file when one stream is slow (after 250 ms it would need over a
+    /// second more): ranges fetched at once into one part file, each counted against the host's
+    /// limit (1: always one stream). Needs a known size, byte ranges and an ETag or Last-Modified
     #[arg(help_heading = "HTTP", long, default_value_t = haul::DEFAULT_SPLIT, value_name = "N")]
     pub(crate) split: usize,
     /// Split only files of at least twice this size, with at most one connection per this size
