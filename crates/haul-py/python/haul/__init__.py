@@ -302,25 +302,13 @@ async def download(jobs: Jobs, output_dir: Union[str, "os.PathLike[str]"], *, co
                        user_agent)
     run, feed = _start(jobs, output_dir, options)
     feeder = asyncio.ensure_future(_feed_async(run, feed)) if feed is not None else None
-    on_progress, bar = _progress(progress)
-    results: List[Any] = []
-    summary: Optional[Dict[str, Any]] = None
+    collect = _Collect(progress)
     try:
         while True:
             text = await run.next_event()
             if text is None:
                 break
-            event = _event(text)
-            if isinstance(event, dict):
-                if event.get("type") == "summary":
-                    summary = event
-            elif isinstance(event, Progress):
-                if on_progress:
-                    on_progress(event)
-            elif not isinstance(event, BadLine):
-                results.append(event)
-                if bar is not None:
-                    bar.update(1)
+            collect.take(text)
     except BaseException:
         run.cancel()
         # Drain to the end so every transfer has stopped and the archive is flushed.
@@ -328,13 +316,11 @@ async def download(jobs: Jobs, output_dir: Union[str, "os.PathLike[str]"], *, co
             pass
         raise
     finally:
-        if bar is not None:
-            bar.close()
+        collect.close()
         if feeder is not None and not feeder.done():
             feeder.cancel()
-    assert summary is not None
     _raise_feed_error(feeder)
-    return _finish(summary, results)
+    return collect.finish()
 
 
 def _raise_feed_error(feeder: Optional["asyncio.Future[None]"]) -> None:
@@ -379,39 +365,55 @@ def download_sync(jobs: Jobs, output_dir: Union[str, "os.PathLike[str]"], *, con
                 run.close()
         feeder = threading.Thread(target=feed_all, name="haul-feed", daemon=True)
         feeder.start()
-    on_progress, bar = _progress(progress)
-    results: List[Any] = []
-    summary: Optional[Dict[str, Any]] = None
+    collect = _Collect(progress)
     try:
         while True:
             text = run.next_event_blocking(0.1)
             if text is None:
                 break
-            if text == "":
-                continue
-            event = _event(text)
-            if isinstance(event, dict):
-                if event.get("type") == "summary":
-                    summary = event
-            elif isinstance(event, Progress):
-                if on_progress:
-                    on_progress(event)
-            elif not isinstance(event, BadLine):
-                results.append(event)
-                if bar is not None:
-                    bar.update(1)
+            if text:
+                collect.take(text)
     except KeyboardInterrupt:
         run.cancel()
         while run.next_event_blocking(1.0) is not None:
             pass
         raise
     finally:
-        if bar is not None:
-            bar.close()
-    assert summary is not None
+        collect.close()
     if feed_error:
         raise feed_error[0]
-    return _finish(summary, results)
+    return collect.finish()
+
+
+class _Collect:
+    """Gathers a run's events into its `Summary`, feeding progress to the caller's callback or
+    a tqdm bar."""
+
+    def __init__(self, progress: Union[None, bool, Callable[[Progress], Any]]) -> None:
+        self.on_progress, self.bar = _progress(progress)
+        self.results: List[Any] = []
+        self.summary: Optional[Dict[str, Any]] = None
+
+    def take(self, text: str) -> None:
+        event = _event(text)
+        if isinstance(event, dict):
+            if event.get("type") == "summary":
+                self.summary = event
+        elif isinstance(event, Progress):
+            if self.on_progress:
+                self.on_progress(event)
+        elif not isinstance(event, BadLine):
+            self.results.append(event)
+            if self.bar is not None:
+                self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def finish(self) -> Summary:
+        assert self.summary is not None, "the run ended without a summary"
+        return _finish(self.summary, self.results)
 
 
 def _progress(progress: Union[None, bool, Callable[[Progress], Any]]) -> tuple[Optional[Callable[[Progress], Any]], Any]:
