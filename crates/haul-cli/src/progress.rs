@@ -228,9 +228,9 @@ impl Status {
             .eta
             .map_or_else(|| "ETA –".to_owned(), |eta| format!("ETA {}", human_duration(eta)));
         let mut line = format!(
-            "{count} · {} failed · {:.0} files/s · {}/s · {eta} · {} active",
+            "{count} · {} failed · {} files/s · {}/s · {eta} · {} active",
             s.failed,
-            self.files_per_s,
+            files_per_s(self.files_per_s),
             human_bytes(self.bytes_per_s as u64),
             s.active
         );
@@ -476,6 +476,15 @@ pub(crate) fn wrap(line: &str, width: usize) -> Vec<String> {
         pieces.push(current);
     }
     pieces
+}
+
+/// Files per second as shown: one decimal below 10 (so 0.4 files/s is not "0").
+pub(crate) fn files_per_s(rate: f64) -> String {
+    if rate < 10.0 {
+        format!("{rate:.1}")
+    } else {
+        format!("{rate:.0}")
+    }
 }
 
 /// `1.5 MiB`-style sizes.

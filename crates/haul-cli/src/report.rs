@@ -239,10 +239,10 @@ fn summary_lines(s: &haul::Summary) -> Vec<String> {
             },
         ),
         format!(
-            "{} in {} · {:.0} files/s · {}/s · {} retries",
+            "{} in {} · {} files/s · {}/s · {} retries",
             human_bytes(s.bytes),
             human_duration(s.elapsed),
-            s.done as f64 / secs,
+            crate::progress::files_per_s(s.done as f64 / secs),
             human_bytes((s.bytes as f64 / secs) as u64),
             s.retries,
         ),

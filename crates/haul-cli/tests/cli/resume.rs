@@ -327,43 +327,38 @@ fn size_limits_apply_before_and_during_the_body() {
     );
 }
 
-/// Issue 11: `kill -9` in the middle of a segmented transfer; the rerun asks only for the ranges
-/// the archive lists as missing, each with If-Range, and the file ends whole.
-#[test]
-fn kill_9_mid_segmented_transfer_then_only_missing_ranges_are_fetched() {
-    const MIB: u64 = 1024 * 1024;
-    let rt = super::runtime();
-    let server = rt.block_on(haul_test::FaultServer::start());
-    let size = 16 * MIB;
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("out");
-    // One job (fixed id and path): throttled per connection in the first run, not in the second.
-    let line = |url: String| format!("{{\"url\":\"{url}\",\"id\":\"big\",\"path\":\"big.bin\"}}\n");
-    let slow = tmp.path().join("slow.jsonl");
-    std::fs::write(&slow, line(server.url("big.bin", size, "rate=1000000"))).unwrap();
-    let fast = tmp.path().join("fast.jsonl");
-    std::fs::write(&fast, line(server.url("big.bin", size, ""))).unwrap();
-    let split = ["--split", "4", "--min-split-size", "1M", "--progress", "none"];
+const MIB: u64 = 1024 * 1024;
+/// The segmented test file's size.
+const SPLIT_SIZE: u64 = 16 * MIB;
+const SPLIT_ARGS: [&str; 6] = ["--split", "4", "--min-split-size", "1M", "--progress", "none"];
+
+/// The ranges a `segments` column lists as missing.
+fn missing(row: &haul::archive::Row) -> Vec<(u64, u64)> {
+    row.segments
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter(|r| !r.is_empty())
+        .map(|r| {
+            let (a, b) = r.split_once('-').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Starts one job (id "big", path big.bin) throttled per connection, and kills haul with
+/// SIGKILL once the archive records a split transfer with some ranges done. Returns the
+/// manifest maker (the rerun's URL may differ: same id) and the ranges recorded missing.
+fn killed_mid_split(server: &haul_test::FaultServer, dir: &Path, out: &Path) -> Vec<(u64, u64)> {
+    let slow = dir.join("slow.jsonl");
+    std::fs::write(&slow, job_line(server.url("big.bin", SPLIT_SIZE, "rate=1000000"))).unwrap();
     let mut child = super::haul()
-        .args(get_args(&slow, &out, &split))
+        .args(get_args(&slow, out, &SPLIT_ARGS))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Killed once the archive records a split transfer with some ranges done.
     let archive = out.join(".haul/archive.sqlite");
-    let missing = |row: &haul::archive::Row| -> Vec<(u64, u64)> {
-        row.segments
-            .as_deref()
-            .unwrap_or("")
-            .split(',')
-            .filter(|r| !r.is_empty())
-            .map(|r| {
-                let (a, b) = r.split_once('-').unwrap();
-                (a.parse().unwrap(), b.parse().unwrap())
-            })
-            .collect()
-    };
     let recorded = || {
         haul::archive::ArchiveReader::open(&archive)
             .ok()
@@ -372,7 +367,7 @@ fn kill_9_mid_segmented_transfer_then_only_missing_ranges_are_fetched() {
     let split_and_going = super::wait_for(std::time::Duration::from_secs(30), || {
         recorded().is_some_and(|row| {
             let left: u64 = missing(&row).iter().map(|(a, b)| b - a).sum();
-            missing(&row).len() >= 2 && left < size - 2 * MIB
+            missing(&row).len() >= 2 && left < SPLIT_SIZE - 2 * MIB
         })
     });
     child.kill().unwrap();
@@ -380,19 +375,34 @@ fn kill_9_mid_segmented_transfer_then_only_missing_ranges_are_fetched() {
     assert!(split_and_going, "the archive never showed a split transfer in progress");
     let row = recorded().unwrap();
     assert_eq!(row.status, haul::archive::RowStatus::Partial);
-    let gaps = missing(&row);
-    assert!(
-        !std::path::Path::new(&out.join("big.bin")).exists(),
-        "no partial bytes at the final name"
-    );
+    assert!(!out.join("big.bin").exists(), "no partial bytes at the final name");
+    missing(&row)
+}
 
+/// The job as a JSONL line with a fixed id and path.
+fn job_line(url: String) -> String {
+    format!("{{\"url\":\"{url}\",\"id\":\"big\",\"path\":\"big.bin\"}}\n")
+}
+
+/// Issue 11: `kill -9` in the middle of a segmented transfer; the rerun asks only for the ranges
+/// the archive lists as missing, each with If-Range, and the file ends whole.
+#[test]
+fn kill_9_mid_segmented_transfer_then_only_missing_ranges_are_fetched() {
+    let rt = super::runtime();
+    let server = rt.block_on(haul_test::FaultServer::start());
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let gaps = killed_mid_split(&server, tmp.path(), &out);
+
+    let fast = tmp.path().join("fast.jsonl");
+    std::fs::write(&fast, job_line(server.url("big.bin", SPLIT_SIZE, ""))).unwrap();
     let before = server.headers_seen().len();
-    let second = run(&get_args(&fast, &out, &split));
+    let second = run(&get_args(&fast, &out, &SPLIT_ARGS));
     assert_eq!(second.status.code(), Some(0), "{}", stderr(&second));
     let file = std::fs::read(out.join("big.bin")).unwrap();
     assert_eq!(
         sha256_hex(&file),
-        sha256_hex(&body_for("big.bin", size)),
+        sha256_hex(&body_for("big.bin", SPLIT_SIZE)),
         "no spliced bytes"
     );
     let asked: Vec<_> = server.headers_seen()[before..]
@@ -407,17 +417,44 @@ fn kill_9_mid_segmented_transfer_then_only_missing_ranges_are_fetched() {
         })
         .collect();
     assert!(!asked.is_empty());
+    // (Ranges are asked whole; a thief may cut one short, so their lengths add up to more than
+    // the bytes sent. What matters: none starts in data the part already held.)
     for (from, to) in &asked {
         assert!(
             gaps.iter().any(|(a, b)| from >= a && to <= b),
             "range {from}-{to} was not missing (missing: {gaps:?})"
         );
     }
-    // (Ranges are asked whole; a thief may cut one short, so their lengths add up to more than
-    // the bytes sent. What matters: none starts in data the part already held.)
     let row = archive_row(&out, "big");
     assert_eq!(row.status, haul::archive::RowStatus::Done);
     assert_eq!(row.segments, None);
+    assert!(
+        std::fs::read_dir(out.join(".haul/parts")).unwrap().next().is_none(),
+        "no part left"
+    );
+}
+
+/// Issue 11: the file changed between the runs (a new ETag): the rerun's ranges are refused by
+/// If-Range, the file is fetched again whole, and it is exactly one version, never a mix.
+#[test]
+fn a_segmented_part_of_a_file_that_changed_is_fetched_again_whole() {
+    let rt = super::runtime();
+    let server = rt.block_on(haul_test::FaultServer::start());
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    killed_mid_split(&server, tmp.path(), &out);
+    let changed = tmp.path().join("changed.jsonl");
+    std::fs::write(&changed, job_line(server.url("big.bin", SPLIT_SIZE, "etag=changing"))).unwrap();
+    let second = run(&get_args(&changed, &out, &SPLIT_ARGS));
+    assert_eq!(second.status.code(), Some(0), "{}", stderr(&second));
+    let file = std::fs::read(out.join("big.bin")).unwrap();
+    let hits = server.hits("/f/big.bin");
+    let version = (1..=hits).find(|&v| file == haul_test::body_version("big.bin", SPLIT_SIZE, v));
+    assert!(
+        version.is_some(),
+        "the file is one new version, whole ({hits} requests)"
+    );
+    assert_ne!(file, body_for("big.bin", SPLIT_SIZE), "not the old version");
     assert!(
         std::fs::read_dir(out.join(".haul/parts")).unwrap().next().is_none(),
         "no part left"

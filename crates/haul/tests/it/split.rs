@@ -164,3 +164,24 @@ async fn a_failed_range_is_retried_alone() {
         "after the cut only ranges are asked for, never the whole file again: {requests:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_stay_within_the_hosts_limit() {
+    let server = FaultServer::start().await;
+    let size = 16 * MIB;
+    let url = server.url("capped.bin", size, &format!("rate={RATE}"));
+    let tmp = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let cfg = split_config(&tmp.path().join("out"), 8)
+        .per_host(2)
+        .adaptive(false)
+        .build();
+    let (summary, _) = run(cfg, &format!("{url}\n"), Format::Plain).await;
+    let took = started.elapsed();
+    assert_eq!(summary.done, 1, "{summary:?}");
+    assert!(server.hits("/f/capped.bin") >= 2, "it was split");
+    // Two connections at 4 MB/s need 2.1 s for 16 MiB; eight would take 0.6 s.
+    assert!(took >= Duration::from_millis(1700), "--per-host 2 held: {took:?}");
+    let file = tmp.path().join("out").join(haul_test_name(&url));
+    assert_eq!(sha256_file(&file), sha256_hex(&body_for("capped.bin", size)));
+}
