@@ -525,7 +525,11 @@ impl Connection {
                 Err(e) => break Err(e),
             };
             let len = chunk.len() as u64;
-            let keep = ctx.plan.lock().expect("plan").receive(self.claim.piece, self.conn, len);
+            let (keep, complete) = {
+                let mut plan = ctx.plan.lock().expect("plan");
+                let keep = plan.receive(self.claim.piece, self.conn, len);
+                (keep, plan.is_received(self.claim.piece))
+            };
             if keep > 0 {
                 ctx.guard.add_bytes(keep);
                 let kept = usize::try_from(keep).unwrap_or(chunk.len());
@@ -535,7 +539,7 @@ impl Connection {
                     Err(e) => break Err(e),
                 }
             }
-            if keep < len || ctx.plan.lock().expect("plan").is_received(self.claim.piece) {
+            if keep < len || complete {
                 break Ok(RangeEnd::Served);
             }
             if budgets.any() {
