@@ -45,8 +45,16 @@ pub(crate) enum Command {
     /// Download every URL of a manifest (and/or the URLs given as arguments)
     #[command(after_help = GET_EXAMPLES)]
     Get(Box<GetArgs>),
-    /// Show what an archive holds: counts by status, bytes, failures by reason and host
-    Status(ArchiveArg),
+    /// Add a manifest's jobs to a shared PostgreSQL queue (the same job twice is one job)
+    #[command(after_help = QUEUE_EXAMPLES)]
+    Enqueue(EnqueueArgs),
+    /// Download the jobs of a shared PostgreSQL queue, beside any number of other workers on any
+    /// number of machines; ends when the queue is empty (or waits for more with --follow)
+    #[command(after_help = QUEUE_EXAMPLES)]
+    Work(Box<WorkArgs>),
+    /// Show what an archive (or a queue, with --queue) holds: counts by status, bytes, failures
+    /// by reason and host; for a queue also its workers and the hosts cooling down
+    Status(StatusArgs),
     /// Check the archive's done files against the disk (exists, size; the recorded digest with --full); what is
     /// missing or corrupt is fetched again, and replaced, by the next run
     Verify(VerifyArgs),
@@ -63,6 +71,80 @@ pub(crate) enum Command {
     },
     /// Print the manual page (roff), e.g. `haul man | man -l -`
     Man,
+}
+
+const QUEUE_EXAMPLES: &str = "\
+Examples (one database, any number of workers, a shared directory):
+  export HAUL_QUEUE=postgres://haul@db.example/haul
+  haul enqueue -i urls.txt --job photos          add the jobs (again: only the new ones)
+  haul work --job photos -o /mnt/shared/photos -j 32 --per-host 4   on every machine
+  haul status --job photos                       counts, workers, hosts cooling down
+  haul failed --job photos > failed.jsonl        what failed, as a manifest
+  haul work --job photos -o /mnt/shared/photos --retry-failed";
+
+/// Where the queue is.
+#[derive(Debug, Args)]
+pub(crate) struct QueueArgs {
+    /// The queue: a PostgreSQL URL (postgres://user@host:port/database)
+    #[arg(help_heading = "Queue", long, env = "HAUL_QUEUE", value_name = "URL")]
+    pub(crate) queue: String,
+    /// The job: a name that keeps several lists apart in one database
+    #[arg(help_heading = "Queue", long = "job", value_name = "JOB", default_value = haul::queue::DEFAULT_NAME)]
+    pub(crate) job: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EnqueueArgs {
+    #[command(flatten)]
+    pub(crate) queue: QueueArgs,
+    /// The manifest to read ("-" for standard input)
+    #[arg(short, long, value_name = "FILE")]
+    pub(crate) input: PathBuf,
+    /// The manifest's format [default: from the extension, else read off the content]
+    #[arg(long, value_enum)]
+    pub(crate) format: Option<FormatArg>,
+    /// What keys a job (the same key twice is one job)
+    #[arg(long, value_enum, default_value = "id")]
+    pub(crate) archive_key: ArchiveKeyArg,
+    /// Further header names whose values are secrets: not stored in the queue
+    #[arg(long = "secret-header", value_name = "NAME")]
+    pub(crate) secret_headers: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WorkArgs {
+    #[command(flatten)]
+    pub(crate) queue: QueueArgs,
+    /// How long a claimed job stays this worker's without a heartbeat; after that another
+    /// worker takes it over
+    #[arg(help_heading = "Queue", long, value_parser = parse_duration, default_value = "60s")]
+    pub(crate) lease: Duration,
+    /// A job claimed this many times by workers that died before finishing it fails
+    #[arg(help_heading = "Queue", long, default_value_t = 3)]
+    pub(crate) max_attempts: u32,
+    /// When the queue is empty, wait for more jobs instead of ending
+    #[arg(help_heading = "Queue", long)]
+    pub(crate) follow: bool,
+    /// This worker's name in `haul status` [default: HOST:PID]
+    #[arg(help_heading = "Queue", long, value_name = "NAME")]
+    pub(crate) worker_name: Option<String>,
+    #[command(flatten)]
+    pub(crate) get: GetArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// The archive file, or an output directory holding `.haul/archive.sqlite` [default: .]
+    pub(crate) archive: Option<PathBuf>,
+    /// Show a queue instead: a PostgreSQL URL (or $HAUL_QUEUE with --job)
+    #[arg(long, value_name = "URL")]
+    pub(crate) queue: Option<String>,
+    /// The queue's job
+    #[arg(long = "job", value_name = "JOB")]
+    pub(crate) job: Option<String>,
+    /// Print JSON (queues only)
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -87,6 +169,12 @@ pub(crate) struct VerifyArgs {
 pub(crate) struct FailedArgs {
     #[command(flatten)]
     pub(crate) archive: ArchiveArg,
+    /// Print a queue's failed jobs instead: a PostgreSQL URL (or $HAUL_QUEUE with --job)
+    #[arg(long, value_name = "URL")]
+    pub(crate) queue: Option<String>,
+    /// The queue's job
+    #[arg(long = "job", value_name = "JOB")]
+    pub(crate) job: Option<String>,
     /// Accepted for compatibility: URLs are always printed as stored (a manifest is data)
     #[arg(long, hide = true)]
     pub(crate) show_secrets: bool,

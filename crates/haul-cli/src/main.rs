@@ -5,6 +5,7 @@ mod args;
 mod config;
 mod exit;
 mod progress;
+mod queue;
 mod report;
 
 use std::fs::File;
@@ -40,9 +41,23 @@ fn main() -> ExitCode {
     let json = matches!(&cli.command, Command::Get(args) if args.progress == args::ProgressArg::Json && !args.quiet);
     let result = match cli.command {
         Command::Get(args) => get(*args),
-        Command::Status(a) => status(a.archive.as_deref()).map_err(|e| fail(Exit::Usage, e)),
+        Command::Enqueue(a) => queue::enqueue(&a),
+        Command::Work(a) => queue::work(*a),
+        Command::Status(a) => match queue::queue_url(a.queue.as_deref(), a.job.as_deref()) {
+            Some(url) => queue::status(&url, a.job.as_deref().unwrap_or(haul::queue::DEFAULT_NAME), a.json)
+                .map_err(|e| fail(Exit::Fatal, e)),
+            None if a.json => Err(fail(
+                Exit::Usage,
+                anyhow::anyhow!("--json is for queues: add --queue URL (or set HAUL_QUEUE and give --job)"),
+            )),
+            None => status(a.archive.as_deref()).map_err(|e| fail(Exit::Usage, e)),
+        },
         Command::Verify(a) => verify(&a).map_err(|e| fail(Exit::Fatal, e)),
-        Command::Failed(a) => failed(a.archive.archive.as_deref()).map_err(|e| fail(Exit::Usage, e)),
+        Command::Failed(a) => match queue::queue_url(a.queue.as_deref(), a.job.as_deref()) {
+            Some(url) => queue::failed(&url, a.job.as_deref().unwrap_or(haul::queue::DEFAULT_NAME))
+                .map_err(|e| fail(Exit::Fatal, e)),
+            None => failed(a.archive.archive.as_deref()).map_err(|e| fail(Exit::Usage, e)),
+        },
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "haul", &mut std::io::stdout());
@@ -82,8 +97,8 @@ type Jobs = Box<dyn Iterator<Item = Result<haul::Job, haul::ManifestError>> + Se
 
 /// The format the user named (`--format`) or the file's name names (`.csv`, `.jsonl`); `None`
 /// when only the content can tell.
-fn named_format(args: &GetArgs, path: &Path) -> Option<haul::Format> {
-    match args.format {
+fn named_format(format: Option<FormatArg>, path: &Path) -> Option<haul::Format> {
+    match format {
         Some(FormatArg::Plain) => Some(haul::Format::Plain),
         Some(FormatArg::Jsonl) => Some(haul::Format::Jsonl),
         Some(FormatArg::Csv) => Some(haul::Format::Csv),
@@ -92,8 +107,8 @@ fn named_format(args: &GetArgs, path: &Path) -> Option<haul::Format> {
     }
 }
 
-fn key_of(args: &GetArgs) -> haul::ArchiveKey {
-    match args.archive_key {
+fn key_of(key: ArchiveKeyArg) -> haul::ArchiveKey {
+    match key {
         ArchiveKeyArg::Id => haul::ArchiveKey::IdOrUrl,
         ArchiveKeyArg::Url => haul::ArchiveKey::Url,
     }
@@ -102,7 +117,7 @@ fn key_of(args: &GetArgs) -> haul::ArchiveKey {
 /// Opens the manifest and looks at its start: a directory, binary data or a CSV without a `url`
 /// column is a usage error; a format the name does not give is read off the content. Also
 /// says whether the manifest is empty (blank lines and comments only).
-fn open_manifest(args: &GetArgs, path: &Path) -> Result<(Jobs, bool), Failure> {
+fn open_manifest(format: Option<FormatArg>, key: ArchiveKeyArg, path: &Path) -> Result<(Jobs, bool), Failure> {
     let shown = if path == Path::new("-") {
         "standard input".to_owned()
     } else {
@@ -122,7 +137,7 @@ fn open_manifest(args: &GetArgs, path: &Path) -> Result<(Jobs, bool), Failure> {
             .map_err(|e| fail(Exit::Usage, e))?;
         Box::new(BufReader::with_capacity(256 * 1024, file))
     };
-    let named = named_format(args, path);
+    let named = named_format(format, path);
     let sample = reader
         .fill_buf()
         .with_context(|| format!("cannot read the manifest {shown}"))
@@ -134,7 +149,7 @@ fn open_manifest(args: &GetArgs, path: &Path) -> Result<(Jobs, bool), Failure> {
         haul::manifest::Sniffed::Empty => (named.unwrap_or(haul::Format::Plain), true),
     };
     Ok((
-        Box::new(haul::ManifestReader::new(reader, format).archive_key(key_of(args))),
+        Box::new(haul::ManifestReader::new(reader, format).archive_key(key_of(key))),
         empty,
     ))
 }
@@ -199,7 +214,7 @@ fn check_strict(args: &GetArgs, path: &Path) -> Result<(), Failure> {
     }
     let mut bad = Vec::new();
     let mut count = 0u64;
-    for item in open_manifest(args, path)?.0 {
+    for item in open_manifest(args.format, args.archive_key, path)?.0 {
         if let Err(e) = item {
             count += 1;
             if bad.len() < 20 {
@@ -293,7 +308,7 @@ fn get(args: GetArgs) -> Result<Exit, Failure> {
     }
     let manifest = match &args.input {
         Some(input) => {
-            let (manifest, empty) = open_manifest(&args, input)?;
+            let (manifest, empty) = open_manifest(args.format, args.archive_key, input)?;
             if empty && !args.quiet {
                 let _ = writeln!(
                     std::io::stderr(),
@@ -337,15 +352,7 @@ fn get(args: GetArgs) -> Result<Exit, Failure> {
     if let Some(manifest) = manifest {
         jobs = Box::new(jobs.chain(manifest));
     }
-    let report: Option<Box<dyn std::io::Write + Send>> = match &args.report {
-        Some(path) if path == Path::new("-") => Some(Box::new(std::io::stdout())),
-        Some(path) => Some(Box::new(
-            File::create(path)
-                .with_context(|| format!("cannot create the report {}", path.display()))
-                .map_err(|e| fail(Exit::Usage, e))?,
-        )),
-        None => None,
-    };
+    let report = open_report(args.report.as_deref())?;
     // One network thread: measured faster than a multi-threaded runtime on every data set
     // (30,000 small files 1.46 s vs 2.33 s): no cross-thread wake-ups per file. Hashing and
     // writing of large bodies run on the blocking pool beside it (README, "Measured figures").
@@ -353,16 +360,37 @@ fn get(args: GetArgs) -> Result<Exit, Failure> {
         .enable_all()
         .build()
         .map_err(|e| fail(Exit::Fatal, e))?;
-    runtime.block_on(run(args, config, jobs, report))
+    runtime.block_on(run(args, config, jobs, report, None))
 }
 
+type Report = Option<Box<dyn std::io::Write + Send>>;
+
+/// Opens `--report` (a file, or "-" for standard output).
+fn open_report(path: Option<&Path>) -> Result<Report, Failure> {
+    Ok(match path {
+        Some(path) if path == Path::new("-") => Some(Box::new(std::io::stdout())),
+        Some(path) => Some(Box::new(
+            File::create(path)
+                .with_context(|| format!("cannot create the report {}", path.display()))
+                .map_err(|e| fail(Exit::Usage, e))?,
+        )),
+        None => None,
+    })
+}
+
+/// Runs the engine with the display, the report and the signal handlers; with a queue
+/// `worker`, results also go to the queue and host pauses are shared with the fleet.
 async fn run(
     args: GetArgs,
     config: haul::Config,
     jobs: Jobs,
-    report: Option<Box<dyn std::io::Write + Send>>,
+    report: Report,
+    worker: Option<&haul::queue::Worker>,
 ) -> Result<Exit, Failure> {
     let engine = haul::Engine::new(config);
+    if let Some(worker) = worker {
+        worker.attach(engine.pauser(), engine.canceller());
+    }
     let mut mode = if args.quiet {
         args::ProgressArg::None
     } else {
@@ -402,7 +430,11 @@ async fn run(
         // A second signal: leave now. Nothing unfinished was recorded done, .part files stay.
         std::process::exit(second as i32);
     });
-    let result = engine.run(jobs, Arc::clone(&reporter) as Arc<dyn haul::Reporter>).await;
+    let events: Arc<dyn haul::Reporter> = match worker {
+        Some(worker) => worker.reporter(Arc::clone(&reporter) as Arc<dyn haul::Reporter>),
+        None => Arc::clone(&reporter) as Arc<dyn haul::Reporter>,
+    };
+    let result = engine.run(jobs, events).await;
     // The display ends before anything else is printed: no redraw over the summary.
     display.finish().await;
     let summary = result.map_err(|e| fail(Exit::Fatal, e))?;

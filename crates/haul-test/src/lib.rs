@@ -5,10 +5,12 @@
 
 mod fault;
 pub mod nginx;
+mod postgres;
 mod scripted;
 mod socks;
 
 pub use fault::{Beyond, Capacity, FaultServer, Logged, Mix, blake3_hex, body_for, body_version, sha256_hex};
 pub use nginx::{Nginx, nginx_binary};
+pub use postgres::{Postgres, postgres_binaries};
 pub use scripted::{Reply, Scripted, Seen};
 pub use socks::Socks5;

@@ -151,6 +151,15 @@ pub struct Config {
     pub split: usize,
     /// Files of at least twice this size are split, into ranges of at least this size.
     pub min_split_size: u64,
+    /// The output directory is shared with other haul workers (a fleet on one queue): this
+    /// worker's tag names its temporary files, and the directory's lock is shared (a `haul get`
+    /// on the same directory is still refused while workers run). `None`: this process owns
+    /// the directory.
+    pub shared_output: Option<String>,
+    /// The job iterator may block for long (a queue waiting for other workers): each job is
+    /// handed to the dispatcher before the next is read, so none waits behind a blocked read.
+    /// Off: jobs read while the dispatcher is busy gather into batches.
+    pub input_may_stall: bool,
 }
 
 impl Config {
@@ -216,6 +225,8 @@ impl Config {
                 digest: crate::DigestKind::None,
                 split: DEFAULT_SPLIT,
                 min_split_size: DEFAULT_MIN_SPLIT_SIZE,
+                shared_output: None,
+                input_may_stall: false,
             },
         }
     }
@@ -327,6 +338,10 @@ setters! {
     secret_headers: Vec<String>;
     /// Accept 0-byte bodies without a manifest size of 0.
     allow_empty: bool;
+    /// Share the output directory with other workers, tagging temporary files with this tag.
+    shared_output: Option<String>;
+    /// The job iterator may block for long: hand each job over before reading the next.
+    input_may_stall: bool;
     /// The digest the archive records of every file.
     digest: crate::DigestKind;
     /// Connections per large file (at least 1).

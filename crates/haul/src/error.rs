@@ -134,6 +134,9 @@ pub enum Error {
     /// The archive (journal) failed.
     #[error("archive: {0}")]
     Archive(String),
+    /// The work queue (PostgreSQL) failed, or could not be reached for too long.
+    #[error("queue: {0}")]
+    Queue(String),
     /// The output directory or the archive is in use by another haul process.
     #[error("{0}")]
     Locked(String),
@@ -219,6 +222,7 @@ impl Error {
             Self::Io { source, .. } | Self::Local { source, .. } if is_disk_full(source) => "disk full".into(),
             Self::Io { .. } | Self::Local { .. } => "io".into(),
             Self::Archive(_) => "archive".into(),
+            Self::Queue(_) => "queue".into(),
             Self::Locked(_) => "locked".into(),
             Self::Internal(_) => "internal error".into(),
         }

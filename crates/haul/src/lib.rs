@@ -37,6 +37,8 @@ pub use fetch::classify;
 pub use job::{Job, SafeUrl, to_hex};
 pub use manifest::{ArchiveKey, Format, MAX_LINE, ManifestError, ManifestReader, parse_url};
 pub mod archive;
+#[cfg(feature = "queue")]
+pub mod queue;
 mod report;
 mod rules;
 pub use rules::HostRule;
@@ -51,5 +53,5 @@ pub use config::{
     DEFAULT_MAX_REDIRECTS, DEFAULT_MAX_RETRY_WAIT, DEFAULT_MIN_SPLIT_SIZE, DEFAULT_PER_HOST, DEFAULT_READ_TIMEOUT,
     DEFAULT_RETRIES, DEFAULT_RETRY_CAP, DEFAULT_RETRY_WAIT, DEFAULT_SPLIT, OnExists,
 };
-pub use engine::{Canceller, Engine};
+pub use engine::{Canceller, Engine, HostPauser};
 pub use store::{DigestKind, FileDigests, Layout, STATE_DIR};

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use haul_test::{FaultServer, Nginx, body_for, sha256_hex};
 
 mod display;
+mod queue;
 mod regress;
 mod resume;
 mod usage;

@@ -65,6 +65,25 @@ pub struct Engine {
     config: Arc<Config>,
     monitor: Arc<Monitor>,
     cancel: watch::Sender<bool>,
+    pause_tx: mpsc::UnboundedSender<Pause>,
+    /// Taken by a run for its length.
+    pause_rx: Mutex<Option<mpsc::UnboundedReceiver<Pause>>>,
+}
+
+/// A host pause asked from outside the engine: `(host:port, how long, why)`.
+type Pause = (String, Duration, String);
+
+/// Pauses hosts of a running [`Engine`] from outside: a fleet of workers shares the
+/// Retry-After one of them was given (see the queue).
+#[derive(Debug, Clone)]
+pub struct HostPauser(mpsc::UnboundedSender<Pause>);
+
+impl HostPauser {
+    /// No new request goes to `host` (`host:port`, as [`Job::host_key`] gives it) for `wait`;
+    /// a pause already longer stays.
+    pub fn pause(&self, host: &str, wait: Duration, reason: &str) {
+        let _ = self.0.send((host.to_owned(), wait, reason.to_owned()));
+    }
 }
 
 /// Stops a running [`Engine`] from another task or a signal handler.
@@ -214,11 +233,20 @@ impl Engine {
     /// ```
     #[must_use]
     pub fn new(config: Config) -> Self {
+        let (pause_tx, pause_rx) = mpsc::unbounded_channel();
         Self {
             config: Arc::new(config),
             monitor: Arc::new(Monitor::default()),
             cancel: watch::channel(false).0,
+            pause_tx,
+            pause_rx: Mutex::new(Some(pause_rx)),
         }
+    }
+
+    /// A handle that pauses hosts during a run.
+    #[must_use]
+    pub fn pauser(&self) -> HostPauser {
+        HostPauser(self.pause_tx.clone())
     }
 
     /// The live counters of this engine's run, for progress displays.
@@ -275,7 +303,12 @@ impl Engine {
         }
         // The output directory's lock (taken by the store before it looks inside), then the
         // archive's: a second haul on either stops here.
-        let store = Arc::new(Store::open(&config.output_dir, config.fsync, config.wait_archive)?);
+        let store = Arc::new(Store::open(
+            &config.output_dir,
+            config.fsync,
+            config.wait_archive,
+            config.shared_output.as_deref(),
+        )?);
         let archive = match config.archive_path() {
             Some(path) => Some(Archive::open(&path, config.wait_archive)?),
             None => None,
@@ -343,7 +376,14 @@ impl Engine {
             },
             window,
         };
-        let (mut summary, input_ended) = dispatcher.run(input_rx, self.cancel.subscribe()).await;
+        let mut pauses = self
+            .pause_rx
+            .lock()
+            .expect("pause channel")
+            .take()
+            .ok_or_else(|| Error::Internal("the engine is already running".into()))?;
+        let (mut summary, input_ended) = dispatcher.run(input_rx, self.cancel.subscribe(), &mut pauses).await;
+        *self.pause_rx.lock().expect("pause channel") = Some(pauses);
         // A reader still blocked on its input (a pipe whose producer stays open) is left to end
         // with the process: joining it here would hang the cancelled run.
         if input_ended && reader.join().is_err() {
@@ -412,7 +452,8 @@ fn read_manifest(
                 }
             }
         };
-        let urgent = matches!(input, Input::Job(_));
+        let gather = !shared.config.input_may_stall;
+        let urgent = !gather || matches!(input, Input::Job(_));
         batch.push(input);
         // A job is handed over at once while the dispatcher keeps up (work starts with the
         // first line); skips and bad lines only count, so they gather into batches (a million
@@ -423,7 +464,7 @@ fn read_manifest(
         }
         batch = match tx.try_send(batch) {
             Ok(()) => Vec::new(),
-            Err(mpsc::error::TrySendError::Full(full)) if full.len() < INPUT_BATCH => full,
+            Err(mpsc::error::TrySendError::Full(full)) if gather && full.len() < INPUT_BATCH => full,
             Err(mpsc::error::TrySendError::Full(full)) => {
                 if tx.blocking_send(full).is_err() {
                     return;
@@ -555,6 +596,7 @@ impl Dispatcher {
         &mut self,
         mut input: mpsc::Receiver<Vec<Input>>,
         mut cancel: watch::Receiver<bool>,
+        pauses: &mut mpsc::UnboundedReceiver<Pause>,
     ) -> (Summary, bool) {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Note>();
         let mut input_open = true;
@@ -669,6 +711,13 @@ impl Dispatcher {
                     }
                     None => input_open = false,
                 },
+                Some((host, wait, reason)) = pauses.recv(), if !stopping => {
+                    // Asked from outside (another worker was told to wait): not reported back.
+                    let now = Instant::now();
+                    if self.scheduler.cool_down(&host, deadline(now, wait), now, &reason) {
+                        tracing::info!(target: "haul::decision", %host, %reason, "host paused by the fleet");
+                    }
+                }
                 () = sleep_until(wakeup), if wakeup.is_some() && !stopping => {}
             }
         }

@@ -80,6 +80,8 @@ pub(crate) struct Store {
     /// When this run started (ns since the epoch): a destination changed since was written by
     /// this run.
     started_ns: i128,
+    /// In a directory shared by workers: this worker's tag, the prefix of its temporary files.
+    tag: Option<String>,
 }
 
 /// File finishes running at once (see [`Store::finishers`]).
@@ -141,7 +143,11 @@ impl Store {
     ///
     /// The lock comes before anything is inspected: what the directory holds is only known
     /// once no other haul process can be writing to it. With `wait`, blocks until it is free.
-    pub(crate) fn open(root: &Path, fsync: bool, wait: bool) -> Result<Self, Error> {
+    ///
+    /// With a worker's `tag` (a directory shared by the workers of a queue), the lock is shared:
+    /// workers run side by side, a `haul get` on the directory is refused while they do, and the
+    /// tag names this worker's temporary files so no two workers share one.
+    pub(crate) fn open(root: &Path, fsync: bool, wait: bool, tag: Option<&str>) -> Result<Self, Error> {
         std::fs::create_dir_all(root).map_err(|e| Error::io("create output directory", root, e))?;
         let root_path = std::fs::canonicalize(root).map_err(|e| Error::io("open output directory", root, e))?;
         let root_fd: OwnedFd = File::open(&root_path)
@@ -151,7 +157,16 @@ impl Store {
         let state = open_private_dir(&root_fd, STATE_DIR, &state_path)?;
         let lock_path = state_path.join(LOCK_FILE);
         let lock = tree::open_write(state.as_fd(), LOCK_FILE, false).map_err(|e| Error::io("create", &lock_path, e))?;
-        if wait {
+        if tag.is_some() {
+            if wait {
+                lock.lock_shared().map_err(|e| Error::io("lock", &lock_path, e))?;
+            } else if lock.try_lock_shared().is_err() {
+                return Err(Error::Locked(format!(
+                    "the output directory {} is in use by a haul get; wait for it to finish, or pass --wait-archive",
+                    root_path.display()
+                )));
+            }
+        } else if wait {
             lock.lock().map_err(|e| Error::io("lock", &lock_path, e))?;
         } else if lock.try_lock().is_err() {
             return Err(Error::Locked(format!(
@@ -160,9 +175,11 @@ impl Store {
             )));
         }
         let parts = open_private_dir(&state, PARTS_DIR, &state_path.join(PARTS_DIR))?;
-        let was_empty = std::fs::read_dir(&root_path)
-            .map_err(|e| Error::io("read output directory", &root_path, e))?
-            .all(|entry| entry.is_ok_and(|e| e.file_name() == STATE_DIR));
+        // Shared by workers: the others write there too.
+        let was_empty = tag.is_none()
+            && std::fs::read_dir(&root_path)
+                .map_err(|e| Error::io("read output directory", &root_path, e))?
+                .all(|entry| entry.is_ok_and(|e| e.file_name() == STATE_DIR));
         let pid = std::process::id();
         let probe = format!(".haul-write-test-{pid}");
         tree::create_new(root_fd.as_fd(), &probe, 0o600)
@@ -185,6 +202,7 @@ impl Store {
             finishers: tokio::sync::Semaphore::new(FINISHERS),
             slow_until: Mutex::new(None),
             started_ns: now_ns(),
+            tag: tag.map(str::to_owned),
         })
     }
 
@@ -212,7 +230,9 @@ impl Store {
     /// True when a file found at a destination was changed after this run started: a file
     /// this run wrote for another job.
     pub(crate) fn written_this_run(&self, entry: &Entry) -> bool {
-        matches!(entry, Entry::File { changed_ns, .. } if *changed_ns >= self.started_ns)
+        // In a shared directory, other workers write too: a new file may be a finished job of a
+        // worker that died before recording it, which the existing-file rules adopt or replace.
+        self.tag.is_none() && matches!(entry, Entry::File { changed_ns, .. } if *changed_ns >= self.started_ns)
     }
 
     /// True unless a recent inline finish was slow (see [`INLINE_BUDGET`]).
@@ -230,10 +250,14 @@ impl Store {
 
     /// The name of the temporary file of the destination `rel` in `.haul/parts/`.
     fn part_name(&self, rel: &str) -> String {
-        if self.folds_case {
+        let name = if self.folds_case {
             part_name(&rel.to_lowercase())
         } else {
             part_name(rel)
+        };
+        match &self.tag {
+            Some(tag) => format!("{tag}-{name}"),
+            None => name,
         }
     }
 

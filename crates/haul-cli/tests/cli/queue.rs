@@ -1,0 +1,405 @@
+//! The shared queue: `haul enqueue`, `haul work` processes against a real PostgreSQL (started
+//! here, stopped by its PID), nginx and the fault server.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use haul_test::{FaultServer, Nginx, Postgres, body_for, sha256_hex};
+
+use super::{haul, manifest, path, run_command, runtime, stderr, wait_for};
+
+/// A PostgreSQL with one database for this test.
+fn database() -> (Postgres, String) {
+    let pg = Postgres::start();
+    let url = pg.database("haul");
+    (pg, url)
+}
+
+fn with_queue(url: &str, args: &[&str]) -> Command {
+    let mut command = haul();
+    command.env("HAUL_QUEUE", url).args(args);
+    command
+}
+
+fn run_q(url: &str, args: &[&str]) -> Output {
+    run_command(with_queue(url, args), None)
+}
+
+fn spawn_worker(url: &str, out: &Path, extra: &[&str]) -> Child {
+    let mut args = vec!["work", "-o", path(out), "--progress", "none"];
+    args.extend_from_slice(extra);
+    with_queue(url, &args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start a worker")
+}
+
+/// Waits for a worker, at most `limit` (killed and failed past it).
+fn finish(child: Child, limit: Duration) -> Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(output) => output.expect("wait for the worker"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("a worker did not end within {limit:?}");
+        }
+    }
+}
+
+fn signal(child: &Child, signal: &str) {
+    assert!(
+        Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// Counts of the queue's jobs by state.
+fn states(pg: &Postgres, url: &str) -> HashMap<String, u64> {
+    pg.query(url, "SELECT state, count(*) FROM haul_jobs GROUP BY state")
+        .lines()
+        .filter_map(|l| l.split_once('|'))
+        .map(|(s, n)| (s.to_owned(), n.parse().unwrap()))
+        .collect()
+}
+
+fn count(pg: &Postgres, url: &str, sql: &str) -> u64 {
+    pg.query(url, sql).parse().unwrap()
+}
+
+/// Files named `name` with the fault server's bodies: `(url, name, sha256)`.
+fn fault_files(server: &FaultServer, prefix: &str, n: usize, size: u64, faults: &str) -> Vec<(String, String, String)> {
+    (0..n)
+        .map(|i| {
+            let name = format!("{prefix}{i:03}.bin");
+            let url = server.url(&name, size, faults);
+            let sha = sha256_hex(&body_for(&name, size));
+            (url, name, sha)
+        })
+        .collect()
+}
+
+fn assert_files(out: &Path, files: &[(String, String, String)]) {
+    for (_, name, sha) in files {
+        let body = std::fs::read(out.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(&sha256_hex(&body), sha, "{name}");
+    }
+}
+
+fn enqueue(url: &str, dir: &Path, files: &[(String, String, String)]) {
+    let lines: Vec<String> = files.iter().map(|(u, _, _)| u.clone()).collect();
+    let list = manifest(dir, &lines);
+    let added = run_q(url, &["enqueue", "-i", path(&list)]);
+    assert_eq!(added.status.code(), Some(0), "{}", stderr(&added));
+}
+
+#[test]
+fn enqueue_is_idempotent_and_max_attempts_fails_a_job_that_kills_its_workers() {
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let (pg, url) = database();
+    let tmp = tempfile::tempdir().unwrap();
+    let lines = vec![
+        server.url("a.bin", 1000, ""),
+        server.url("b.bin", 2000, ""),
+        server.url("c.bin", 3000, ""),
+        server.url("d.bin", 4000, ""),
+        server.url("a.bin", 1000, ""),
+        "not a url".to_owned(),
+    ];
+    let list = manifest(tmp.path(), &lines);
+    let first = run_q(&url, &["enqueue", "-i", path(&list)]);
+    assert_eq!(first.status.code(), Some(1), "a bad line: exit 1");
+    let text = stderr(&first);
+    assert!(text.contains("4 new, 1 duplicate, 1 bad"), "{text}");
+    assert!(text.contains("bad line 6"), "{text}");
+    let again = run_q(&url, &["enqueue", "-i", path(&list)]);
+    assert!(
+        stderr(&again).contains("0 new, 5 duplicate, 1 bad"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(count(&pg, &url, "SELECT count(*) FROM haul_jobs"), 4);
+
+    // a.bin was claimed three times by workers that died with it: the next claim fails it.
+    let _ = pg.query(
+        &url,
+        "UPDATE haul_jobs SET state = 'running', attempt = 3, owner = 999, lease_until = now() - interval '1 second' \
+         WHERE id LIKE '%/a.bin%'",
+    );
+    let out = tmp.path().join("out");
+    let work = run_q(
+        &url,
+        &["work", "-o", path(&out), "--progress", "none", "--max-attempts", "3"],
+    );
+    assert_eq!(work.status.code(), Some(0), "{}", stderr(&work));
+    let states = states(&pg, &url);
+    assert_eq!(states.get("done"), Some(&3), "{states:?}");
+    assert_eq!(states.get("failed"), Some(&1), "{states:?}");
+    assert!(!out.join("a.bin").exists());
+    assert_eq!(server.hits("/f/a.bin"), 0);
+    let reason = pg.query(
+        &url,
+        "SELECT reason || ': ' || error FROM haul_jobs WHERE state = 'failed'",
+    );
+    assert!(reason.starts_with("worker lost: claimed 3 times"), "{reason}");
+
+    // `haul failed` prints it as a manifest line; --retry-failed runs it again.
+    let failed = run_q(&url, &["failed", "--job", "default"]);
+    let failed_text = String::from_utf8_lossy(&failed.stdout);
+    assert_eq!(failed_text.lines().count(), 1, "{failed_text}");
+    assert!(failed_text.contains("a.bin"), "{failed_text}");
+    let retry = run_q(
+        &url,
+        &["work", "-o", path(&out), "--progress", "none", "--retry-failed"],
+    );
+    assert_eq!(retry.status.code(), Some(0), "{}", stderr(&retry));
+    assert_eq!(
+        sha256_hex(&std::fs::read(out.join("a.bin")).unwrap()),
+        sha256_hex(&body_for("a.bin", 1000))
+    );
+    assert_eq!(states_done(&pg, &url), 4);
+    assert_eq!(server.hits("/f/b.bin"), 1, "done jobs are not fetched again");
+}
+
+fn states_done(pg: &Postgres, url: &str) -> u64 {
+    states(pg, url).get("done").copied().unwrap_or(0)
+}
+
+#[test]
+fn three_workers_share_a_queue_and_fetch_each_file_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let www = tmp.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let mut expected = Vec::new();
+    for i in 0..600u64 {
+        let name = format!("q{i:04}.bin");
+        let body = body_for(&name, 1_000 + (i * 7_919) % 20_000);
+        std::fs::write(www.join(&name), &body).unwrap();
+        expected.push((name, sha256_hex(&body)));
+    }
+    let nginx = Nginx::start(&www, &tmp.path().join("nginx"));
+    let (pg, url) = database();
+    let lines: Vec<String> = expected.iter().map(|(n, _)| format!("{}/{n}", nginx.base())).collect();
+    let list = manifest(tmp.path(), &lines);
+    let added = run_q(&url, &["enqueue", "-i", path(&list), "--job", "fleet"]);
+    assert!(stderr(&added).contains("600 new"), "{}", stderr(&added));
+    let out = tmp.path().join("shared");
+    let workers: Vec<Child> = (0..3)
+        .map(|_| spawn_worker(&url, &out, &["--job", "fleet", "-j", "4"]))
+        .collect();
+    for worker in workers {
+        let output = finish(worker, Duration::from_secs(120));
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    }
+    for (name, sha) in &expected {
+        assert_eq!(&sha256_hex(&std::fs::read(out.join(name)).unwrap()), sha, "{name}");
+    }
+    // One successful GET per file, whichever worker made it.
+    let mut gets = HashMap::<String, usize>::new();
+    for line in nginx.access_log() {
+        if line.contains("\"GET /") && line.contains("\" 200 ") {
+            let name = line.split_whitespace().find_map(|w| w.strip_prefix('/')).unwrap();
+            *gets.entry(name.to_owned()).or_default() += 1;
+        }
+    }
+    assert_eq!(gets.len(), 600);
+    assert!(gets.values().all(|&n| n == 1), "a file was fetched twice");
+    assert_eq!(
+        count(
+            &pg,
+            &url,
+            "SELECT count(*) FROM haul_jobs WHERE name = 'fleet' AND state = 'done' AND attempt = 1"
+        ),
+        600
+    );
+    let status = run_q(&url, &["status", "--job", "fleet", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(json["states"][0]["state"], "done");
+    assert_eq!(json["states"][0]["jobs"], 600);
+    let workers = json["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 3);
+    assert!(workers.iter().all(|w| w["state"] == "stopped"), "{workers:?}");
+    // No temporary file is left behind.
+    let parts = std::fs::read_dir(out.join(".haul/parts")).unwrap().count();
+    assert_eq!(parts, 0);
+}
+
+#[test]
+fn a_killed_workers_jobs_are_reclaimed_after_its_lease() {
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let (pg, url) = database();
+    let tmp = tempfile::tempdir().unwrap();
+    // 200 KB at 400 KB/s: half a second each.
+    let files = fault_files(&server, "k", 24, 200_000, "rate=400000");
+    enqueue(&url, tmp.path(), &files);
+    let out = tmp.path().join("out");
+    let doomed = spawn_worker(&url, &out, &["-j", "4", "--lease", "2s"]);
+    assert!(
+        wait_for(Duration::from_secs(30), || count(
+            &pg,
+            &url,
+            "SELECT count(*) FROM haul_jobs WHERE state = 'done'"
+        ) >= 2),
+        "the first worker finished nothing"
+    );
+    signal(&doomed, "-KILL");
+    let _ = finish(doomed, Duration::from_secs(10));
+    let held = count(&pg, &url, "SELECT count(*) FROM haul_jobs WHERE state = 'running'");
+    assert!(held > 0, "the killed worker held no job");
+    let started = Instant::now();
+    let rescuer = spawn_worker(&url, &out, &["-j", "8", "--lease", "2s"]);
+    let output = finish(rescuer, Duration::from_secs(120));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_files(&out, &files);
+    assert_eq!(states_done(&pg, &url), 24);
+    // The killed worker's jobs were claimed a second time, once its lease ran out.
+    let retaken = count(&pg, &url, "SELECT count(*) FROM haul_jobs WHERE attempt = 2");
+    assert_eq!(retaken, held, "only the jobs it held were claimed again");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let status = run_q(&url, &["status", "--job", "default"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("dead"), "the killed worker shows as dead: {text}");
+}
+
+#[test]
+fn a_worker_stalled_past_its_lease_cannot_overwrite_the_takeover() {
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let (pg, url) = database();
+    let tmp = tempfile::tempdir().unwrap();
+    // 300 KB at 200 KB/s: a second and a half each.
+    let files = fault_files(&server, "s", 8, 300_000, "rate=200000");
+    enqueue(&url, tmp.path(), &files);
+    let out = tmp.path().join("out");
+    let stalled = spawn_worker(&url, &out, &["-j", "2", "--lease", "1s"]);
+    assert!(
+        wait_for(Duration::from_secs(30), || count(
+            &pg,
+            &url,
+            "SELECT count(*) FROM haul_jobs WHERE state = 'running'"
+        ) >= 2),
+        "the first worker claimed nothing"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&stalled, "-STOP");
+    std::thread::sleep(Duration::from_millis(1_500));
+    let rescuer = spawn_worker(&url, &out, &["-j", "8", "--lease", "10s"]);
+    let output = finish(rescuer, Duration::from_secs(120));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_files(&out, &files);
+    let rows = "SELECT id, state, attempt, owner, path, size FROM haul_jobs ORDER BY id";
+    let before = pg.query(&url, rows);
+    assert_eq!(states_done(&pg, &url), 8);
+    signal(&stalled, "-CONT");
+    let late = finish(stalled, Duration::from_secs(60));
+    let text = stderr(&late);
+    let refused: u64 = text
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" refused (leases lost to other workers)"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no refused count: {text}"));
+    assert!(refused >= 1, "{text}");
+    assert_eq!(pg.query(&url, rows), before, "a late result changed the queue");
+    assert_files(&out, &files);
+}
+
+#[test]
+fn a_postgres_restart_mid_run_loses_nothing() {
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let (mut pg, url) = database();
+    let tmp = tempfile::tempdir().unwrap();
+    let files = fault_files(&server, "r", 40, 100_000, "rate=400000");
+    enqueue(&url, tmp.path(), &files);
+    let out = tmp.path().join("out");
+    let worker = spawn_worker(&url, &out, &["-j", "4"]);
+    assert!(
+        wait_for(Duration::from_secs(30), || count(
+            &pg,
+            &url,
+            "SELECT count(*) FROM haul_jobs WHERE state = 'done'"
+        ) >= 4),
+        "nothing done"
+    );
+    pg.restart();
+    let output = finish(worker, Duration::from_secs(120));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(states_done(&pg, &url), 40);
+    assert_files(&out, &files);
+}
+
+#[test]
+fn a_retry_after_seen_by_one_worker_pauses_the_host_for_all() {
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let (pg, url) = database();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut files = vec![(
+        server.url("busy.bin", 1000, "status=429&retry_after=3&times=1"),
+        "busy.bin".to_owned(),
+        sha256_hex(&body_for("busy.bin", 1000)),
+    )];
+    files.extend(fault_files(&server, "p", 60, 50_000, "rate=250000"));
+    enqueue(&url, tmp.path(), &files);
+    let out = tmp.path().join("out");
+    let workers: Vec<Child> = (0..3).map(|_| spawn_worker(&url, &out, &["-j", "2"])).collect();
+    for worker in workers {
+        let output = finish(worker, Duration::from_secs(120));
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    }
+    assert_files(&out, &files);
+    let log = server.log();
+    let refused = log.iter().find(|l| l.status == 429).expect("the 429 was served");
+    // Requests already under way when the 429 came may arrive a moment later; after the other
+    // workers had time to read the pause (a quarter second), none until the deadline.
+    let quiet_from = refused.at + Duration::from_millis(800);
+    let quiet_to = refused.at + Duration::from_millis(2_900);
+    let early: Vec<_> = log.iter().filter(|l| l.at > quiet_from && l.at < quiet_to).collect();
+    assert!(early.is_empty(), "requests during the pause: {early:?}");
+    assert!(log.iter().any(|l| l.path.contains("busy.bin") && l.status == 200));
+    let _ = pg;
+}
+
+#[test]
+fn sigterm_hands_the_unfinished_jobs_back() {
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let (pg, url) = database();
+    let tmp = tempfile::tempdir().unwrap();
+    let files = fault_files(&server, "t", 40, 100_000, "rate=200000");
+    enqueue(&url, tmp.path(), &files);
+    let out = tmp.path().join("out");
+    let worker = spawn_worker(&url, &out, &["-j", "2"]);
+    assert!(
+        wait_for(Duration::from_secs(30), || count(
+            &pg,
+            &url,
+            "SELECT count(*) FROM haul_jobs WHERE state = 'done'"
+        ) >= 2),
+        "nothing done"
+    );
+    signal(&worker, "-TERM");
+    let output = finish(worker, Duration::from_secs(30));
+    assert_eq!(output.status.code(), Some(143), "{}", stderr(&output));
+    assert!(stderr(&output).contains("jobs handed back"), "{}", stderr(&output));
+    let states = states(&pg, &url);
+    assert_eq!(states.get("running"), None, "no lease is left held: {states:?}");
+    assert_eq!(states.values().sum::<u64>(), 40);
+    assert!(states.get("queued").copied().unwrap_or(0) > 0, "{states:?}");
+    let again = finish(spawn_worker(&url, &out, &["-j", "4"]), Duration::from_secs(120));
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert_eq!(states_done(&pg, &url), 40);
+    assert_files(&out, &files);
+}

@@ -1,0 +1,207 @@
+//! A worker's keeper thread: writes results in group commits (fenced by owner and attempt),
+//! renews the leases of the jobs the worker holds, shares the host pauses it was given, and
+//! applies those other workers were given.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::db::Db;
+use super::{Completion, Inner};
+use crate::error::Error;
+
+/// Results per transaction at most (more wake the keeper early).
+pub(super) const BATCH: usize = 512;
+/// Longest a result waits for its transaction; also how often pauses are looked up.
+const DELAY: Duration = Duration::from_millis(250);
+
+const RECORD: &str = "
+UPDATE haul_jobs j SET
+    state = c.state,
+    owner = CASE WHEN c.state = 'queued' THEN NULL ELSE j.owner END,
+    lease_until = NULL,
+    released = j.released + CASE WHEN c.state = 'queued' THEN 1 ELSE 0 END,
+    finished = CASE WHEN c.state = 'queued' THEN NULL ELSE now() END,
+    path = c.path, size = c.size, sha256 = c.sha256, blake3 = c.blake3, verified = c.verified,
+    http_status = c.http_status, reason = c.reason, error = c.error
+FROM unnest($3::TEXT[], $4::INTEGER[], $5::TEXT[], $6::TEXT[], $7::BIGINT[], $8::TEXT[], $9::TEXT[],
+            $10::BOOLEAN[], $11::INTEGER[], $12::TEXT[], $13::TEXT[])
+    AS c(id, attempt, state, path, size, sha256, blake3, verified, http_status, reason, error)
+WHERE j.name = $1 AND j.id = c.id AND j.owner = $2 AND j.attempt = c.attempt
+RETURNING j.id";
+
+const RENEW: &str = "
+UPDATE haul_jobs SET lease_until = now() + make_interval(secs => $3)
+WHERE name = $1 AND owner = $2 AND state = 'running' AND id = ANY($4)
+RETURNING id";
+
+const COOL: &str = "
+INSERT INTO haul_hosts (name, host, cool_until, reason) VALUES ($1, $2, now() + make_interval(secs => $3), $4)
+ON CONFLICT (name, host) DO UPDATE
+SET cool_until = GREATEST(haul_hosts.cool_until, EXCLUDED.cool_until), reason = EXCLUDED.reason";
+
+const COOLING: &str = "
+SELECT host, EXTRACT(EPOCH FROM cool_until - now())::DOUBLE PRECISION, coalesce(reason, '')
+FROM haul_hosts WHERE name = $1 AND cool_until > now()";
+
+pub(super) fn run(inner: &Inner, mut db: Db) {
+    let beat_every = (inner.options.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(15));
+    let mut beat_at = Instant::now();
+    // Pauses already passed to the engine, by host: each is sent once.
+    let mut applied: HashMap<String, Instant> = HashMap::new();
+    loop {
+        let (completions, cool, closing) = {
+            let mut outbox = inner.outbox.lock().expect("outbox");
+            if outbox.completions.len() < super::keeper::BATCH && outbox.cool.is_empty() && !outbox.closing {
+                outbox = inner.wake.wait_timeout(outbox, DELAY).expect("outbox").0;
+            }
+            (
+                std::mem::take(&mut outbox.completions),
+                std::mem::take(&mut outbox.cool),
+                outbox.closing,
+            )
+        };
+        let result = write(inner, &mut db, completions, &cool).and_then(|()| {
+            if closing {
+                return Ok(());
+            }
+            if beat_at.elapsed() >= beat_every {
+                beat_at = Instant::now();
+                heartbeat(inner, &mut db)?;
+            }
+            share_pauses(inner, &mut db, &mut applied)
+        });
+        if let Err(e) = result {
+            // Results not written stay unfinished in the queue: their leases run out and
+            // another worker does them again (the files on disk are complete either way).
+            inner.set_fatal(&e);
+            return;
+        }
+        if closing {
+            return;
+        }
+    }
+}
+
+/// Writes results (fenced) and pauses in one transaction.
+fn write(
+    inner: &Inner,
+    db: &mut Db,
+    completions: Vec<Completion>,
+    cool: &[(String, f64, String)],
+) -> Result<(), Error> {
+    if completions.is_empty() && cool.is_empty() {
+        return Ok(());
+    }
+    let n = completions.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut attempts = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
+    let mut paths = Vec::with_capacity(n);
+    let mut sizes = Vec::with_capacity(n);
+    let mut sha256s = Vec::with_capacity(n);
+    let mut blake3s = Vec::with_capacity(n);
+    let mut verified = Vec::with_capacity(n);
+    let mut statuses = Vec::with_capacity(n);
+    let mut reasons = Vec::with_capacity(n);
+    let mut errors = Vec::with_capacity(n);
+    for c in completions {
+        ids.push(c.id);
+        attempts.push(c.attempt);
+        states.push(c.state);
+        paths.push(c.path);
+        sizes.push(c.size);
+        sha256s.push(c.sha256);
+        blake3s.push(c.blake3);
+        verified.push(c.verified);
+        statuses.push(c.http_status);
+        reasons.push(c.reason);
+        errors.push(c.error);
+    }
+    let (name, id) = (inner.name.as_str(), inner.id);
+    let written = db.run("record results", |client| {
+        let mut tx = client.transaction()?;
+        let mut written = 0;
+        if !ids.is_empty() {
+            written = tx
+                .query(
+                    RECORD,
+                    &[
+                        &name, &id, &ids, &attempts, &states, &paths, &sizes, &sha256s, &blake3s, &verified, &statuses,
+                        &reasons, &errors,
+                    ],
+                )?
+                .len();
+        }
+        for (host, seconds, reason) in cool {
+            tx.execute(COOL, &[&name, host, seconds, reason])?;
+        }
+        tx.commit()?;
+        Ok(written)
+    })?;
+    inner.recorded.fetch_add(written as u64, Ordering::Relaxed);
+    if written < n {
+        let late = (n - written) as u64;
+        inner.rejected.fetch_add(late, Ordering::Relaxed);
+        tracing::warn!(target: "haul::queue", late, "results refused: another worker had taken the jobs over");
+    }
+    Ok(())
+}
+
+/// Renews this worker's heartbeat and the leases of the jobs it holds; forgets the jobs whose
+/// lease another worker took (their results will not be written).
+fn heartbeat(inner: &Inner, db: &mut Db) -> Result<(), Error> {
+    let held: Vec<String> = inner.held.lock().expect("held jobs").keys().cloned().collect();
+    let (name, id, lease) = (inner.name.as_str(), inner.id, inner.options.lease.as_secs_f64());
+    let renewed = db.run("renew leases", |client| {
+        let mut tx = client.transaction()?;
+        tx.execute("UPDATE haul_workers SET heartbeat = now() WHERE id = $1", &[&id])?;
+        let rows = if held.is_empty() {
+            Vec::new()
+        } else {
+            tx.query(RENEW, &[&name, &id, &lease, &held])?
+        };
+        tx.commit()?;
+        Ok(rows.into_iter().map(|r| r.get::<_, String>(0)).collect::<HashSet<_>>())
+    })?;
+    if renewed.len() < held.len() {
+        let mut map = inner.held.lock().expect("held jobs");
+        let mut lost = 0u64;
+        for job in held.iter().filter(|j| !renewed.contains(*j)) {
+            if map.remove(job).is_some() {
+                lost += 1;
+            }
+        }
+        if lost > 0 {
+            tracing::warn!(target: "haul::queue", lost, "leases lost: this worker stalled past them");
+        }
+    }
+    Ok(())
+}
+
+/// Passes the host pauses in the queue (any worker's) to this worker's engine.
+fn share_pauses(inner: &Inner, db: &mut Db, applied: &mut HashMap<String, Instant>) -> Result<(), Error> {
+    let Some((pauser, _)) = inner.engine.lock().expect("engine").clone() else {
+        return Ok(());
+    };
+    let name = inner.name.as_str();
+    let rows = db.run("read host pauses", |client| client.query(COOLING, &[&name]))?;
+    let now = Instant::now();
+    applied.retain(|_, until| *until > now);
+    for row in rows {
+        let host: String = row.get(0);
+        let seconds: f64 = row.get(1);
+        let reason: String = row.get(2);
+        let wait = Duration::try_from_secs_f64(seconds).unwrap_or(Duration::ZERO);
+        let until = now + wait;
+        if applied
+            .get(&host)
+            .is_some_and(|t| *t + Duration::from_millis(200) >= until)
+        {
+            continue;
+        }
+        pauser.pause(&host, wait, &reason);
+        applied.insert(host, until);
+    }
+    Ok(())
+}

@@ -1,0 +1,940 @@
+//! A work queue in PostgreSQL, shared by any number of workers on any number of machines.
+//!
+//! Jobs are rows of `haul_jobs`, keyed by (queue name, job id): enqueueing the same line twice
+//! makes one job. A worker claims jobs in host-fair batches (a few per host, never one host's
+//! thousands) with `FOR UPDATE SKIP LOCKED`, so no two workers claim one job. Each claim
+//! increments the job's `attempt` and sets a lease (`lease_until`, by the database's clock);
+//! the worker's keeper thread renews the leases of the jobs it holds. A job whose lease ran
+//! out (its worker died or stalled) is claimed again by any worker; one claimed
+//! `max_attempts` times without an end fails ("its worker stopped").
+//!
+//! The `attempt` taken at claim is a **fencing token**: a result is written only where the
+//! row's owner and attempt are still this worker's, so a worker that was paused past its lease
+//! cannot overwrite what the worker that took over recorded. Results are written in group
+//! commits, and a done result only after the file is in place (the engine reports it then).
+//! A Retry-After one worker is given pauses the host for every worker (`haul_hosts`).
+//! On a stop (SIGTERM, Ctrl-C), the leases of jobs not finished go back to the queue at once.
+
+mod db;
+mod keeper;
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use postgres::Client;
+
+use crate::engine::{Canceller, HostPauser};
+use crate::error::Error;
+use crate::job::{Job, to_hex};
+use crate::manifest::{Format, ManifestError, ManifestReader};
+use crate::report::{JobReport, JobStatus, Reporter};
+use db::Db;
+
+/// The queue name used when none is given (`--name`).
+pub const DEFAULT_NAME: &str = "default";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS haul_jobs (
+    name        TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    seq         BIGSERIAL,
+    host        TEXT NOT NULL,
+    spec        TEXT NOT NULL,
+    state       TEXT NOT NULL DEFAULT 'queued',
+    attempt     INTEGER NOT NULL DEFAULT 0,
+    released    INTEGER NOT NULL DEFAULT 0,
+    owner       BIGINT,
+    lease_until TIMESTAMPTZ,
+    enqueued    TIMESTAMPTZ NOT NULL DEFAULT now(),
+    finished    TIMESTAMPTZ,
+    path        TEXT,
+    size        BIGINT,
+    sha256      TEXT,
+    blake3      TEXT,
+    verified    BOOLEAN,
+    http_status INTEGER,
+    reason      TEXT,
+    error       TEXT,
+    PRIMARY KEY (name, id)
+);
+CREATE INDEX IF NOT EXISTS haul_jobs_ready ON haul_jobs (name, host, seq) WHERE state IN ('queued', 'running');
+CREATE INDEX IF NOT EXISTS haul_jobs_leases ON haul_jobs (name, lease_until) WHERE state = 'running';
+CREATE TABLE IF NOT EXISTS haul_hosts (
+    name       TEXT NOT NULL,
+    host       TEXT NOT NULL,
+    cool_until TIMESTAMPTZ,
+    reason     TEXT,
+    PRIMARY KEY (name, host)
+);
+CREATE INDEX IF NOT EXISTS haul_hosts_cooling ON haul_hosts (name, cool_until);
+CREATE TABLE IF NOT EXISTS haul_workers (
+    id        BIGSERIAL PRIMARY KEY,
+    name      TEXT NOT NULL,
+    label     TEXT NOT NULL,
+    lease     DOUBLE PRECISION NOT NULL,
+    started   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    heartbeat TIMESTAMPTZ NOT NULL DEFAULT now(),
+    stopped   TIMESTAMPTZ
+);
+";
+
+/// How long a worker waits for an unreachable queue before it gives up (statements are retried
+/// on a new connection meanwhile).
+pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Lines per enqueue transaction.
+const ENQUEUE_BATCH: usize = 20_000;
+
+/// Opens the queue's connection and creates its tables if they are missing (under an advisory
+/// lock: workers starting together do not race on `CREATE`).
+fn open(url: &str, patience: Duration) -> Result<Db, Error> {
+    let mut db = Db::connect(url, patience)?;
+    db.run("create the queue's tables", |client| {
+        let mut tx = client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock(7291046)", &[])?;
+        tx.batch_execute(SCHEMA)?;
+        tx.commit()
+    })?;
+    Ok(db)
+}
+
+/// What `enqueue` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Enqueued {
+    /// Jobs added.
+    pub new: u64,
+    /// Lines whose job id the queue already had (or had earlier in the same manifest).
+    pub duplicate: u64,
+    /// Lines refused (reported to the caller one by one).
+    pub bad: u64,
+}
+
+/// The queue as its administrator sees it: enqueue, status, failures.
+pub struct Queue {
+    db: Db,
+    name: String,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Escapes a value for PostgreSQL's COPY text format.
+fn copy_escape(out: &mut Vec<u8>, value: &str) {
+    for byte in value.bytes() {
+        match byte {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(byte),
+        }
+    }
+}
+
+impl Queue {
+    /// Connects to the queue at `url` (`postgres://…`) and creates its tables if missing.
+    ///
+    /// # Errors
+    /// The database cannot be reached, or refuses the tables.
+    pub fn connect(url: &str, name: &str) -> Result<Self, Error> {
+        Ok(Self {
+            db: open(url, DEFAULT_PATIENCE)?,
+            name: name.to_owned(),
+        })
+    }
+
+    /// Adds every job of `jobs` that the queue does not have yet (by job id), in batched
+    /// transactions: an enqueue stopped half-way keeps the batches it committed, and running it
+    /// again adds only the rest. Bad lines go to `on_bad` and are counted. Secret headers
+    /// (`Authorization`, `Cookie`, and `secret`) are not stored.
+    ///
+    /// # Errors
+    /// The database failed (the batches committed before stay).
+    pub fn enqueue(
+        &mut self,
+        jobs: impl Iterator<Item = Result<Job, ManifestError>>,
+        secret: &[String],
+        mut on_bad: impl FnMut(&ManifestError),
+    ) -> Result<Enqueued, Error> {
+        let mut counts = Enqueued::default();
+        self.db.run("prepare the enqueue", |client| {
+            client.batch_execute(
+                "CREATE TEMP TABLE IF NOT EXISTS haul_incoming (id TEXT, host TEXT, spec TEXT) ON COMMIT DELETE ROWS",
+            )
+        })?;
+        let mut rows = Vec::with_capacity(ENQUEUE_BATCH * 160);
+        let mut jobs = jobs.peekable();
+        while jobs.peek().is_some() {
+            rows.clear();
+            let mut in_batch = 0usize;
+            for item in jobs.by_ref() {
+                match item {
+                    Ok(job) => {
+                        copy_escape(&mut rows, &job.id);
+                        rows.push(b'\t');
+                        copy_escape(&mut rows, &job.host_key());
+                        rows.push(b'\t');
+                        copy_escape(&mut rows, &job.to_manifest_line(secret));
+                        rows.push(b'\n');
+                        in_batch += 1;
+                        if in_batch == ENQUEUE_BATCH {
+                            break;
+                        }
+                    }
+                    Err(bad) => {
+                        counts.bad += 1;
+                        on_bad(&bad);
+                    }
+                }
+            }
+            if in_batch == 0 {
+                break;
+            }
+            let name = self.name.as_str();
+            let added = self.db.run("enqueue", |client| {
+                let mut tx = client.transaction()?;
+                let mut copy = tx.copy_in("COPY haul_incoming (id, host, spec) FROM STDIN")?;
+                // Writing into the COPY stream fails only with the connection, which `finish`
+                // then reports (and the batch is run again on a new one).
+                let written = copy.write_all(&rows);
+                copy.finish()?;
+                if let Err(e) = written {
+                    tracing::warn!(target: "haul::queue", error = %e, "COPY write failed");
+                }
+                let added = tx.execute(
+                    "INSERT INTO haul_jobs (name, id, host, spec) SELECT $1, id, host, spec FROM haul_incoming \
+                     ON CONFLICT DO NOTHING",
+                    &[&name],
+                )?;
+                tx.execute(
+                    "INSERT INTO haul_hosts (name, host) SELECT DISTINCT $1, host FROM haul_incoming \
+                     ON CONFLICT DO NOTHING",
+                    &[&name],
+                )?;
+                tx.commit()?;
+                Ok(added)
+            })?;
+            counts.new += added;
+            counts.duplicate += in_batch as u64 - added;
+        }
+        Ok(counts)
+    }
+
+    /// The queue's state, for `haul status --queue`.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub fn status(&mut self) -> Result<QueueStatus, Error> {
+        let name = self.name.clone();
+        self.db.run("read the queue's status", |client| status(client, &name))
+    }
+
+    /// Visits the manifest line (JSONL) of every failed job.
+    ///
+    /// # Errors
+    /// The database failed, or `visit` did.
+    pub fn for_each_failed(&mut self, mut visit: impl FnMut(&str) -> Result<(), Error>) -> Result<(), Error> {
+        let name = self.name.clone();
+        let specs = self.db.run("read the failed jobs", |client| {
+            let rows = client.query(
+                "SELECT spec FROM haul_jobs WHERE name = $1 AND state = 'failed' ORDER BY seq",
+                &[&name],
+            )?;
+            Ok(rows.into_iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>())
+        })?;
+        for spec in specs {
+            visit(&spec)?;
+        }
+        Ok(())
+    }
+
+    /// Puts every failed job back in the queue; returns how many. Their attempt counters keep
+    /// counting (they are fencing tokens), but `--max-attempts` starts over.
+    ///
+    /// # Errors
+    /// The database failed.
+    pub fn retry_failed(&mut self) -> Result<u64, Error> {
+        let name = self.name.clone();
+        self.db.run("requeue the failed jobs", |client| {
+            client.execute(
+                "UPDATE haul_jobs SET state = 'queued', owner = NULL, lease_until = NULL, released = attempt, \
+                 finished = NULL, reason = NULL, error = NULL WHERE name = $1 AND state = 'failed'",
+                &[&name],
+            )
+        })
+    }
+}
+
+/// Jobs of one state.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct StateCount {
+    /// `queued`, `running`, `done`, `failed` or `skipped`.
+    pub state: String,
+    /// Jobs.
+    pub jobs: u64,
+    /// Bytes of their files (done jobs).
+    pub bytes: u64,
+}
+
+/// A worker as the queue knows it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct WorkerStatus {
+    /// Its number.
+    pub id: i64,
+    /// Its label (`--worker-name`, by default host name and process id).
+    pub label: String,
+    /// `live` (heartbeat within its lease), `dead` (silent past its lease, never stopped) or
+    /// `stopped`.
+    pub state: String,
+    /// Seconds since its last heartbeat.
+    pub silent_for: f64,
+    /// Jobs it finished in the last minute.
+    pub done_last_minute: u64,
+    /// Bytes of those jobs.
+    pub bytes_last_minute: u64,
+    /// Jobs it holds now.
+    pub holding: u64,
+}
+
+/// A host every worker leaves alone for now.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct CoolingHost {
+    /// `host:port`.
+    pub host: String,
+    /// Seconds left.
+    pub seconds_left: f64,
+    /// Why (`429`, `503`…).
+    pub reason: String,
+}
+
+/// Failures grouped by reason.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct FailureCount {
+    /// The short reason.
+    pub reason: String,
+    /// Jobs.
+    pub jobs: u64,
+}
+
+/// What `haul status --queue` shows.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct QueueStatus {
+    /// The queue's name.
+    pub name: String,
+    /// Jobs by state.
+    pub states: Vec<StateCount>,
+    /// The workers that ever worked on this queue, newest first (at most 100).
+    pub workers: Vec<WorkerStatus>,
+    /// Seconds the oldest queued job has waited.
+    pub oldest_queued_seconds: Option<f64>,
+    /// Hosts in cool-down.
+    pub cooling: Vec<CoolingHost>,
+    /// Failures by reason.
+    pub failures: Vec<FailureCount>,
+}
+
+fn status(client: &mut Client, name: &str) -> Result<QueueStatus, postgres::Error> {
+    let mut out = QueueStatus {
+        name: name.to_owned(),
+        ..QueueStatus::default()
+    };
+    for row in client.query(
+        "SELECT state, count(*), coalesce(sum(size), 0)::BIGINT FROM haul_jobs WHERE name = $1 GROUP BY state ORDER BY state",
+        &[&name],
+    )? {
+        out.states.push(StateCount {
+            state: row.get(0),
+            jobs: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+            bytes: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
+        });
+    }
+    for row in client.query(
+        "SELECT w.id, w.label, \
+            CASE WHEN w.stopped IS NOT NULL THEN 'stopped' \
+                 WHEN w.heartbeat > now() - make_interval(secs => w.lease) THEN 'live' ELSE 'dead' END, \
+            EXTRACT(EPOCH FROM now() - w.heartbeat)::DOUBLE PRECISION, \
+            (SELECT count(*) FROM haul_jobs j WHERE j.name = w.name AND j.owner = w.id AND j.state = 'done' \
+                AND j.finished > now() - interval '1 minute'), \
+            (SELECT coalesce(sum(size), 0)::BIGINT FROM haul_jobs j WHERE j.name = w.name AND j.owner = w.id \
+                AND j.state = 'done' AND j.finished > now() - interval '1 minute'), \
+            (SELECT count(*) FROM haul_jobs j WHERE j.name = w.name AND j.owner = w.id AND j.state = 'running') \
+         FROM haul_workers w WHERE w.name = $1 ORDER BY w.id DESC LIMIT 100",
+        &[&name],
+    )? {
+        out.workers.push(WorkerStatus {
+            id: row.get(0),
+            label: row.get(1),
+            state: row.get(2),
+            silent_for: row.get(3),
+            done_last_minute: u64::try_from(row.get::<_, i64>(4)).unwrap_or(0),
+            bytes_last_minute: u64::try_from(row.get::<_, i64>(5)).unwrap_or(0),
+            holding: u64::try_from(row.get::<_, i64>(6)).unwrap_or(0),
+        });
+    }
+    out.oldest_queued_seconds = client
+        .query_one(
+            "SELECT EXTRACT(EPOCH FROM now() - min(enqueued))::DOUBLE PRECISION FROM haul_jobs \
+             WHERE name = $1 AND state = 'queued'",
+            &[&name],
+        )?
+        .get(0);
+    for row in client.query(
+        "SELECT host, EXTRACT(EPOCH FROM cool_until - now())::DOUBLE PRECISION, coalesce(reason, '') FROM haul_hosts \
+         WHERE name = $1 AND cool_until > now() ORDER BY cool_until DESC LIMIT 20",
+        &[&name],
+    )? {
+        out.cooling.push(CoolingHost {
+            host: row.get(0),
+            seconds_left: row.get(1),
+            reason: row.get(2),
+        });
+    }
+    for row in client.query(
+        "SELECT coalesce(reason, 'unknown'), count(*) FROM haul_jobs WHERE name = $1 AND state = 'failed' \
+         GROUP BY 1 ORDER BY 2 DESC LIMIT 20",
+        &[&name],
+    )? {
+        out.failures.push(FailureCount {
+            reason: row.get(0),
+            jobs: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+        });
+    }
+    Ok(out)
+}
+
+/// How a worker works the queue.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// How long a claimed job stays this worker's without a heartbeat.
+    pub lease: Duration,
+    /// Claims of one job (by workers that stopped before finishing it) before it fails.
+    pub max_attempts: u32,
+    /// Wait for more jobs when the queue is empty, instead of ending.
+    pub follow: bool,
+    /// The worker's label in `haul status` (by default the host name and process id).
+    pub label: String,
+    /// Jobs claimed at once at most.
+    pub claim_batch: usize,
+    /// Jobs of one host claimed at once at most.
+    pub per_host_claim: usize,
+    /// How often an empty (or cooling) queue is asked again.
+    pub poll: Duration,
+    /// How long the queue may be unreachable before the worker stops.
+    pub patience: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(60),
+            max_attempts: 3,
+            follow: false,
+            label: default_label(),
+            claim_batch: 128,
+            per_host_claim: 16,
+            poll: Duration::from_millis(500),
+            patience: DEFAULT_PATIENCE,
+        }
+    }
+}
+
+/// `host:pid`.
+fn default_label() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    format!("{host}:{}", std::process::id())
+}
+
+/// A result waiting for the keeper's next group commit.
+#[derive(Debug)]
+struct Completion {
+    id: String,
+    attempt: i32,
+    /// `done`, `failed`, `skipped`, or `queued` (released: the run stopped first).
+    state: &'static str,
+    path: Option<String>,
+    size: Option<i64>,
+    sha256: Option<String>,
+    blake3: Option<String>,
+    verified: bool,
+    http_status: Option<i32>,
+    reason: Option<String>,
+    error: Option<String>,
+}
+
+/// What the keeper thread has to write.
+#[derive(Debug, Default)]
+struct Outbox {
+    completions: Vec<Completion>,
+    /// Host pauses to share: (host, seconds, reason).
+    cool: Vec<(String, f64, String)>,
+    /// Set when the worker ends: write everything, then stop.
+    closing: bool,
+}
+
+/// Counters of a worker's results.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerTotals {
+    /// Results written.
+    pub recorded: u64,
+    /// Results refused by the fence: another worker had taken the job over (this worker had
+    /// stalled past its lease).
+    pub rejected: u64,
+    /// Jobs handed back to the queue when the worker stopped.
+    pub released: u64,
+}
+
+struct Inner {
+    url: String,
+    name: String,
+    id: i64,
+    options: WorkerOptions,
+    /// The jobs this worker holds: id → the attempt of its claim (the fencing token).
+    held: Mutex<HashMap<String, i32>>,
+    outbox: Mutex<Outbox>,
+    wake: Condvar,
+    /// No claims after this.
+    stop: AtomicBool,
+    /// Held while a claim runs, so a stop never misses one in flight.
+    claiming: Mutex<()>,
+    fatal: Mutex<Option<String>>,
+    engine: Mutex<Option<(HostPauser, Canceller)>>,
+    recorded: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl Inner {
+    fn set_fatal(&self, error: &Error) {
+        tracing::error!(target: "haul::queue", %error, "the worker stops");
+        self.fatal
+            .lock()
+            .expect("fatal")
+            .get_or_insert_with(|| error.to_string());
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some((_, canceller)) = &*self.engine.lock().expect("engine") {
+            canceller.cancel();
+        }
+    }
+
+    fn push(&self, completion: Completion) {
+        let mut outbox = self.outbox.lock().expect("outbox");
+        outbox.completions.push(completion);
+        if outbox.completions.len() >= keeper::BATCH {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// One worker of the queue: registers itself, claims jobs for the engine ([`Worker::jobs`]),
+/// records their results ([`Worker::reporter`]), and keeps its leases alive. End it with
+/// [`Worker::finish`].
+pub struct Worker {
+    inner: Arc<Inner>,
+    keeper: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("name", &self.inner.name)
+            .field("id", &self.inner.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// Registers a worker on the queue `name` at `url`, and starts its keeper thread (group
+    /// commits of results, heartbeats, shared host pauses).
+    ///
+    /// # Errors
+    /// The database cannot be reached.
+    pub fn start(url: &str, name: &str, options: WorkerOptions) -> Result<Self, Error> {
+        let mut db = open(url, options.patience)?;
+        let lease = options.lease.as_secs_f64();
+        let label = options.label.clone();
+        let id: i64 = db.run("register the worker", |client| {
+            Ok(client
+                .query_one(
+                    "INSERT INTO haul_workers (name, label, lease) VALUES ($1, $2, $3) RETURNING id",
+                    &[&name, &label, &lease],
+                )?
+                .get(0))
+        })?;
+        let inner = Arc::new(Inner {
+            url: url.to_owned(),
+            name: name.to_owned(),
+            id,
+            options,
+            held: Mutex::new(HashMap::new()),
+            outbox: Mutex::new(Outbox::default()),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+            claiming: Mutex::new(()),
+            fatal: Mutex::new(None),
+            engine: Mutex::new(None),
+            recorded: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        });
+        let keeper_inner = Arc::clone(&inner);
+        let keeper = std::thread::Builder::new()
+            .name("haul-queue-keeper".into())
+            .spawn(move || keeper::run(&keeper_inner, db))
+            .map_err(|e| Error::io("start the queue keeper", "", e))?;
+        Ok(Self {
+            inner,
+            keeper: Mutex::new(Some(keeper)),
+        })
+    }
+
+    /// This worker's number in the queue (`haul status` shows it).
+    #[must_use]
+    pub fn id(&self) -> i64 {
+        self.inner.id
+    }
+
+    /// The tag of this worker's temporary files in a shared output directory (see
+    /// [`Config::shared_output`](crate::Config::shared_output)).
+    #[must_use]
+    pub fn tag(&self) -> String {
+        format!("w{}", self.inner.id)
+    }
+
+    /// Lets the worker pause hosts in the engine when another worker was told to wait, and
+    /// stop it when the queue is lost for good.
+    pub fn attach(&self, pauser: HostPauser, canceller: Canceller) {
+        *self.inner.engine.lock().expect("engine") = Some((pauser, canceller));
+    }
+
+    /// The jobs this worker claims, for [`Engine::run`](crate::Engine::run). The iterator
+    /// blocks while the queue has nothing to hand out but other workers still hold jobs (one
+    /// of them may die and leave its jobs to be claimed again); it ends when every job has
+    /// ended (unless `follow`), or when the worker stops.
+    ///
+    /// # Errors
+    /// The database cannot be reached.
+    pub fn jobs(&self) -> Result<Claims, Error> {
+        Ok(Claims {
+            inner: Arc::clone(&self.inner),
+            db: Db::connect(&self.inner.url, self.inner.options.patience)?,
+            buffer: VecDeque::new(),
+        })
+    }
+
+    /// A reporter that records each job's end in the queue, then passes the event to `inner`.
+    #[must_use]
+    pub fn reporter(&self, inner: Arc<dyn Reporter>) -> Arc<dyn Reporter> {
+        Arc::new(QueueReporter {
+            inner,
+            worker: Arc::clone(&self.inner),
+        })
+    }
+
+    /// Stops claiming, writes every result still waiting, hands the jobs this worker still
+    /// holds back to the queue, and marks the worker stopped.
+    ///
+    /// # Errors
+    /// The queue failed during the run (the first error), or could not be written now.
+    pub fn finish(&self) -> Result<WorkerTotals, Error> {
+        self.inner.stop.store(true, Ordering::SeqCst);
+        drop(self.inner.claiming.lock().expect("claim lock"));
+        {
+            let mut outbox = self.inner.outbox.lock().expect("outbox");
+            outbox.closing = true;
+            self.inner.wake.notify_one();
+        }
+        if let Some(keeper) = self.keeper.lock().expect("keeper").take()
+            && keeper.join().is_err()
+        {
+            self.inner
+                .fatal
+                .lock()
+                .expect("fatal")
+                .get_or_insert_with(|| "the queue keeper panicked".to_owned());
+        }
+        let mut db = Db::connect(&self.inner.url, self.inner.options.patience)?;
+        let (name, id) = (self.inner.name.as_str(), self.inner.id);
+        let released = db.run("hand unfinished jobs back to the queue", |client| {
+            let mut tx = client.transaction()?;
+            let released = tx.execute(
+                "UPDATE haul_jobs SET state = 'queued', owner = NULL, lease_until = NULL, released = released + 1 \
+                 WHERE name = $1 AND owner = $2 AND state = 'running'",
+                &[&name, &id],
+            )?;
+            tx.execute("UPDATE haul_workers SET stopped = now() WHERE id = $1", &[&id])?;
+            tx.commit()?;
+            Ok(released)
+        })?;
+        if let Some(fatal) = self.inner.fatal.lock().expect("fatal").clone() {
+            return Err(Error::Queue(fatal));
+        }
+        Ok(WorkerTotals {
+            recorded: self.inner.recorded.load(Ordering::Relaxed),
+            rejected: self.inner.rejected.load(Ordering::Relaxed),
+            released,
+        })
+    }
+}
+
+/// The jobs a worker claims (see [`Worker::jobs`]).
+pub struct Claims {
+    inner: Arc<Inner>,
+    db: Db,
+    buffer: VecDeque<(String, String)>,
+}
+
+impl std::fmt::Debug for Claims {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claims")
+            .field("buffered", &self.buffer.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Fails the jobs claimed too often (their workers died with them), then claims a host-fair
+/// batch: at most `per_host` jobs of each host not cooling down, `batch` in all.
+const CLAIM: &str = "
+WITH picked AS (
+    SELECT j.name, j.id
+    FROM haul_hosts h
+    CROSS JOIN LATERAL (
+        SELECT name, id FROM haul_jobs
+        WHERE name = h.name AND host = h.host AND state IN ('queued', 'running')
+          AND (state = 'queued' OR lease_until < now())
+        ORDER BY seq
+        LIMIT $3
+        FOR UPDATE SKIP LOCKED
+    ) j
+    WHERE h.name = $1 AND (h.cool_until IS NULL OR h.cool_until <= now())
+    LIMIT $2
+)
+UPDATE haul_jobs t
+SET state = 'running', attempt = t.attempt + 1, owner = $4, lease_until = now() + make_interval(secs => $5)
+FROM picked
+WHERE t.name = picked.name AND t.id = picked.id
+RETURNING t.id, t.spec, t.attempt";
+
+const GIVE_UP: &str = "
+UPDATE haul_jobs
+SET state = 'failed', owner = NULL, lease_until = NULL, finished = now(), reason = 'worker lost',
+    error = format('claimed %s times by workers that stopped before finishing it (--max-attempts %s)',
+                   attempt - released, $2::INTEGER)
+WHERE name = $1 AND state = 'running' AND lease_until < now() AND attempt - released >= $2";
+
+impl Claims {
+    /// Claims a batch into the buffer; returns how many.
+    fn claim(&mut self) -> Result<usize, Error> {
+        let inner = Arc::clone(&self.inner);
+        let _claiming = inner.claiming.lock().expect("claim lock");
+        if inner.stop.load(Ordering::SeqCst) {
+            return Ok(0);
+        }
+        let name = inner.name.as_str();
+        let max = i32::try_from(inner.options.max_attempts).unwrap_or(i32::MAX);
+        let batch = i64::try_from(inner.options.claim_batch).unwrap_or(i64::MAX);
+        let per_host = i64::try_from(inner.options.per_host_claim.max(1)).unwrap_or(1);
+        let lease = inner.options.lease.as_secs_f64();
+        let rows = self.db.run("claim jobs", |client| {
+            let mut tx = client.transaction()?;
+            tx.execute(GIVE_UP, &[&name, &max])?;
+            let rows = tx.query(CLAIM, &[&name, &batch, &per_host, &inner.id, &lease])?;
+            tx.commit()?;
+            Ok(rows)
+        })?;
+        let mut held = inner.held.lock().expect("held jobs");
+        for row in &rows {
+            let id: String = row.get(0);
+            held.insert(id.clone(), row.get(2));
+            self.buffer.push_back((id, row.get(1)));
+        }
+        Ok(rows.len())
+    }
+
+    /// True when nothing is left to claim now or later: no job queued, and none held by
+    /// another worker (which may die and leave it to be claimed again).
+    fn drained(&mut self) -> Result<bool, Error> {
+        let (name, id) = (self.inner.name.as_str(), self.inner.id);
+        self.db.run("count the jobs left", |client| {
+            let row = client.query_one(
+                "SELECT count(*) FILTER (WHERE state = 'queued'), \
+                        count(*) FILTER (WHERE state = 'running' AND owner IS DISTINCT FROM $2) \
+                 FROM haul_jobs WHERE name = $1 AND state IN ('queued', 'running')",
+                &[&name, &id],
+            )?;
+            Ok(row.get::<_, i64>(0) == 0 && row.get::<_, i64>(1) == 0)
+        })
+    }
+
+    /// Sleeps for the poll interval, waking early when the worker stops.
+    fn pause(&self) {
+        let step = Duration::from_millis(50);
+        let mut left = self.inner.options.poll;
+        while !left.is_zero() && !self.inner.stop.load(Ordering::SeqCst) {
+            let nap = left.min(step);
+            std::thread::sleep(nap);
+            left -= nap;
+        }
+    }
+}
+
+/// The job of a queue row: its manifest line, under the row's id.
+fn parse_spec(id: &str, spec: &str) -> Result<Job, String> {
+    match ManifestReader::new(spec.as_bytes(), Format::Jsonl).next() {
+        Some(Ok(mut job)) => {
+            id.clone_into(&mut job.id);
+            Ok(job)
+        }
+        Some(Err(e)) => Err(e.reason),
+        None => Err("empty job line".to_owned()),
+    }
+}
+
+impl Iterator for Claims {
+    type Item = Result<Job, ManifestError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some((id, spec)) = self.buffer.pop_front() {
+                match parse_spec(&id, &spec) {
+                    Ok(job) => return Some(Ok(job)),
+                    Err(reason) => {
+                        let attempt = self.inner.held.lock().expect("held jobs").remove(&id);
+                        if let Some(attempt) = attempt {
+                            self.inner.push(Completion {
+                                id,
+                                attempt,
+                                state: "failed",
+                                path: None,
+                                size: None,
+                                sha256: None,
+                                blake3: None,
+                                verified: false,
+                                http_status: None,
+                                reason: Some("bad job line".to_owned()),
+                                error: Some(reason),
+                            });
+                        }
+                        continue;
+                    }
+                }
+            }
+            if self.inner.stop.load(Ordering::SeqCst) {
+                return None;
+            }
+            match self.claim() {
+                Ok(0) => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    self.inner.set_fatal(&e);
+                    return None;
+                }
+            }
+            if !self.inner.options.follow {
+                match self.drained() {
+                    Ok(true) => return None,
+                    Ok(false) => {}
+                    Err(e) => {
+                        self.inner.set_fatal(&e);
+                        return None;
+                    }
+                }
+            }
+            self.pause();
+        }
+    }
+}
+
+/// Records each job's end in the queue (see [`Worker::reporter`]).
+struct QueueReporter {
+    inner: Arc<dyn Reporter>,
+    worker: Arc<Inner>,
+}
+
+impl Reporter for QueueReporter {
+    fn on_job_start(&self, job: &Job) {
+        self.inner.on_job_start(job);
+    }
+
+    fn on_retry(&self, job: &Job, attempt: u32, error: &Error, delay: Duration) {
+        self.inner.on_retry(job, attempt, error, delay);
+    }
+
+    fn on_job_finished(&self, report: &JobReport<'_>) {
+        let attempt = self.worker.held.lock().expect("held jobs").remove(report.id);
+        match attempt {
+            Some(attempt) => self.worker.push(Completion {
+                id: report.id.to_owned(),
+                attempt,
+                state: match report.status {
+                    JobStatus::Done => "done",
+                    JobStatus::Skipped => "skipped",
+                    JobStatus::Failed => "failed",
+                    JobStatus::Pending => "queued",
+                },
+                path: report.path.map(str::to_owned),
+                size: (report.status == JobStatus::Done).then(|| i64::try_from(report.bytes).unwrap_or(i64::MAX)),
+                sha256: report.sha256.map(|d| to_hex(d)),
+                blake3: report.blake3.map(|d| to_hex(d)),
+                verified: report.verified,
+                http_status: report.http_status.map(i32::from),
+                reason: report.reason.map(str::to_owned),
+                error: report.error.map(str::to_owned),
+            }),
+            None => {
+                // The lease was lost (this worker stalled past it): another worker has the job.
+                self.worker.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(target: "haul::queue", id = report.id, "result not recorded: the job's lease was lost");
+            }
+        }
+        self.inner.on_job_finished(report);
+    }
+
+    fn on_bad_line(&self, error: &ManifestError) {
+        self.inner.on_bad_line(error);
+    }
+
+    fn on_notice(&self, message: &str) {
+        self.inner.on_notice(message);
+    }
+
+    fn on_host_paused(&self, host: &str, wait: Duration, reason: &str) {
+        {
+            let mut outbox = self.worker.outbox.lock().expect("outbox");
+            outbox
+                .cool
+                .push((host.to_owned(), wait.as_secs_f64(), reason.to_owned()));
+            self.worker.wake.notify_one();
+        }
+        self.inner.on_host_paused(host, wait, reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_escapes_what_copy_reads_as_syntax() {
+        let mut out = Vec::new();
+        copy_escape(&mut out, "a\tb\\c\nd\re");
+        assert_eq!(out, b"a\\tb\\\\c\\nd\\re");
+    }
+
+    #[test]
+    fn a_spec_keeps_the_rows_id() {
+        let job = parse_spec("row-7", r#"{"url":"http://127.0.0.1/a","id":"other"}"#).expect("job");
+        assert_eq!(job.id, "row-7");
+        assert!(parse_spec("x", "not json").is_err());
+    }
+}
