@@ -389,7 +389,7 @@ async fn run(
 ) -> Result<Exit, Failure> {
     let engine = haul::Engine::new(config);
     if let Some(worker) = worker {
-        worker.attach(engine.pauser(), engine.canceller());
+        worker.attach(engine.fleet_link(), engine.canceller());
     }
     let mut mode = if args.quiet {
         args::ProgressArg::None

@@ -153,6 +153,9 @@ struct State {
     queue: Option<tokio::sync::Semaphore>,
     started: Option<std::time::Instant>,
     log: Mutex<Vec<Logged>>,
+    /// Requests being answered now (until their head is sent), and the most there ever were.
+    answering: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
     /// The last large bodies made (range requests of one big file share them).
     bodies: Mutex<Vec<(BodyKey, Bytes)>>,
 }
@@ -286,6 +289,13 @@ impl FaultServer {
         self.state.hits.lock().expect("hits").get(path).copied().unwrap_or(0)
     }
 
+    /// The most requests the server was answering at once (each until its head was sent: with
+    /// `delay=MS`, how many the clients had waiting at once).
+    #[must_use]
+    pub fn peak_answering(&self) -> usize {
+        self.state.peak.load(Ordering::SeqCst)
+    }
+
     /// Requests seen in all.
     #[must_use]
     pub fn total_hits(&self) -> u64 {
@@ -326,10 +336,13 @@ fn draw(seed: u64, path: &str, hit: u64, salt: u8) -> u8 {
 async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     let at = state.started.map(|s| s.elapsed()).unwrap_or_default();
     let path = req.uri().path().to_owned();
+    let now = state.answering.fetch_add(1, Ordering::SeqCst) + 1;
+    state.peak.fetch_max(now, Ordering::SeqCst);
     let response = match state.capacity {
         Some(capacity) => with_capacity(state, capacity, req).await,
         None => answer(state, req).await,
     };
+    state.answering.fetch_sub(1, Ordering::SeqCst);
     let mut log = state.log.lock().expect("log");
     // Bounded: a long-running demo server keeps the first million requests.
     if log.len() < 1_000_000 {

@@ -53,5 +53,5 @@ pub use config::{
     DEFAULT_MAX_REDIRECTS, DEFAULT_MAX_RETRY_WAIT, DEFAULT_MIN_SPLIT_SIZE, DEFAULT_PER_HOST, DEFAULT_READ_TIMEOUT,
     DEFAULT_RETRIES, DEFAULT_RETRY_CAP, DEFAULT_RETRY_WAIT, DEFAULT_SPLIT, OnExists,
 };
-pub use engine::{Canceller, Engine, HostPauser};
+pub use engine::{Canceller, Engine, FleetLink};
 pub use store::{DigestKind, FileDigests, Layout, STATE_DIR};

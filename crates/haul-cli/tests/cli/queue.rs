@@ -403,3 +403,40 @@ fn sigterm_hands_the_unfinished_jobs_back() {
     assert_eq!(states_done(&pg, &url), 40);
     assert_files(&out, &files);
 }
+
+#[test]
+fn per_host_is_a_budget_the_live_workers_share() {
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let (pg, url) = database();
+    let tmp = tempfile::tempdir().unwrap();
+    // Each answer waits 300 ms: the requests a worker has open pile up at the server.
+    let files = fault_files(&server, "h", 80, 2_000, "delay=300");
+    enqueue(&url, tmp.path(), &files);
+    let out = tmp.path().join("out");
+    let flags = ["-j", "8", "--per-host", "4", "--no-adaptive", "--lease", "2s"];
+    let first = spawn_worker(&url, &out, &flags);
+    assert!(
+        wait_for(Duration::from_secs(30), || count(
+            &pg,
+            &url,
+            "SELECT count(*) FROM haul_jobs WHERE state = 'done'"
+        ) >= 4),
+        "nothing done"
+    );
+    let alone = server.peak_answering();
+    let second = spawn_worker(&url, &out, &flags);
+    for worker in [first, second] {
+        let output = finish(worker, Duration::from_secs(120));
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    }
+    assert_files(&out, &files);
+    assert_eq!(alone, 4, "one worker alone uses the whole budget");
+    assert!(
+        server.peak_answering() <= 4,
+        "two workers together sent {} requests at once to a host with --per-host 4",
+        server.peak_answering()
+    );
+    let owners = count(&pg, &url, "SELECT count(DISTINCT owner) FROM haul_jobs");
+    assert_eq!(owners, 2, "both workers did some of the jobs");
+}

@@ -65,24 +65,37 @@ pub struct Engine {
     config: Arc<Config>,
     monitor: Arc<Monitor>,
     cancel: watch::Sender<bool>,
-    pause_tx: mpsc::UnboundedSender<Pause>,
+    fleet_tx: mpsc::UnboundedSender<FleetNews>,
     /// Taken by a run for its length.
-    pause_rx: Mutex<Option<mpsc::UnboundedReceiver<Pause>>>,
+    fleet_rx: Mutex<Option<mpsc::UnboundedReceiver<FleetNews>>>,
 }
 
-/// A host pause asked from outside the engine: `(host:port, how long, why)`.
-type Pause = (String, Duration, String);
+/// What a fleet of workers tells one worker's engine.
+#[derive(Debug)]
+enum FleetNews {
+    /// Another worker was told to leave `host` alone: `(host:port, how long, why)`.
+    Pause(String, Duration, String),
+    /// This many workers share the per-host budgets now.
+    Share(usize),
+}
 
-/// Pauses hosts of a running [`Engine`] from outside: a fleet of workers shares the
-/// Retry-After one of them was given (see the queue).
+/// Links a running [`Engine`] to the other workers of a fleet (see the queue): it pauses
+/// hosts another worker was told to wait for, and shares the per-host budgets (`--per-host`,
+/// `--rate`, host rules) among the live workers.
 #[derive(Debug, Clone)]
-pub struct HostPauser(mpsc::UnboundedSender<Pause>);
+pub struct FleetLink(mpsc::UnboundedSender<FleetNews>);
 
-impl HostPauser {
+impl FleetLink {
     /// No new request goes to `host` (`host:port`, as [`Job::host_key`] gives it) for `wait`;
     /// a pause already longer stays.
     pub fn pause(&self, host: &str, wait: Duration, reason: &str) {
-        let _ = self.0.send((host.to_owned(), wait, reason.to_owned()));
+        let _ = self.0.send(FleetNews::Pause(host.to_owned(), wait, reason.to_owned()));
+    }
+
+    /// `workers` live workers (this one included) share every host's budget: this engine
+    /// keeps one `workers`-th of each ceiling (at least 1) and of each rate.
+    pub fn share(&self, workers: usize) {
+        let _ = self.0.send(FleetNews::Share(workers));
     }
 }
 
@@ -233,20 +246,20 @@ impl Engine {
     /// ```
     #[must_use]
     pub fn new(config: Config) -> Self {
-        let (pause_tx, pause_rx) = mpsc::unbounded_channel();
+        let (fleet_tx, fleet_rx) = mpsc::unbounded_channel();
         Self {
             config: Arc::new(config),
             monitor: Arc::new(Monitor::default()),
             cancel: watch::channel(false).0,
-            pause_tx,
-            pause_rx: Mutex::new(Some(pause_rx)),
+            fleet_tx,
+            fleet_rx: Mutex::new(Some(fleet_rx)),
         }
     }
 
-    /// A handle that pauses hosts during a run.
+    /// A handle through which the other workers of a fleet reach this engine's runs.
     #[must_use]
-    pub fn pauser(&self) -> HostPauser {
-        HostPauser(self.pause_tx.clone())
+    pub fn fleet_link(&self) -> FleetLink {
+        FleetLink(self.fleet_tx.clone())
     }
 
     /// The live counters of this engine's run, for progress displays.
@@ -376,14 +389,14 @@ impl Engine {
             },
             window,
         };
-        let mut pauses = self
-            .pause_rx
+        let mut fleet = self
+            .fleet_rx
             .lock()
-            .expect("pause channel")
+            .expect("fleet channel")
             .take()
             .ok_or_else(|| Error::Internal("the engine is already running".into()))?;
-        let (mut summary, input_ended) = dispatcher.run(input_rx, self.cancel.subscribe(), &mut pauses).await;
-        *self.pause_rx.lock().expect("pause channel") = Some(pauses);
+        let (mut summary, input_ended) = dispatcher.run(input_rx, self.cancel.subscribe(), &mut fleet).await;
+        *self.fleet_rx.lock().expect("fleet channel") = Some(fleet);
         // A reader still blocked on its input (a pipe whose producer stays open) is left to end
         // with the process: joining it here would hang the cancelled run.
         if input_ended && reader.join().is_err() {
@@ -596,7 +609,7 @@ impl Dispatcher {
         &mut self,
         mut input: mpsc::Receiver<Vec<Input>>,
         mut cancel: watch::Receiver<bool>,
-        pauses: &mut mpsc::UnboundedReceiver<Pause>,
+        fleet: &mut mpsc::UnboundedReceiver<FleetNews>,
     ) -> (Summary, bool) {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Note>();
         let mut input_open = true;
@@ -700,6 +713,19 @@ impl Dispatcher {
                         }
                     }
                 },
+                Some(news) = fleet.recv(), if !stopping => match news {
+                    FleetNews::Pause(host, wait, reason) => {
+                        // Another worker was told to wait: not reported back to the fleet.
+                        let now = Instant::now();
+                        if self.scheduler.cool_down(&host, deadline(now, wait), now, &reason) {
+                            tracing::info!(target: "haul::decision", %host, %reason, "host paused by the fleet");
+                        }
+                    }
+                    FleetNews::Share(workers) => {
+                        tracing::info!(target: "haul::decision", workers, "per-host budgets shared");
+                        self.scheduler.set_share(workers, Instant::now());
+                    }
+                },
                 batch = input.recv(), if accept => match batch {
                     Some(batch) => {
                         for message in batch {
@@ -711,13 +737,6 @@ impl Dispatcher {
                     }
                     None => input_open = false,
                 },
-                Some((host, wait, reason)) = pauses.recv(), if !stopping => {
-                    // Asked from outside (another worker was told to wait): not reported back.
-                    let now = Instant::now();
-                    if self.scheduler.cool_down(&host, deadline(now, wait), now, &reason) {
-                        tracing::info!(target: "haul::decision", %host, %reason, "host paused by the fleet");
-                    }
-                }
                 () = sleep_until(wakeup), if wakeup.is_some() && !stopping => {}
             }
         }

@@ -44,8 +44,24 @@ const COOLING: &str = "
 SELECT host, EXTRACT(EPOCH FROM cool_until - now())::DOUBLE PRECISION, coalesce(reason, '')
 FROM haul_hosts WHERE name = $1 AND cool_until > now()";
 
+/// Live workers of the queue `name`: heartbeat within their lease, not stopped.
+pub(super) fn live_workers(client: &mut postgres::Client, name: &str) -> Result<i64, postgres::Error> {
+    Ok(client
+        .query_one(
+            "SELECT count(*) FROM haul_workers WHERE name = $1 AND stopped IS NULL \
+             AND heartbeat > now() - make_interval(secs => lease)",
+            &[&name],
+        )?
+        .get(0))
+}
+
+/// How often a worker renews its heartbeat and leases, and counts the live workers.
+pub(super) fn beat_every(lease: Duration) -> Duration {
+    (lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
+}
+
 pub(super) fn run(inner: &Inner, mut db: Db) {
-    let beat_every = (inner.options.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(15));
+    let beat_every = beat_every(inner.options.lease);
     let mut beat_at = Instant::now();
     // Pauses already passed to the engine, by host: each is sent once.
     let mut applied: HashMap<String, Instant> = HashMap::new();
@@ -151,9 +167,9 @@ fn write(
 /// Renews this worker's heartbeat and the leases of the jobs it holds; forgets the jobs whose
 /// lease another worker took (their results will not be written).
 fn heartbeat(inner: &Inner, db: &mut Db) -> Result<(), Error> {
-    let held: Vec<String> = inner.held.lock().expect("held jobs").keys().cloned().collect();
+    let held: Vec<String> = inner.held.lock().expect("held jobs").jobs.keys().cloned().collect();
     let (name, id, lease) = (inner.name.as_str(), inner.id, inner.options.lease.as_secs_f64());
-    let renewed = db.run("renew leases", |client| {
+    let (renewed, live) = db.run("renew leases", |client| {
         let mut tx = client.transaction()?;
         tx.execute("UPDATE haul_workers SET heartbeat = now() WHERE id = $1", &[&id])?;
         let rows = if held.is_empty() {
@@ -162,8 +178,18 @@ fn heartbeat(inner: &Inner, db: &mut Db) -> Result<(), Error> {
             tx.query(RENEW, &[&name, &id, &lease, &held])?
         };
         tx.commit()?;
-        Ok(rows.into_iter().map(|r| r.get::<_, String>(0)).collect::<HashSet<_>>())
+        let live = live_workers(client, name)?;
+        Ok((
+            rows.into_iter().map(|r| r.get::<_, String>(0)).collect::<HashSet<_>>(),
+            live,
+        ))
     })?;
+    let live = usize::try_from(live).unwrap_or(1).max(1);
+    if inner.live.swap(live, Ordering::SeqCst) != live
+        && let Some((link, _)) = &*inner.engine.lock().expect("engine")
+    {
+        link.share(live);
+    }
     if renewed.len() < held.len() {
         let mut map = inner.held.lock().expect("held jobs");
         let mut lost = 0u64;

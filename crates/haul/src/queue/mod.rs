@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use postgres::Client;
 
-use crate::engine::{Canceller, HostPauser};
+use crate::engine::{Canceller, FleetLink};
 use crate::error::Error;
 use crate::job::{Job, to_hex};
 use crate::manifest::{Format, ManifestError, ManifestReader};
@@ -424,7 +424,8 @@ pub struct WorkerOptions {
     pub label: String,
     /// Jobs claimed at once at most.
     pub claim_batch: usize,
-    /// Jobs of one host claimed at once at most.
+    /// Jobs of one host this worker holds at most; a host's jobs are claimed again only once
+    /// it holds fewer than half of this (so one host's jobs spread over the workers).
     pub per_host_claim: usize,
     /// How often an empty (or cooling) queue is asked again.
     pub poll: Duration,
@@ -496,13 +497,49 @@ pub struct WorkerTotals {
     pub released: u64,
 }
 
+/// The jobs a worker holds.
+#[derive(Debug, Default)]
+struct Held {
+    /// id → (attempt of its claim, host).
+    jobs: HashMap<String, (i32, String)>,
+    /// Jobs held per host.
+    by_host: HashMap<String, i64>,
+}
+
+impl Held {
+    fn insert(&mut self, id: String, attempt: i32, host: String) {
+        if let Some((_, old)) = self.jobs.insert(id, (attempt, host.clone())) {
+            self.drop_host(&old);
+        }
+        *self.by_host.entry(host).or_default() += 1;
+    }
+
+    /// Forgets a job; returns its attempt.
+    fn remove(&mut self, id: &str) -> Option<i32> {
+        let (attempt, host) = self.jobs.remove(id)?;
+        self.drop_host(&host);
+        Some(attempt)
+    }
+
+    fn drop_host(&mut self, host: &str) {
+        if let Some(n) = self.by_host.get_mut(host) {
+            *n -= 1;
+            if *n <= 0 {
+                self.by_host.remove(host);
+            }
+        }
+    }
+}
+
 struct Inner {
     url: String,
     name: String,
     id: i64,
     options: WorkerOptions,
-    /// The jobs this worker holds: id → the attempt of its claim (the fencing token).
-    held: Mutex<HashMap<String, i32>>,
+    /// The jobs this worker holds, with their claims' attempts (the fencing tokens).
+    held: Mutex<Held>,
+    /// Signalled when a held job ends (a claim may have room again).
+    released: Condvar,
     outbox: Mutex<Outbox>,
     wake: Condvar,
     /// No claims after this.
@@ -510,7 +547,12 @@ struct Inner {
     /// Held while a claim runs, so a stop never misses one in flight.
     claiming: Mutex<()>,
     fatal: Mutex<Option<String>>,
-    engine: Mutex<Option<(HostPauser, Canceller)>>,
+    engine: Mutex<Option<(FleetLink, Canceller)>>,
+    /// Live workers on this queue (this one included), as last counted.
+    live: std::sync::atomic::AtomicUsize,
+    /// A worker joining others claims nothing before they have all seen it (one heartbeat), so
+    /// the per-host budgets are shared before it sends a request.
+    claim_after: std::time::Instant,
     recorded: AtomicU64,
     rejected: AtomicU64,
 }
@@ -564,26 +606,37 @@ impl Worker {
         let mut db = open(url, options.patience)?;
         let lease = options.lease.as_secs_f64();
         let label = options.label.clone();
-        let id: i64 = db.run("register the worker", |client| {
-            Ok(client
+        let (id, live): (i64, i64) = db.run("register the worker", |client| {
+            let id: i64 = client
                 .query_one(
                     "INSERT INTO haul_workers (name, label, lease) VALUES ($1, $2, $3) RETURNING id",
                     &[&name, &label, &lease],
                 )?
-                .get(0))
+                .get(0);
+            Ok((id, keeper::live_workers(client, name)?))
         })?;
+        let live = usize::try_from(live).unwrap_or(1).max(1);
+        let claim_after = std::time::Instant::now()
+            + if live > 1 {
+                keeper::beat_every(options.lease) + Duration::from_millis(200)
+            } else {
+                Duration::ZERO
+            };
         let inner = Arc::new(Inner {
             url: url.to_owned(),
             name: name.to_owned(),
             id,
             options,
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(Held::default()),
+            released: Condvar::new(),
             outbox: Mutex::new(Outbox::default()),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
             claiming: Mutex::new(()),
             fatal: Mutex::new(None),
             engine: Mutex::new(None),
+            live: std::sync::atomic::AtomicUsize::new(live),
+            claim_after,
             recorded: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
         });
@@ -611,10 +664,12 @@ impl Worker {
         format!("w{}", self.inner.id)
     }
 
-    /// Lets the worker pause hosts in the engine when another worker was told to wait, and
-    /// stop it when the queue is lost for good.
-    pub fn attach(&self, pauser: HostPauser, canceller: Canceller) {
-        *self.inner.engine.lock().expect("engine") = Some((pauser, canceller));
+    /// Links the worker to its engine: hosts another worker was told to wait for are paused
+    /// there, the per-host budgets are shared with the live workers, and the engine stops
+    /// when the queue is lost for good.
+    pub fn attach(&self, link: FleetLink, canceller: Canceller) {
+        link.share(self.inner.live.load(Ordering::SeqCst));
+        *self.inner.engine.lock().expect("engine") = Some((link, canceller));
     }
 
     /// The jobs this worker claims, for [`Engine::run`](crate::Engine::run). The iterator
@@ -702,18 +757,22 @@ impl std::fmt::Debug for Claims {
     }
 }
 
-/// Fails the jobs claimed too often (their workers died with them), then claims a host-fair
-/// batch: at most `per_host` jobs of each host not cooling down, `batch` in all.
+/// Claims a host-fair batch, `$2` jobs at most: of each host not cooling down, enough for this
+/// worker to hold `$3`, and none of a host it holds at least half of that of (so one host's
+/// jobs spread over the workers, and claims come in batches, not one per finished job). The
+/// worker's holdings come as arrays of hosts (`$6`) and counts (`$7`).
 const CLAIM: &str = "
-WITH picked AS (
+WITH mine AS (SELECT * FROM unnest($6::TEXT[], $7::BIGINT[]) AS m(host, n)),
+picked AS (
     SELECT j.name, j.id
     FROM haul_hosts h
+    LEFT JOIN mine ON mine.host = h.host
     CROSS JOIN LATERAL (
         SELECT name, id FROM haul_jobs
         WHERE name = h.name AND host = h.host AND state IN ('queued', 'running')
           AND (state = 'queued' OR lease_until < now())
         ORDER BY seq
-        LIMIT $3
+        LIMIT CASE WHEN coalesce(mine.n, 0) * 2 >= $3 THEN 0 ELSE $3 - coalesce(mine.n, 0) END
         FOR UPDATE SKIP LOCKED
     ) j
     WHERE h.name = $1 AND (h.cool_until IS NULL OR h.cool_until <= now())
@@ -723,7 +782,7 @@ UPDATE haul_jobs t
 SET state = 'running', attempt = t.attempt + 1, owner = $4, lease_until = now() + make_interval(secs => $5)
 FROM picked
 WHERE t.name = picked.name AND t.id = picked.id
-RETURNING t.id, t.spec, t.attempt";
+RETURNING t.id, t.spec, t.attempt, t.host";
 
 const GIVE_UP: &str = "
 UPDATE haul_jobs
@@ -745,17 +804,25 @@ impl Claims {
         let batch = i64::try_from(inner.options.claim_batch).unwrap_or(i64::MAX);
         let per_host = i64::try_from(inner.options.per_host_claim.max(1)).unwrap_or(1);
         let lease = inner.options.lease.as_secs_f64();
+        let (hosts, holding): (Vec<String>, Vec<i64>) = inner
+            .held
+            .lock()
+            .expect("held jobs")
+            .by_host
+            .iter()
+            .map(|(h, n)| (h.clone(), *n))
+            .unzip();
         let rows = self.db.run("claim jobs", |client| {
             let mut tx = client.transaction()?;
             tx.execute(GIVE_UP, &[&name, &max])?;
-            let rows = tx.query(CLAIM, &[&name, &batch, &per_host, &inner.id, &lease])?;
+            let rows = tx.query(CLAIM, &[&name, &batch, &per_host, &inner.id, &lease, &hosts, &holding])?;
             tx.commit()?;
             Ok(rows)
         })?;
         let mut held = inner.held.lock().expect("held jobs");
         for row in &rows {
             let id: String = row.get(0);
-            held.insert(id.clone(), row.get(2));
+            held.insert(id.clone(), row.get(2), row.get(3));
             self.buffer.push_back((id, row.get(1)));
         }
         Ok(rows.len())
@@ -776,14 +843,28 @@ impl Claims {
         })
     }
 
-    /// Sleeps for the poll interval, waking early when the worker stops.
+    /// Waits for the poll interval, or less: until a held job ends (after a short while, so
+    /// that several endings make one claim) or the worker stops.
     fn pause(&self) {
+        let started = std::time::Instant::now();
+        let soonest = Duration::from_millis(20);
         let step = Duration::from_millis(50);
-        let mut left = self.inner.options.poll;
-        while !left.is_zero() && !self.inner.stop.load(Ordering::SeqCst) {
-            let nap = left.min(step);
-            std::thread::sleep(nap);
-            left -= nap;
+        let mut held = self.inner.held.lock().expect("held jobs");
+        let holding = held.jobs.len();
+        loop {
+            let waited = started.elapsed();
+            if waited >= self.inner.options.poll || self.inner.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            if waited >= soonest && held.jobs.len() < holding {
+                return;
+            }
+            held = self
+                .inner
+                .released
+                .wait_timeout(held, step.min(self.inner.options.poll - waited))
+                .expect("held jobs")
+                .0;
         }
     }
 }
@@ -810,6 +891,7 @@ impl Iterator for Claims {
                     Ok(job) => return Some(Ok(job)),
                     Err(reason) => {
                         let attempt = self.inner.held.lock().expect("held jobs").remove(&id);
+                        self.inner.released.notify_all();
                         if let Some(attempt) = attempt {
                             self.inner.push(Completion {
                                 id,
@@ -831,6 +913,10 @@ impl Iterator for Claims {
             }
             if self.inner.stop.load(Ordering::SeqCst) {
                 return None;
+            }
+            if std::time::Instant::now() < self.inner.claim_after {
+                self.pause();
+                continue;
             }
             match self.claim() {
                 Ok(0) => {}
@@ -872,6 +958,7 @@ impl Reporter for QueueReporter {
 
     fn on_job_finished(&self, report: &JobReport<'_>) {
         let attempt = self.worker.held.lock().expect("held jobs").remove(report.id);
+        self.worker.released.notify_all();
         match attempt {
             Some(attempt) => self.worker.push(Completion {
                 id: report.id.to_owned(),

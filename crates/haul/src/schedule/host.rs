@@ -177,6 +177,17 @@ impl Controller {
         }
     }
 
+    /// Moves the ceiling (a fleet's per-host budget shared anew): the limit stays under it, and
+    /// a fixed limit follows it.
+    pub(crate) fn set_ceiling(&mut self, ceiling: usize) {
+        self.ceiling = ceiling.max(1) as f64;
+        self.limit = if self.adaptive {
+            self.limit.min(self.ceiling)
+        } else {
+            self.ceiling
+        };
+    }
+
     /// Requests the host may have in flight now.
     pub(crate) fn limit(&self) -> usize {
         if self.outage {

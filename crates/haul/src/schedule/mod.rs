@@ -133,6 +133,8 @@ pub(crate) struct Scheduler<T> {
     total_limit: usize,
     active: usize,
     waiting: usize,
+    /// Workers sharing the per-host budgets (ceiling and rate) of a fleet: each gets a share.
+    share: usize,
 }
 
 impl<T> Scheduler<T> {
@@ -150,6 +152,39 @@ impl<T> Scheduler<T> {
             total_limit: total_limit.max(1),
             active: 0,
             waiting: 0,
+            share: 1,
+        }
+    }
+
+    /// The ceiling and rate of `key`: its rule's or the policy's, this worker's share of them.
+    fn budget(&self, key: &str) -> (usize, Option<Rate>) {
+        let rule = crate::rules::find(&self.policy.rules, key).map(|i| &self.policy.rules[i]);
+        let ceiling = rule.and_then(|r| r.per_host).unwrap_or(self.policy.per_host).max(1);
+        let rate = rule.and_then(|r| r.rate).or(self.policy.rate);
+        ((ceiling / self.share).max(1), rate.map(|r| r.divided(self.share)))
+    }
+
+    /// Shares every host's budget among `workers` live workers of a fleet (this one included):
+    /// each gets its ceiling divided (at least 1) and its rate divided.
+    pub(crate) fn set_share(&mut self, workers: usize, now: Instant) {
+        let workers = workers.max(1);
+        if workers == self.share {
+            return;
+        }
+        self.share = workers;
+        let keys: Vec<String> = self.hosts.keys().chain(self.remembered.keys()).cloned().collect();
+        for key in keys {
+            let (ceiling, rate) = self.budget(&key);
+            if let Some(host) = self.hosts.get_mut(&key) {
+                host.control.set_ceiling(ceiling);
+                if let (Some(bucket), Some(rate)) = (host.bucket.as_mut(), rate) {
+                    bucket.set_rate(rate, now);
+                }
+                // A larger share may let a host at its old limit start more.
+                self.enlist(&key);
+            } else if let Some(control) = self.remembered.get_mut(&key) {
+                control.set_ceiling(ceiling);
+            }
         }
     }
 
@@ -170,9 +205,7 @@ impl<T> Scheduler<T> {
 
     fn host(&mut self, key: &str, now: Instant) -> &mut Host<T> {
         if !self.hosts.contains_key(key) {
-            let rule = crate::rules::find(&self.policy.rules, key).map(|i| &self.policy.rules[i]);
-            let ceiling = rule.and_then(|r| r.per_host).unwrap_or(self.policy.per_host).max(1);
-            let rate = rule.and_then(|r| r.rate).or(self.policy.rate);
+            let (ceiling, rate) = self.budget(key);
             let control = self
                 .remembered
                 .remove(key)
@@ -402,6 +435,42 @@ mod tests {
 
     fn ok() -> Signal {
         Signal::Answer(Duration::from_millis(10))
+    }
+
+    #[test]
+    fn a_fleet_share_divides_each_hosts_ceiling_and_rate() {
+        let now = Instant::now();
+        let mut s = Scheduler::new(64, fixed(8));
+        for i in 0..20 {
+            s.push("a", i, now);
+        }
+        // Three workers share a ceiling of 8: this one keeps 2 (8 / 3, rounded down).
+        s.set_share(3, now);
+        assert_eq!(std::iter::from_fn(|| s.pop(now)).count(), 2);
+        // Alone again: the whole ceiling.
+        s.set_share(1, now);
+        assert_eq!(std::iter::from_fn(|| s.pop(now)).count(), 6);
+        let mut r = Scheduler::new(
+            64,
+            Policy {
+                rate: Some(Rate::parse("10/s").unwrap()),
+                ..fixed(64)
+            },
+        );
+        r.set_share(2, now);
+        for i in 0..20 {
+            r.push("a", i, now);
+        }
+        // Five a second each for two workers: over two seconds at most 5 * 2 + the burst.
+        let mut started = 0;
+        let mut t = now;
+        while t < now + Duration::from_secs(2) {
+            while r.pop(t).is_some() {
+                started += 1;
+            }
+            t += Duration::from_millis(10);
+        }
+        assert!((10..=11).contains(&started), "{started}");
     }
 
     #[test]

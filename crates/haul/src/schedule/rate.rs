@@ -54,6 +54,13 @@ impl Rate {
         Ok(Self::new(count, period))
     }
 
+    /// One `n`-th of this rate (a fleet's share).
+    pub(crate) fn divided(self, n: usize) -> Self {
+        Self {
+            per_second: self.per_second / n.max(1) as f64,
+        }
+    }
+
     /// Requests per second.
     #[must_use]
     pub fn per_second(self) -> f64 {
@@ -103,6 +110,12 @@ impl Bucket {
     pub(crate) fn take(&mut self, now: Instant) {
         self.refill(now);
         self.tokens -= 1.0;
+    }
+
+    /// Changes the rate from now on (the tokens already there stay).
+    pub(crate) fn set_rate(&mut self, rate: Rate, now: Instant) {
+        self.refill(now);
+        self.rate = rate;
     }
 
     /// True when the bucket is full again (nothing would be lost by forgetting it).
