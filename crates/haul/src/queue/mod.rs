@@ -959,18 +959,22 @@ impl Reporter for QueueReporter {
     fn on_job_finished(&self, report: &JobReport<'_>) {
         let attempt = self.worker.held.lock().expect("held jobs").remove(report.id);
         self.worker.released.notify_all();
+        // A file found in place that matches the job (adopted: "exists") is the job done, as
+        // the archive records it; perhaps a worker finished it and died before recording it.
+        let adopted = report.status == JobStatus::Skipped && report.reason.is_some_and(|r| r.starts_with("exists"));
+        let done = report.status == JobStatus::Done || adopted;
         match attempt {
             Some(attempt) => self.worker.push(Completion {
                 id: report.id.to_owned(),
                 attempt,
                 state: match report.status {
-                    JobStatus::Done => "done",
+                    _ if done => "done",
                     JobStatus::Skipped => "skipped",
                     JobStatus::Failed => "failed",
-                    JobStatus::Pending => "queued",
+                    JobStatus::Done | JobStatus::Pending => "queued",
                 },
                 path: report.path.map(str::to_owned),
-                size: (report.status == JobStatus::Done).then(|| i64::try_from(report.bytes).unwrap_or(i64::MAX)),
+                size: done.then(|| i64::try_from(report.bytes).unwrap_or(i64::MAX)),
                 sha256: report.sha256.map(|d| to_hex(d)),
                 blake3: report.blake3.map(|d| to_hex(d)),
                 verified: report.verified,
