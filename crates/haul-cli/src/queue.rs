@@ -89,8 +89,8 @@ pub(crate) fn work(args: WorkArgs) -> Result<Exit, Failure> {
         lease: args.lease,
         max_attempts: args.max_attempts.max(1),
         follow: args.follow,
-        claim_batch: (config.concurrency * 2).clamp(16, 512),
-        per_host_claim: (config.per_host * 2).max(2),
+        claim_batch: (config.concurrency * 4).clamp(64, 1024),
+        per_host_claim: (config.per_host * 4).max(64),
         ..haul::queue::WorkerOptions::default()
     };
     if let Some(name) = &args.worker_name {

@@ -63,6 +63,11 @@ impl Db {
         })
     }
 
+    /// The URL it connects to.
+    pub(super) fn url(&self) -> &str {
+        &self.url
+    }
+
     /// Runs `work` (one transaction or statement); on a transient error, reconnects and runs it
     /// again, until `patience` has passed since the first try.
     pub(super) fn run<T>(

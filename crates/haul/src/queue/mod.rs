@@ -87,7 +87,48 @@ CREATE TABLE IF NOT EXISTS haul_workers (
 pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(120);
 
 /// Lines per enqueue transaction.
-const ENQUEUE_BATCH: usize = 20_000;
+const ENQUEUE_BATCH: usize = 10_000;
+/// Connections inserting an enqueue's batches at once.
+const ENQUEUE_WRITERS: usize = 2;
+
+/// One enqueue writer: inserts the batches it takes from `rx` on a connection of its own;
+/// returns how many jobs were new.
+fn insert_batches(url: &str, name: &str, rx: &Mutex<std::sync::mpsc::Receiver<(Vec<u8>, u64)>>) -> Result<u64, Error> {
+    let mut db = Db::connect(url, DEFAULT_PATIENCE)?;
+    db.run("prepare the enqueue", |client| {
+        client.batch_execute(
+            "CREATE TEMP TABLE IF NOT EXISTS haul_incoming (id TEXT, host TEXT, spec TEXT) ON COMMIT DELETE ROWS",
+        )
+    })?;
+    let mut added = 0;
+    loop {
+        let next = rx.lock().expect("enqueue batches").recv();
+        let Ok((rows, _)) = next else { return Ok(added) };
+        added += db.run("enqueue", |client| {
+            let mut tx = client.transaction()?;
+            let mut copy = tx.copy_in("COPY haul_incoming (id, host, spec) FROM STDIN")?;
+            // Writing into the COPY stream fails only with the connection, which `finish`
+            // then reports (and the batch is run again on a new one).
+            let written = copy.write_all(&rows);
+            copy.finish()?;
+            if let Err(e) = written {
+                tracing::warn!(target: "haul::queue", error = %e, "COPY write failed");
+            }
+            let added = tx.execute(
+                "INSERT INTO haul_jobs (name, id, host, spec) SELECT $1, id, host, spec FROM haul_incoming \
+                 ON CONFLICT DO NOTHING",
+                &[&name],
+            )?;
+            tx.execute(
+                "INSERT INTO haul_hosts (name, host) SELECT DISTINCT $1, host FROM haul_incoming \
+                 ON CONFLICT DO NOTHING",
+                &[&name],
+            )?;
+            tx.commit()?;
+            Ok(added)
+        })?;
+    }
+}
 
 /// Opens the queue's connection and creates its tables if they are missing (under an advisory
 /// lock: workers starting together do not race on `CREATE`).
@@ -166,19 +207,24 @@ impl Queue {
         mut on_bad: impl FnMut(&ManifestError),
     ) -> Result<Enqueued, Error> {
         let mut counts = Enqueued::default();
-        self.db.run("prepare the enqueue", |client| {
-            client.batch_execute(
-                "CREATE TEMP TABLE IF NOT EXISTS haul_incoming (id TEXT, host TEXT, spec TEXT) ON COMMIT DELETE ROWS",
-            )
-        })?;
-        let mut rows = Vec::with_capacity(ENQUEUE_BATCH * 160);
-        let mut jobs = jobs.peekable();
-        while jobs.peek().is_some() {
-            rows.clear();
-            let mut in_batch = 0usize;
-            for item in jobs.by_ref() {
-                match item {
-                    Ok(job) => {
+        // Lines are read and encoded here while ENQUEUE_WRITERS connections insert the batches
+        // before (the database's insert is the slow part; two backends use two cores).
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, u64)>(ENQUEUE_WRITERS);
+        let rx = Mutex::new(rx);
+        let name = self.name.as_str();
+        let url = self.db.url().to_owned();
+        let (added, failure) = std::thread::scope(|scope| {
+            let writers: Vec<_> = (0..ENQUEUE_WRITERS)
+                .map(|_| scope.spawn(|| insert_batches(&url, name, &rx)))
+                .collect();
+            let mut rows = Vec::with_capacity(ENQUEUE_BATCH * 160);
+            let mut in_batch = 0u64;
+            let mut jobs = jobs;
+            loop {
+                let next = jobs.next();
+                let end = next.is_none();
+                match next {
+                    Some(Ok(job)) => {
                         copy_escape(&mut rows, &job.id);
                         rows.push(b'\t');
                         copy_escape(&mut rows, &job.host_key());
@@ -186,46 +232,43 @@ impl Queue {
                         copy_escape(&mut rows, &job.to_manifest_line(secret));
                         rows.push(b'\n');
                         in_batch += 1;
-                        if in_batch == ENQUEUE_BATCH {
-                            break;
-                        }
                     }
-                    Err(bad) => {
+                    Some(Err(bad)) => {
                         counts.bad += 1;
                         on_bad(&bad);
                     }
+                    None => {}
+                }
+                let full = in_batch as usize == ENQUEUE_BATCH;
+                if (full || end) && in_batch > 0 {
+                    let batch = std::mem::replace(&mut rows, Vec::with_capacity(ENQUEUE_BATCH * 160));
+                    if tx.send((batch, in_batch)).is_err() {
+                        break; // a writer failed: its error is collected below
+                    }
+                    counts.duplicate += in_batch;
+                    in_batch = 0;
+                }
+                if end {
+                    break;
                 }
             }
-            if in_batch == 0 {
-                break;
-            }
-            let name = self.name.as_str();
-            let added = self.db.run("enqueue", |client| {
-                let mut tx = client.transaction()?;
-                let mut copy = tx.copy_in("COPY haul_incoming (id, host, spec) FROM STDIN")?;
-                // Writing into the COPY stream fails only with the connection, which `finish`
-                // then reports (and the batch is run again on a new one).
-                let written = copy.write_all(&rows);
-                copy.finish()?;
-                if let Err(e) = written {
-                    tracing::warn!(target: "haul::queue", error = %e, "COPY write failed");
+            drop(tx);
+            let mut added = 0;
+            let mut failure = None;
+            for writer in writers {
+                match writer.join() {
+                    Ok(Ok(n)) => added += n,
+                    Ok(Err(e)) => failure = failure.or(Some(e)),
+                    Err(_) => failure = failure.or(Some(Error::Internal("an enqueue writer panicked".into()))),
                 }
-                let added = tx.execute(
-                    "INSERT INTO haul_jobs (name, id, host, spec) SELECT $1, id, host, spec FROM haul_incoming \
-                     ON CONFLICT DO NOTHING",
-                    &[&name],
-                )?;
-                tx.execute(
-                    "INSERT INTO haul_hosts (name, host) SELECT DISTINCT $1, host FROM haul_incoming \
-                     ON CONFLICT DO NOTHING",
-                    &[&name],
-                )?;
-                tx.commit()?;
-                Ok(added)
-            })?;
-            counts.new += added;
-            counts.duplicate += in_batch as u64 - added;
+            }
+            (added, failure)
+        });
+        if let Some(e) = failure {
+            return Err(e);
         }
+        counts.new = added;
+        counts.duplicate -= added;
         Ok(counts)
     }
 
@@ -504,6 +547,10 @@ struct Held {
     jobs: HashMap<String, (i32, String)>,
     /// Jobs held per host.
     by_host: HashMap<String, i64>,
+    /// Jobs of one host held at most ([`WorkerOptions::per_host_claim`]).
+    limit: i64,
+    /// Set when a host fell below half of `limit` (a claim would find room for it).
+    room: bool,
 }
 
 impl Held {
@@ -524,6 +571,9 @@ impl Held {
     fn drop_host(&mut self, host: &str) {
         if let Some(n) = self.by_host.get_mut(host) {
             *n -= 1;
+            if *n * 2 < self.limit {
+                self.room = true;
+            }
             if *n <= 0 {
                 self.by_host.remove(host);
             }
@@ -622,12 +672,16 @@ impl Worker {
             } else {
                 Duration::ZERO
             };
+        let per_host_claim = options.per_host_claim.max(1);
         let inner = Arc::new(Inner {
             url: url.to_owned(),
             name: name.to_owned(),
             id,
             options,
-            held: Mutex::new(Held::default()),
+            held: Mutex::new(Held {
+                limit: i64::try_from(per_host_claim).unwrap_or(i64::MAX),
+                ..Held::default()
+            }),
             released: Condvar::new(),
             outbox: Mutex::new(Outbox::default()),
             wake: Condvar::new(),
@@ -843,20 +897,18 @@ impl Claims {
         })
     }
 
-    /// Waits for the poll interval, or less: until a held job ends (after a short while, so
-    /// that several endings make one claim) or the worker stops.
+    /// Waits for the poll interval, or less: until a held host falls below half of what a
+    /// worker may hold of it (a claim finds room then), or the worker stops.
     fn pause(&self) {
         let started = std::time::Instant::now();
-        let soonest = Duration::from_millis(20);
         let step = Duration::from_millis(50);
         let mut held = self.inner.held.lock().expect("held jobs");
-        let holding = held.jobs.len();
         loop {
             let waited = started.elapsed();
             if waited >= self.inner.options.poll || self.inner.stop.load(Ordering::SeqCst) {
                 return;
             }
-            if waited >= soonest && held.jobs.len() < holding {
+            if held.room {
                 return;
             }
             held = self
@@ -918,6 +970,7 @@ impl Iterator for Claims {
                 self.pause();
                 continue;
             }
+            self.inner.held.lock().expect("held jobs").room = false;
             match self.claim() {
                 Ok(0) => {}
                 Ok(_) => continue,
@@ -926,7 +979,10 @@ impl Iterator for Claims {
                     return None;
                 }
             }
-            if !self.inner.options.follow {
+            // While this worker holds jobs, the queue is not drained for it: it waits for room
+            // (its own jobs ending) without asking the database.
+            let holding = !self.inner.held.lock().expect("held jobs").jobs.is_empty();
+            if !self.inner.options.follow && !holding {
                 match self.drained() {
                     Ok(true) => return None,
                     Ok(false) => {}
