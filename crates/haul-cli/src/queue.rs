@@ -89,8 +89,9 @@ pub(crate) fn work(args: WorkArgs) -> Result<Exit, Failure> {
         lease: args.lease,
         max_attempts: args.max_attempts.max(1),
         follow: args.follow,
-        claim_batch: (config.concurrency * 4).clamp(64, 1024),
-        per_host_claim: (config.per_host * 4).max(64),
+        claim_batch: (config.concurrency * 8).clamp(128, 1024),
+        // Beyond what the engine holds (its window), so claims come in batches of hundreds.
+        per_host_claim: (config.concurrency * 4 + 64 + config.per_host * 8).clamp(128, 2048),
         ..haul::queue::WorkerOptions::default()
     };
     if let Some(name) = &args.worker_name {

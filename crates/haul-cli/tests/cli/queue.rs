@@ -410,8 +410,9 @@ fn per_host_is_a_budget_the_live_workers_share() {
     let server = rt.block_on(FaultServer::start());
     let (pg, url) = database();
     let tmp = tempfile::tempdir().unwrap();
-    // Each answer waits 300 ms: the requests a worker has open pile up at the server.
-    let files = fault_files(&server, "h", 80, 2_000, "delay=300");
+    // Each answer waits 100 ms: the requests a worker has open pile up at the server. More jobs
+    // than one worker holds at once (its claims stop at 128 of a host).
+    let files = fault_files(&server, "h", 300, 2_000, "delay=100");
     enqueue(&url, tmp.path(), &files);
     let out = tmp.path().join("out");
     let flags = ["-j", "8", "--per-host", "4", "--no-adaptive", "--lease", "2s"];

@@ -15,20 +15,11 @@ pub(super) const BATCH: usize = 512;
 /// Longest a result waits for its transaction; also how often pauses are looked up.
 const DELAY: Duration = Duration::from_millis(250);
 
-const RECORD: &str = "
-UPDATE haul_jobs j SET
-    state = c.state,
-    owner = CASE WHEN c.state = 'queued' THEN NULL ELSE j.owner END,
-    lease_until = NULL,
-    released = j.released + CASE WHEN c.state = 'queued' THEN 1 ELSE 0 END,
-    finished = CASE WHEN c.state = 'queued' THEN NULL ELSE now() END,
-    path = c.path, size = c.size, sha256 = c.sha256, blake3 = c.blake3, verified = c.verified,
-    http_status = c.http_status, reason = c.reason, error = c.error
-FROM unnest($3::TEXT[], $4::INTEGER[], $5::TEXT[], $6::TEXT[], $7::BIGINT[], $8::TEXT[], $9::TEXT[],
-            $10::BOOLEAN[], $11::INTEGER[], $12::TEXT[], $13::TEXT[])
-    AS c(id, attempt, state, path, size, sha256, blake3, verified, http_status, reason, error)
-WHERE j.name = $1 AND j.id = c.id AND j.owner = $2 AND j.attempt = c.attempt
-RETURNING j.id";
+/// Results, fenced: each written only while its row is this worker's claim (owner and
+/// attempt). The batch goes as arrays to `haul_record` (see the schema), which updates row by
+/// row by primary key: a join of the table against the arrays was planned, once the table had
+/// grown, as a scan of the table per result (seconds per batch).
+const RECORD: &str = "SELECT haul_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 
 const RENEW: &str = "
 UPDATE haul_jobs SET lease_until = now() + make_interval(secs => $3)
@@ -55,7 +46,11 @@ pub(super) fn live_workers(client: &mut postgres::Client, name: &str) -> Result<
         .get(0))
 }
 
-/// How often a worker renews its heartbeat and leases, and counts the live workers.
+/// How often a worker counts the live workers (and re-shares the per-host budgets); a worker
+/// joining others waits this long (and a little) before its first claim.
+pub(super) const SHARE_EVERY: Duration = Duration::from_secs(1);
+
+/// How often a worker renews its heartbeat and leases.
 pub(super) fn beat_every(lease: Duration) -> Duration {
     (lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
 }
@@ -63,6 +58,7 @@ pub(super) fn beat_every(lease: Duration) -> Duration {
 pub(super) fn run(inner: &Inner, mut db: Db) {
     let beat_every = beat_every(inner.options.lease);
     let mut beat_at = Instant::now();
+    let mut share_at = Instant::now();
     // Pauses already passed to the engine, by host: each is sent once.
     let mut applied: HashMap<String, Instant> = HashMap::new();
     loop {
@@ -84,6 +80,10 @@ pub(super) fn run(inner: &Inner, mut db: Db) {
             if beat_at.elapsed() >= beat_every {
                 beat_at = Instant::now();
                 heartbeat(inner, &mut db)?;
+            }
+            if share_at.elapsed() >= SHARE_EVERY {
+                share_at = Instant::now();
+                share(inner, &mut db)?;
             }
             share_pauses(inner, &mut db, &mut applied)
         });
@@ -135,19 +135,19 @@ fn write(
         errors.push(c.error);
     }
     let (name, id) = (inner.name.as_str(), inner.id);
+    let started = Instant::now();
     let written = db.run("record results", |client| {
         let mut tx = client.transaction()?;
         let mut written = 0;
         if !ids.is_empty() {
-            written = tx
-                .query(
-                    RECORD,
-                    &[
-                        &name, &id, &ids, &attempts, &states, &paths, &sizes, &sha256s, &blake3s, &verified, &statuses,
-                        &reasons, &errors,
-                    ],
-                )?
-                .len();
+            let row = tx.query_one(
+                RECORD,
+                &[
+                    &name, &id, &ids, &attempts, &states, &paths, &sizes, &sha256s, &blake3s, &verified, &statuses,
+                    &reasons, &errors,
+                ],
+            )?;
+            written = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
         }
         for (host, seconds, reason) in cool {
             tx.execute(COOL, &[&name, host, seconds, reason])?;
@@ -155,9 +155,10 @@ fn write(
         tx.commit()?;
         Ok(written)
     })?;
-    inner.recorded.fetch_add(written as u64, Ordering::Relaxed);
-    if written < n {
-        let late = (n - written) as u64;
+    tracing::debug!(target: "haul::queue", results = n, took = ?started.elapsed(), "recorded");
+    inner.recorded.fetch_add(written, Ordering::Relaxed);
+    if written < n as u64 {
+        let late = n as u64 - written;
         inner.rejected.fetch_add(late, Ordering::Relaxed);
         tracing::warn!(target: "haul::queue", late, "results refused: another worker had taken the jobs over");
     }
@@ -169,7 +170,7 @@ fn write(
 fn heartbeat(inner: &Inner, db: &mut Db) -> Result<(), Error> {
     let held: Vec<String> = inner.held.lock().expect("held jobs").jobs.keys().cloned().collect();
     let (name, id, lease) = (inner.name.as_str(), inner.id, inner.options.lease.as_secs_f64());
-    let (renewed, live) = db.run("renew leases", |client| {
+    let renewed = db.run("renew leases", |client| {
         let mut tx = client.transaction()?;
         tx.execute("UPDATE haul_workers SET heartbeat = now() WHERE id = $1", &[&id])?;
         let rows = if held.is_empty() {
@@ -178,18 +179,8 @@ fn heartbeat(inner: &Inner, db: &mut Db) -> Result<(), Error> {
             tx.query(RENEW, &[&name, &id, &lease, &held])?
         };
         tx.commit()?;
-        let live = live_workers(client, name)?;
-        Ok((
-            rows.into_iter().map(|r| r.get::<_, String>(0)).collect::<HashSet<_>>(),
-            live,
-        ))
+        Ok(rows.into_iter().map(|r| r.get::<_, String>(0)).collect::<HashSet<_>>())
     })?;
-    let live = usize::try_from(live).unwrap_or(1).max(1);
-    if inner.live.swap(live, Ordering::SeqCst) != live
-        && let Some((link, _)) = &*inner.engine.lock().expect("engine")
-    {
-        link.share(live);
-    }
     if renewed.len() < held.len() {
         let mut map = inner.held.lock().expect("held jobs");
         let mut lost = 0u64;
@@ -201,6 +192,19 @@ fn heartbeat(inner: &Inner, db: &mut Db) -> Result<(), Error> {
         if lost > 0 {
             tracing::warn!(target: "haul::queue", lost, "leases lost: this worker stalled past them");
         }
+    }
+    Ok(())
+}
+
+/// Counts the live workers and, when their number changed, shares the per-host budgets anew.
+fn share(inner: &Inner, db: &mut Db) -> Result<(), Error> {
+    let name = inner.name.as_str();
+    let live = db.run("count the live workers", |client| live_workers(client, name))?;
+    let live = usize::try_from(live).unwrap_or(1).max(1);
+    if inner.live.swap(live, Ordering::SeqCst) != live
+        && let Some((link, _)) = &*inner.engine.lock().expect("engine")
+    {
+        link.share(live);
     }
     Ok(())
 }

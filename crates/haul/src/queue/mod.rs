@@ -60,9 +60,35 @@ CREATE TABLE IF NOT EXISTS haul_jobs (
     reason      TEXT,
     error       TEXT,
     PRIMARY KEY (name, id)
-);
+) WITH (fillfactor = 80); -- room on each page: lease renewals stay heap-only (no index touched)
 CREATE INDEX IF NOT EXISTS haul_jobs_ready ON haul_jobs (name, host, seq) WHERE state IN ('queued', 'running');
-CREATE INDEX IF NOT EXISTS haul_jobs_leases ON haul_jobs (name, lease_until) WHERE state = 'running';
+-- Writes a batch of results (see keeper.rs), each fenced by owner and attempt; returns how many
+-- were written.
+CREATE OR REPLACE FUNCTION haul_record(
+    p_name TEXT, p_owner BIGINT, p_ids TEXT[], p_attempts INTEGER[], p_states TEXT[], p_paths TEXT[],
+    p_sizes BIGINT[], p_sha256 TEXT[], p_blake3 TEXT[], p_verified BOOLEAN[], p_http INTEGER[],
+    p_reasons TEXT[], p_errors TEXT[]
+) RETURNS BIGINT LANGUAGE plpgsql AS $$
+DECLARE
+    written BIGINT := 0;
+    one BIGINT;
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
+        UPDATE haul_jobs SET
+            state = p_states[i],
+            owner = CASE WHEN p_states[i] = 'queued' THEN NULL ELSE owner END,
+            lease_until = NULL,
+            released = released + CASE WHEN p_states[i] = 'queued' THEN 1 ELSE 0 END,
+            finished = CASE WHEN p_states[i] = 'queued' THEN NULL ELSE now() END,
+            path = p_paths[i], size = p_sizes[i], sha256 = p_sha256[i], blake3 = p_blake3[i],
+            verified = p_verified[i], http_status = p_http[i], reason = p_reasons[i], error = p_errors[i]
+        WHERE name = p_name AND id = p_ids[i] AND owner = p_owner AND attempt = p_attempts[i];
+        GET DIAGNOSTICS one = ROW_COUNT;
+        written := written + one;
+    END LOOP;
+    RETURN written;
+END
+$$;
 CREATE TABLE IF NOT EXISTS haul_hosts (
     name       TEXT NOT NULL,
     host       TEXT NOT NULL,
@@ -600,8 +626,8 @@ struct Inner {
     engine: Mutex<Option<(FleetLink, Canceller)>>,
     /// Live workers on this queue (this one included), as last counted.
     live: std::sync::atomic::AtomicUsize,
-    /// A worker joining others claims nothing before they have all seen it (one heartbeat), so
-    /// the per-host budgets are shared before it sends a request.
+    /// A worker joining others claims nothing before they have all counted it (see
+    /// `keeper::SHARE_EVERY`), so the per-host budgets are shared before it sends a request.
     claim_after: std::time::Instant,
     recorded: AtomicU64,
     rejected: AtomicU64,
@@ -668,7 +694,7 @@ impl Worker {
         let live = usize::try_from(live).unwrap_or(1).max(1);
         let claim_after = std::time::Instant::now()
             + if live > 1 {
-                keeper::beat_every(options.lease) + Duration::from_millis(200)
+                keeper::SHARE_EVERY + Duration::from_millis(250)
             } else {
                 Duration::ZERO
             };
@@ -733,12 +759,38 @@ impl Worker {
     ///
     /// # Errors
     /// The database cannot be reached.
+    ///
+    /// A thread of its own claims ahead of the engine (up to a claim batch waits in a hand-off),
+    /// so the engine never waits for a claim's round trip.
     pub fn jobs(&self) -> Result<Claims, Error> {
-        Ok(Claims {
+        let mut claimer = Claimer {
             inner: Arc::clone(&self.inner),
             db: Db::connect(&self.inner.url, self.inner.options.patience)?,
             buffer: VecDeque::new(),
-        })
+            cursors: HashMap::new(),
+            rescan_at: std::time::Instant::now(),
+            short: false,
+        };
+        let handoff = Arc::new(Handoff {
+            queue: Mutex::new((VecDeque::new(), false)),
+            filled: Condvar::new(),
+            drained: Condvar::new(),
+            capacity: self.inner.options.claim_batch.max(1),
+        });
+        let feed = Arc::clone(&handoff);
+        let inner = Arc::clone(&self.inner);
+        std::thread::Builder::new()
+            .name("haul-queue-claims".into())
+            .spawn(move || {
+                while let Some(item) = claimer.next_job() {
+                    if !feed.push(item, &inner.stop) {
+                        break;
+                    }
+                }
+                feed.close();
+            })
+            .map_err(|e| Error::io("start the queue claimer", "", e))?;
+        Ok(Claims { handoff })
     }
 
     /// A reporter that records each job's end in the queue, then passes the event to `inner`.
@@ -797,15 +849,97 @@ impl Worker {
 }
 
 /// The jobs a worker claims (see [`Worker::jobs`]).
-pub struct Claims {
+struct Claimer {
     inner: Arc<Inner>,
     db: Db,
     buffer: VecDeque<(String, String)>,
+    /// Per host, the highest `seq` this worker claimed: the next claim of the host reads the
+    /// queue from there, not through the rows already finished (whose dead index entries a
+    /// scan from the start would visit again at every claim). Cleared for a full scan (jobs
+    /// handed back or left by dead workers) every lease, and before the queue is called empty.
+    cursors: HashMap<String, i64>,
+    /// When the next full scan is due.
+    rescan_at: std::time::Instant,
+    /// The last claim got fewer jobs than it asked for: the next waits for room (or the poll
+    /// interval) instead of asking again at once for what is not there.
+    short: bool,
+}
+
+/// The jobs a worker claims (see [`Worker::jobs`]): an iterator over what its claimer
+/// thread hands over.
+pub struct Claims {
+    handoff: Arc<Handoff>,
 }
 
 impl std::fmt::Debug for Claims {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Claims")
+        f.debug_struct("Claims").finish_non_exhaustive()
+    }
+}
+
+impl Iterator for Claims {
+    type Item = Result<Job, ManifestError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.handoff.pop()
+    }
+}
+
+/// A bounded hand-off from the claimer thread to the engine's reader, that a stop unblocks.
+struct Handoff {
+    /// The jobs waiting, and whether the claimer has ended.
+    queue: Mutex<(VecDeque<Result<Job, ManifestError>>, bool)>,
+    filled: Condvar,
+    drained: Condvar,
+    capacity: usize,
+}
+
+impl Handoff {
+    /// Waits for room, then queues `item`; false when the worker stopped first.
+    fn push(&self, item: Result<Job, ManifestError>, stop: &AtomicBool) -> bool {
+        let mut queue = self.queue.lock().expect("hand-off");
+        while queue.0.len() >= self.capacity {
+            if stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            queue = self
+                .drained
+                .wait_timeout(queue, Duration::from_millis(100))
+                .expect("hand-off")
+                .0;
+        }
+        queue.0.push_back(item);
+        self.filled.notify_one();
+        true
+    }
+
+    /// The claimer ended: what is queued is the rest.
+    fn close(&self) {
+        self.queue.lock().expect("hand-off").1 = true;
+        self.filled.notify_all();
+    }
+
+    fn pop(&self) -> Option<Result<Job, ManifestError>> {
+        let mut queue = self.queue.lock().expect("hand-off");
+        loop {
+            if let Some(item) = queue.0.pop_front() {
+                self.drained.notify_one();
+                return Some(item);
+            }
+            if queue.1 {
+                return None;
+            }
+            queue = self.filled.wait(queue).expect("hand-off");
+        }
+    }
+}
+
+/// Hosts whose cursor a worker keeps at most (past this, the cursors start over).
+const MAX_CURSORS: usize = 100_000;
+
+impl std::fmt::Debug for Claimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claimer")
             .field("buffered", &self.buffer.len())
             .finish_non_exhaustive()
     }
@@ -814,16 +948,20 @@ impl std::fmt::Debug for Claims {
 /// Claims a host-fair batch, `$2` jobs at most: of each host not cooling down, enough for this
 /// worker to hold `$3`, and none of a host it holds at least half of that of (so one host's
 /// jobs spread over the workers, and claims come in batches, not one per finished job). The
-/// worker's holdings come as arrays of hosts (`$6`) and counts (`$7`).
+/// worker's holdings come as arrays of hosts (`$6`) and counts (`$7`); its cursors (see
+/// [`Claimer::cursors`]) as hosts (`$8`) and the `seq` to read past (`$9`).
 const CLAIM: &str = "
 WITH mine AS (SELECT * FROM unnest($6::TEXT[], $7::BIGINT[]) AS m(host, n)),
+marks AS (SELECT * FROM unnest($8::TEXT[], $9::BIGINT[]) AS k(host, after)),
 picked AS (
     SELECT j.name, j.id
     FROM haul_hosts h
     LEFT JOIN mine ON mine.host = h.host
+    LEFT JOIN marks ON marks.host = h.host
     CROSS JOIN LATERAL (
         SELECT name, id FROM haul_jobs
         WHERE name = h.name AND host = h.host AND state IN ('queued', 'running')
+          AND seq > coalesce(marks.after, 0)
           AND (state = 'queued' OR lease_until < now())
         ORDER BY seq
         LIMIT CASE WHEN coalesce(mine.n, 0) * 2 >= $3 THEN 0 ELSE $3 - coalesce(mine.n, 0) END
@@ -836,7 +974,7 @@ UPDATE haul_jobs t
 SET state = 'running', attempt = t.attempt + 1, owner = $4, lease_until = now() + make_interval(secs => $5)
 FROM picked
 WHERE t.name = picked.name AND t.id = picked.id
-RETURNING t.id, t.spec, t.attempt, t.host";
+RETURNING t.id, t.spec, t.attempt, t.host, t.seq";
 
 const GIVE_UP: &str = "
 UPDATE haul_jobs
@@ -845,7 +983,7 @@ SET state = 'failed', owner = NULL, lease_until = NULL, finished = now(), reason
                    attempt - released, $2::INTEGER)
 WHERE name = $1 AND state = 'running' AND lease_until < now() AND attempt - released >= $2";
 
-impl Claims {
+impl Claimer {
     /// Claims a batch into the buffer; returns how many.
     fn claim(&mut self) -> Result<usize, Error> {
         let inner = Arc::clone(&self.inner);
@@ -866,17 +1004,37 @@ impl Claims {
             .iter()
             .map(|(h, n)| (h.clone(), *n))
             .unzip();
+        let now = std::time::Instant::now();
+        let full = now >= self.rescan_at || self.cursors.len() > MAX_CURSORS;
+        if full {
+            self.cursors.clear();
+            self.rescan_at = now + inner.options.lease;
+        }
+        let (marked, after): (Vec<String>, Vec<i64>) = self.cursors.iter().map(|(h, s)| (h.clone(), *s)).unzip();
         let rows = self.db.run("claim jobs", |client| {
             let mut tx = client.transaction()?;
-            tx.execute(GIVE_UP, &[&name, &max])?;
-            let rows = tx.query(CLAIM, &[&name, &batch, &per_host, &inner.id, &lease, &hosts, &holding])?;
+            if full {
+                tx.execute(GIVE_UP, &[&name, &max])?;
+            }
+            let rows = tx.query(
+                CLAIM,
+                &[
+                    &name, &batch, &per_host, &inner.id, &lease, &hosts, &holding, &marked, &after,
+                ],
+            )?;
             tx.commit()?;
             Ok(rows)
         })?;
+        tracing::debug!(target: "haul::queue", claimed = rows.len(), full, took = ?now.elapsed(), holding = ?holding, buffered = self.buffer.len(), "claim");
+        self.short = rows.len() < inner.options.claim_batch;
         let mut held = inner.held.lock().expect("held jobs");
         for row in &rows {
             let id: String = row.get(0);
-            held.insert(id.clone(), row.get(2), row.get(3));
+            let host: String = row.get(3);
+            let seq: i64 = row.get(4);
+            let mark = self.cursors.entry(host.clone()).or_insert(seq);
+            *mark = (*mark).max(seq);
+            held.insert(id.clone(), row.get(2), host);
             self.buffer.push_back((id, row.get(1)));
         }
         Ok(rows.len())
@@ -933,10 +1091,10 @@ fn parse_spec(id: &str, spec: &str) -> Result<Job, String> {
     }
 }
 
-impl Iterator for Claims {
-    type Item = Result<Job, ManifestError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl Claimer {
+    /// The next job claimed (see [`Worker::jobs`]); `None` when the queue is drained or the
+    /// worker stops.
+    fn next_job(&mut self) -> Option<Result<Job, ManifestError>> {
         loop {
             if let Some((id, spec)) = self.buffer.pop_front() {
                 match parse_spec(&id, &spec) {
@@ -970,8 +1128,19 @@ impl Iterator for Claims {
                 self.pause();
                 continue;
             }
+            if self.short && !self.inner.held.lock().expect("held jobs").room {
+                self.short = false;
+                self.pause();
+                continue;
+            }
             self.inner.held.lock().expect("held jobs").room = false;
             match self.claim() {
+                // Nothing past the cursors (and not for want of room): a full scan before
+                // anything is concluded.
+                Ok(0) if !self.cursors.is_empty() && self.inner.held.lock().expect("held jobs").jobs.is_empty() => {
+                    self.rescan_at = std::time::Instant::now();
+                    continue;
+                }
                 Ok(0) => {}
                 Ok(_) => continue,
                 Err(e) => {
