@@ -419,6 +419,11 @@ pub(crate) struct GetArgs {
     /// Write those logs as JSON lines to FILE instead (at least at -vv's level)
     #[arg(help_heading = "Display and logs", long, value_name = "FILE")]
     pub(crate) log_file: Option<PathBuf>,
+    /// Serve the run's counters (jobs by outcome, bytes, retries, in flight, the busiest hosts'
+    /// limits and cool-downs, a worker's queue results) in Prometheus's text format at
+    /// http://ADDR/metrics, e.g. 127.0.0.1:9898
+    #[arg(help_heading = "Display and logs", long, value_name = "ADDR")]
+    pub(crate) metrics_addr: Option<String>,
     /// Print nothing but errors: failed jobs, bad lines, fatal errors (no progress, no summary)
     #[arg(help_heading = "Display and logs", short, long)]
     pub(crate) quiet: bool,

@@ -4,6 +4,7 @@
 mod args;
 mod config;
 mod exit;
+mod metrics;
 mod progress;
 mod queue;
 mod report;
@@ -390,6 +391,16 @@ async fn run(
     let engine = haul::Engine::new(config);
     if let Some(worker) = worker {
         worker.attach(engine.fleet_link(), engine.canceller());
+    }
+    if let Some(addr) = &args.metrics_addr {
+        let sources = metrics::Sources {
+            monitor: engine.monitor(),
+            queue: worker.map(haul::queue::Worker::totals),
+        };
+        metrics::serve(addr, sources)
+            .await
+            .with_context(|| format!("--metrics-addr: cannot listen on {addr}"))
+            .map_err(|e| fail(Exit::Usage, e))?;
     }
     let mut mode = if args.quiet {
         args::ProgressArg::None

@@ -746,3 +746,76 @@ fn json_progress_writes_only_json_lines_with_events_and_a_summary() {
     assert!(slow["duration_s"].as_f64().unwrap() > 1.0, "{slow}");
     assert!(!tmp.path().join("-").exists() && !Path::new("-").exists());
 }
+
+/// GET `path` from `addr` with a plain socket; the whole response (head and body).
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+#[test]
+fn metrics_addr_serves_the_runs_counters_to_prometheus() {
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let tmp = tempfile::tempdir().unwrap();
+    // 20 files of 50 KB at 100 KB/s, two at a time: the run lasts about five seconds.
+    let lines: Vec<String> = (0..20)
+        .map(|i| server.url(&format!("m{i}.bin"), 50_000, "rate=100000"))
+        .collect();
+    let list = manifest(tmp.path(), &lines);
+    let out = tmp.path().join("out");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = haul()
+        .args(get_args(
+            &list,
+            &out,
+            &["-j", "2", "--progress", "none", "--metrics-addr", &addr],
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut scrape = String::new();
+    let seen = wait_for(Duration::from_secs(30), || {
+        scrape = http_get(&addr, "/metrics").unwrap_or_default();
+        scrape
+            .lines()
+            .find_map(|l| l.strip_prefix("haul_jobs_total{outcome=\"done\"} "))
+            .and_then(|n| n.parse::<f64>().ok())
+            .is_some_and(|n| n >= 2.0)
+    });
+    assert!(seen, "no done jobs in the metrics: {scrape}");
+    assert!(scrape.starts_with("HTTP/1.1 200 OK"), "{scrape}");
+    assert!(scrape.contains("Content-Type: text/plain; version=0.0.4"), "{scrape}");
+    assert!(scrape.contains("# TYPE haul_bytes_total counter"), "{scrape}");
+    let host = format!(
+        "haul_host_limit{{host=\"127.0.0.1:{}\"}}",
+        server.base().rsplit(':').next().unwrap()
+    );
+    assert!(scrape.contains(&host), "{host} in {scrape}");
+    let missing = http_get(&addr, "/other").unwrap_or_default();
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+
+    // An address it cannot listen on is a usage error before anything is fetched.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().to_string();
+    let refused = run(&get_args(&list, &tmp.path().join("other"), &["--metrics-addr", &busy]));
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        stderr(&refused).contains("--metrics-addr: cannot listen on"),
+        "{}",
+        stderr(&refused)
+    );
+}

@@ -324,7 +324,13 @@ fn a_postgres_restart_mid_run_loses_nothing() {
     let files = fault_files(&server, "r", 40, 100_000, "rate=400000");
     enqueue(&url, tmp.path(), &files);
     let out = tmp.path().join("out");
-    let worker = spawn_worker(&url, &out, &["-j", "4"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let worker = spawn_worker(&url, &out, &["-j", "4", "--metrics-addr", &metrics]);
     assert!(
         wait_for(Duration::from_secs(30), || count(
             &pg,
@@ -333,6 +339,13 @@ fn a_postgres_restart_mid_run_loses_nothing() {
         ) >= 4),
         "nothing done"
     );
+    // The worker's metrics count the results written to the queue.
+    let scrape = super::http_get(&metrics, "/metrics").unwrap_or_default();
+    let recorded = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("haul_queue_results_total{result=\"recorded\"} "))
+        .and_then(|n| n.parse::<f64>().ok());
+    assert!(recorded.is_some_and(|n| n >= 1.0), "{scrape}");
     pg.restart();
     let output = finish(worker, Duration::from_secs(120));
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));

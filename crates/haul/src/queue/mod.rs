@@ -564,6 +564,8 @@ pub struct WorkerTotals {
     pub rejected: u64,
     /// Jobs handed back to the queue when the worker stopped.
     pub released: u64,
+    /// Results waiting for their group commit.
+    pub pending: u64,
 }
 
 /// The jobs a worker holds.
@@ -793,6 +795,13 @@ impl Worker {
         Ok(Claims { handoff })
     }
 
+    /// The worker's counters so far, readable from anywhere (metrics).
+    #[must_use]
+    pub fn totals(&self) -> Arc<dyn Fn() -> WorkerTotals + Send + Sync> {
+        let inner = Arc::clone(&self.inner);
+        Arc::new(move || totals(&inner))
+    }
+
     /// A reporter that records each job's end in the queue, then passes the event to `inner`.
     #[must_use]
     pub fn reporter(&self, inner: Arc<dyn Reporter>) -> Arc<dyn Reporter> {
@@ -841,9 +850,8 @@ impl Worker {
             return Err(Error::Queue(fatal));
         }
         Ok(WorkerTotals {
-            recorded: self.inner.recorded.load(Ordering::Relaxed),
-            rejected: self.inner.rejected.load(Ordering::Relaxed),
             released,
+            ..totals(&self.inner)
         })
     }
 }
@@ -863,6 +871,15 @@ struct Claimer {
     /// The last claim got fewer jobs than it asked for: the next waits for room (or the poll
     /// interval) instead of asking again at once for what is not there.
     short: bool,
+}
+
+fn totals(inner: &Inner) -> WorkerTotals {
+    WorkerTotals {
+        recorded: inner.recorded.load(Ordering::Relaxed),
+        rejected: inner.rejected.load(Ordering::Relaxed),
+        released: 0,
+        pending: inner.outbox.lock().expect("outbox").completions.len() as u64,
+    }
 }
 
 /// The jobs a worker claims (see [`Worker::jobs`]): an iterator over what its claimer
