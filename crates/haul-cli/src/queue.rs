@@ -101,6 +101,8 @@ pub(crate) fn work(args: WorkArgs) -> Result<Exit, Failure> {
         haul::queue::Worker::start(&args.queue.queue, &args.queue.job, options).map_err(|e| fail(Exit::Fatal, e))?;
     config.archive = haul::ArchiveMode::Off;
     config.shared_output = Some(worker.tag());
+    let output_dir = config.output_dir.clone();
+    sweep(&worker, &output_dir, get.quiet);
     config.input_may_stall = true;
     let jobs = worker.jobs().map_err(|e| fail(Exit::Fatal, e))?;
     if get.output.is_none() && !get.quiet {
@@ -118,6 +120,8 @@ pub(crate) fn work(args: WorkArgs) -> Result<Exit, Failure> {
     let quiet = get.quiet;
     let exit = runtime.block_on(crate::run(args.get, config, Box::new(jobs), report, Some(&worker)));
     let totals = worker.finish();
+    // Now also the parts of workers that died during the run (their leases have run out).
+    sweep(&worker, &output_dir, quiet);
     match totals {
         Ok(totals) => {
             if !quiet {
@@ -134,6 +138,24 @@ pub(crate) fn work(args: WorkArgs) -> Result<Exit, Failure> {
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "error: {e}");
             Ok(Exit::Fatal)
+        }
+    }
+}
+
+/// Removes the temporary files that workers no longer live left in the output directory (a
+/// killed worker's `.part` files would otherwise stay); a failure only warns.
+fn sweep(worker: &haul::queue::Worker, output_dir: &std::path::Path, quiet: bool) {
+    match worker.remove_orphan_parts(output_dir) {
+        Ok(0) => {}
+        Ok(n) if !quiet => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: removed {n} temporary files left by workers that are gone"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "warning: {e}");
         }
     }
 }

@@ -747,6 +747,15 @@ fn json_progress_writes_only_json_lines_with_events_and_a_summary() {
     assert!(!tmp.path().join("-").exists() && !Path::new("-").exists());
 }
 
+/// A port of 127.0.0.1 free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// GET `path` from `addr` with a plain socket; the whole response (head and body).
 fn http_get(addr: &str, path: &str) -> Option<String> {
     use std::io::{Read as _, Write as _};
@@ -769,12 +778,7 @@ fn metrics_addr_serves_the_runs_counters_to_prometheus() {
         .collect();
     let list = manifest(tmp.path(), &lines);
     let out = tmp.path().join("out");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = format!("127.0.0.1:{}", free_port());
     let child = haul()
         .args(get_args(
             &list,

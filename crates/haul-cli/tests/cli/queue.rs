@@ -77,6 +77,12 @@ fn count(pg: &Postgres, url: &str, sql: &str) -> u64 {
     pg.query(url, sql).parse().unwrap()
 }
 
+/// Waits (at most 30 s) until at least `n` jobs are in `state`; fails with `why` if none came.
+fn wait_for_state(pg: &Postgres, url: &str, state: &str, n: u64, why: &str) {
+    let sql = format!("SELECT count(*) FROM haul_jobs WHERE state = '{state}'");
+    assert!(wait_for(Duration::from_secs(30), || count(pg, url, &sql) >= n), "{why}");
+}
+
 /// Files named `name` with the fault server's bodies: `(url, name, sha256)`.
 fn fault_files(server: &FaultServer, prefix: &str, n: usize, size: u64, faults: &str) -> Vec<(String, String, String)> {
     (0..n)
@@ -241,19 +247,13 @@ fn a_killed_workers_jobs_are_reclaimed_after_its_lease() {
     let server = rt.block_on(FaultServer::start());
     let (pg, url) = database();
     let tmp = tempfile::tempdir().unwrap();
-    // 200 KB at 400 KB/s: half a second each.
-    let files = fault_files(&server, "k", 24, 200_000, "rate=400000");
+    // 600 KB at 1.2 MB/s: half a second each, and written to a part file as it arrives (in
+    // blocks of 256 KiB), so the killed worker leaves part files behind.
+    let files = fault_files(&server, "k", 24, 600_000, "rate=1200000");
     enqueue(&url, tmp.path(), &files);
     let out = tmp.path().join("out");
     let doomed = spawn_worker(&url, &out, &["-j", "4", "--lease", "2s"]);
-    assert!(
-        wait_for(Duration::from_secs(30), || count(
-            &pg,
-            &url,
-            "SELECT count(*) FROM haul_jobs WHERE state = 'done'"
-        ) >= 2),
-        "the first worker finished nothing"
-    );
+    wait_for_state(&pg, &url, "done", 2, "the first worker finished nothing");
     signal(&doomed, "-KILL");
     let _ = finish(doomed, Duration::from_secs(10));
     let held = count(&pg, &url, "SELECT count(*) FROM haul_jobs WHERE state = 'running'");
@@ -271,6 +271,17 @@ fn a_killed_workers_jobs_are_reclaimed_after_its_lease() {
     let status = run_q(&url, &["status", "--job", "default"]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains("dead"), "the killed worker shows as dead: {text}");
+    // The killed worker's temporary files are gone too (removed once its lease had run out).
+    let parts: Vec<_> = std::fs::read_dir(out.join(".haul/parts"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(parts.is_empty(), "{parts:?}");
+    assert!(
+        stderr(&output).contains("temporary files left by workers that are gone"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
@@ -284,14 +295,7 @@ fn a_worker_stalled_past_its_lease_cannot_overwrite_the_takeover() {
     enqueue(&url, tmp.path(), &files);
     let out = tmp.path().join("out");
     let stalled = spawn_worker(&url, &out, &["-j", "2", "--lease", "1s"]);
-    assert!(
-        wait_for(Duration::from_secs(30), || count(
-            &pg,
-            &url,
-            "SELECT count(*) FROM haul_jobs WHERE state = 'running'"
-        ) >= 2),
-        "the first worker claimed nothing"
-    );
+    wait_for_state(&pg, &url, "running", 2, "the first worker claimed nothing");
     std::thread::sleep(Duration::from_millis(300));
     signal(&stalled, "-STOP");
     std::thread::sleep(Duration::from_millis(1_500));
@@ -324,21 +328,9 @@ fn a_postgres_restart_mid_run_loses_nothing() {
     let files = fault_files(&server, "r", 40, 100_000, "rate=400000");
     enqueue(&url, tmp.path(), &files);
     let out = tmp.path().join("out");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let metrics = format!("127.0.0.1:{port}");
+    let metrics = format!("127.0.0.1:{}", super::free_port());
     let worker = spawn_worker(&url, &out, &["-j", "4", "--metrics-addr", &metrics]);
-    assert!(
-        wait_for(Duration::from_secs(30), || count(
-            &pg,
-            &url,
-            "SELECT count(*) FROM haul_jobs WHERE state = 'done'"
-        ) >= 4),
-        "nothing done"
-    );
+    wait_for_state(&pg, &url, "done", 4, "nothing done");
     // The worker's metrics count the results written to the queue.
     let scrape = super::http_get(&metrics, "/metrics").unwrap_or_default();
     let recorded = scrape
@@ -395,14 +387,7 @@ fn sigterm_hands_the_unfinished_jobs_back() {
     enqueue(&url, tmp.path(), &files);
     let out = tmp.path().join("out");
     let worker = spawn_worker(&url, &out, &["-j", "2"]);
-    assert!(
-        wait_for(Duration::from_secs(30), || count(
-            &pg,
-            &url,
-            "SELECT count(*) FROM haul_jobs WHERE state = 'done'"
-        ) >= 2),
-        "nothing done"
-    );
+    wait_for_state(&pg, &url, "done", 2, "nothing done");
     signal(&worker, "-TERM");
     let output = finish(worker, Duration::from_secs(30));
     assert_eq!(output.status.code(), Some(143), "{}", stderr(&output));
@@ -430,14 +415,7 @@ fn per_host_is_a_budget_the_live_workers_share() {
     let out = tmp.path().join("out");
     let flags = ["-j", "8", "--per-host", "4", "--no-adaptive", "--lease", "2s"];
     let first = spawn_worker(&url, &out, &flags);
-    assert!(
-        wait_for(Duration::from_secs(30), || count(
-            &pg,
-            &url,
-            "SELECT count(*) FROM haul_jobs WHERE state = 'done'"
-        ) >= 4),
-        "nothing done"
-    );
+    wait_for_state(&pg, &url, "done", 4, "nothing done");
     let alone = server.peak_answering();
     let second = spawn_worker(&url, &out, &flags);
     for worker in [first, second] {

@@ -795,6 +795,35 @@ impl Worker {
         Ok(Claims { handoff })
     }
 
+    /// Removes from `output_dir` the temporary files of workers no longer live (killed ones
+    /// leave theirs), keeping this worker's and every live worker's; returns how many.
+    ///
+    /// # Errors
+    /// The queue or the parts directory cannot be read.
+    pub fn remove_orphan_parts(&self, output_dir: &std::path::Path) -> Result<u64, Error> {
+        let mut db = Db::connect(&self.inner.url, self.inner.options.patience)?;
+        let live: std::collections::HashSet<String> = db.run("list the live workers", |client| {
+            Ok(client
+                .query(
+                    "SELECT id FROM haul_workers WHERE stopped IS NULL \
+                     AND heartbeat > now() - make_interval(secs => lease)",
+                    &[],
+                )?
+                .into_iter()
+                .map(|r| format!("w{}", r.get::<_, i64>(0)))
+                .collect())
+        })?;
+        let mine = self.tag();
+        crate::store::remove_orphan_parts(output_dir, |tag| {
+            // Only worker tags (w + number) are this function's business.
+            let worker = tag
+                .strip_prefix('w')
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            !worker || tag == mine || live.contains(tag)
+        })
+        .map_err(|e| Error::io("clean temporary files", output_dir, e))
+    }
+
     /// The worker's counters so far, readable from anywhere (metrics).
     #[must_use]
     pub fn totals(&self) -> Arc<dyn Fn() -> WorkerTotals + Send + Sync> {

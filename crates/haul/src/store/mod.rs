@@ -464,6 +464,37 @@ pub fn part_path(output_dir: &Path, rel: &str) -> PathBuf {
     output_dir.join(STATE_DIR).join(PARTS_DIR).join(part_name(rel))
 }
 
+/// Removes the temporary files of workers that are gone from a directory shared by a queue's
+/// workers: files of `OUTPUT/.haul/parts/` named `TAG-…` whose tag `keep` refuses (a part
+/// without a tag is a `haul get`'s, and stays). Only regular files there are touched; a
+/// symlink or a directory is left alone. Returns how many were removed.
+///
+/// # Errors
+/// The parts directory cannot be read (a missing one holds nothing).
+pub fn remove_orphan_parts(output_dir: &Path, keep: impl Fn(&str) -> bool) -> std::io::Result<u64> {
+    let dir = output_dir.join(STATE_DIR).join(PARTS_DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(tag) = name.to_str().and_then(|n| n.split_once('-')).map(|(tag, _)| tag) else {
+            continue;
+        };
+        if keep(tag) || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        if std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Creates (mode 0700) or opens a directory of haul's own, refusing a symlink or a file there.
 fn open_private_dir(parent: &OwnedFd, name: &str, path: &Path) -> Result<OwnedFd, Error> {
     match rustix::fs::mkdirat(parent, name, rustix::fs::Mode::from_raw_mode(0o700)) {
