@@ -432,3 +432,23 @@ fn per_host_is_a_budget_the_live_workers_share() {
     let owners = count(&pg, &url, "SELECT count(DISTINCT owner) FROM haul_jobs");
     assert_eq!(owners, 2, "both workers did some of the jobs");
 }
+
+#[test]
+fn follow_waits_for_jobs_enqueued_later_until_stopped() {
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let (pg, url) = database();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    // An empty queue: without --follow a worker would end at once.
+    let worker = spawn_worker(&url, &out, &["--follow"]);
+    std::thread::sleep(Duration::from_millis(800));
+    let files = fault_files(&server, "w", 10, 5_000, "");
+    enqueue(&url, tmp.path(), &files);
+    wait_for_state(&pg, &url, "done", 10, "the following worker did not take the new jobs");
+    assert_files(&out, &files);
+    signal(&worker, "-TERM");
+    let output = finish(worker, Duration::from_secs(30));
+    assert_eq!(output.status.code(), Some(143), "{}", stderr(&output));
+    assert!(stderr(&output).contains("10 done"), "{}", stderr(&output));
+}
