@@ -86,7 +86,14 @@ Examples (one database, any number of workers, a shared directory):
 #[derive(Debug, Args)]
 pub(crate) struct QueueArgs {
     /// The queue: a PostgreSQL URL (postgres://user@host:port/database)
-    #[arg(help_heading = "Queue", long, env = "HAUL_QUEUE", value_name = "URL")]
+    // The URL may hold a password: --help names the variable, never its value.
+    #[arg(
+        help_heading = "Queue",
+        long,
+        env = "HAUL_QUEUE",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     pub(crate) queue: String,
     /// The job: a name that keeps several lists apart in one database
     #[arg(help_heading = "Queue", long = "job", value_name = "JOB", default_value = haul::queue::DEFAULT_NAME)]

@@ -452,3 +452,15 @@ fn follow_waits_for_jobs_enqueued_later_until_stopped() {
     assert_eq!(output.status.code(), Some(143), "{}", stderr(&output));
     assert!(stderr(&output).contains("10 done"), "{}", stderr(&output));
 }
+
+#[test]
+fn help_never_shows_the_queue_urls_password() {
+    let mut command = haul();
+    command
+        .env("HAUL_QUEUE", "postgres://haul:s3cret-pw@db.example/haul")
+        .args(["work", "--help"]);
+    let help = run_command(command, None);
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("HAUL_QUEUE"), "{text}");
+    assert!(!text.contains("s3cret-pw"), "{text}");
+}
