@@ -64,6 +64,9 @@ pub(crate) enum Command {
     /// Manage an archive
     #[command(subcommand)]
     Archive(ArchiveCommand),
+    /// List and remove what interrupted uploads left in a bucket output (staging keys under
+    /// PREFIX/.haul-staging/)
+    Gc(GcArgs),
     /// Print a shell completion script (e.g. `haul completions bash > /etc/bash_completion.d/haul`)
     Completions {
         /// The shell
@@ -158,6 +161,22 @@ pub(crate) struct StatusArgs {
 pub(crate) struct ArchiveArg {
     /// The archive file, or an output directory holding `.haul/archive.sqlite` [default: .]
     pub(crate) archive: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GcArgs {
+    /// The bucket output: s3://BUCKET/PREFIX
+    #[arg(short, long, value_name = "URL")]
+    pub(crate) output: String,
+    /// The S3-compatible server's URL (AWS credentials and region come from the AWS_* variables)
+    #[arg(long, value_name = "URL", env = "HAUL_S3_ENDPOINT")]
+    pub(crate) s3_endpoint: Option<String>,
+    /// Only keys last written at least this long ago (an upload in progress is younger)
+    #[arg(long, value_parser = parse_duration, default_value = "1h", value_name = "DURATION")]
+    pub(crate) older_than: Duration,
+    /// List them without removing anything
+    #[arg(long)]
+    pub(crate) dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -267,9 +286,18 @@ pub(crate) struct GetArgs {
     /// Check the whole manifest first and download nothing if any line is bad
     #[arg(help_heading = "Input", long)]
     pub(crate) strict: bool,
-    /// The output directory [default: the current directory, announced]
-    #[arg(help_heading = "Output", short, long, value_name = "DIR")]
+    /// The output directory, or s3://BUCKET/PREFIX to upload finished files to an
+    /// S3-compatible bucket [default: the current directory, announced]
+    #[arg(help_heading = "Output", short, long, value_name = "DIR|URL")]
     pub(crate) output: Option<PathBuf>,
+    /// With an s3:// output: the S3-compatible server's URL (credentials and region come from
+    /// the usual AWS_* variables)
+    #[arg(help_heading = "Output", long, value_name = "URL", env = "HAUL_S3_ENDPOINT")]
+    pub(crate) s3_endpoint: Option<String>,
+    /// With an s3:// output: the local directory that holds part files until they are uploaded,
+    /// and haul's state [default: ~/.cache/haul/stage/BUCKET/PREFIX]
+    #[arg(help_heading = "Output", long, value_name = "DIR")]
+    pub(crate) stage_dir: Option<PathBuf>,
     /// How URLs map to file names when the manifest gives no path
     #[arg(help_heading = "Output", long, value_enum, default_value_t = LayoutArg::Flat)]
     pub(crate) layout: LayoutArg,
@@ -476,8 +504,9 @@ impl GetArgs {
         } else {
             haul::ArchiveMode::Default
         };
-        let output = self.output.clone().unwrap_or_else(|| PathBuf::from("."));
+        let (output, bucket) = self.output_target()?;
         let mut builder = haul::Config::builder(&output)
+            .bucket(bucket)
             .concurrency(concurrency)
             .per_host(per_host)
             .adaptive(!self.no_adaptive && file.adaptive.unwrap_or(true))
@@ -534,6 +563,35 @@ impl GetArgs {
 }
 
 impl GetArgs {
+    /// The local output directory, and the bucket when the output is an s3:// URL (the
+    /// directory then stages part files and holds haul's state).
+    fn output_target(&self) -> Result<(PathBuf, Option<haul::BucketSpec>)> {
+        let output = self.output.clone().unwrap_or_else(|| PathBuf::from("."));
+        let Some(url) = output.to_str().filter(|o| o.starts_with("s3://")) else {
+            if self.stage_dir.is_some() || self.s3_endpoint.is_some() {
+                bail!("--stage-dir and --s3-endpoint are for an s3://BUCKET/PREFIX output (-o)");
+            }
+            return Ok((output, None));
+        };
+        let spec = haul::BucketSpec {
+            url: url.to_owned(),
+            endpoint: self.s3_endpoint.clone(),
+        };
+        let (bucket, prefix) = spec.parse().map_err(|e| anyhow::anyhow!("-o: {e}"))?;
+        let stage = match &self.stage_dir {
+            Some(dir) => dir.clone(),
+            None => {
+                let cache = std::env::var_os("XDG_CACHE_HOME")
+                    .filter(|d| !d.is_empty())
+                    .map(PathBuf::from)
+                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                    .context("no cache directory for an s3:// output's staging: pass --stage-dir DIR")?;
+                cache.join("haul").join("stage").join(bucket).join(prefix)
+            }
+        };
+        Ok((stage, Some(spec)))
+    }
+
     /// Per-host headers from the configuration file, then from --host-header.
     fn host_headers(&self, file: &crate::config::Settings) -> Result<Vec<(String, String, String)>> {
         let mut out = file.old_headers.clone();

@@ -72,6 +72,7 @@ fn main() -> ExitCode {
                 _ => Ok(Exit::Success),
             }
         }
+        Command::Gc(a) => gc(&a),
         Command::Archive(ArchiveCommand::Import { file, archive }) => {
             import(&file, archive.as_deref()).map_err(|e| fail(Exit::Fatal, e))
         }
@@ -235,6 +236,38 @@ fn check_strict(args: &GetArgs, path: &Path) -> Result<(), Failure> {
         text.push_str(&line);
     }
     Err(fail(Exit::Usage, anyhow::anyhow!(text)))
+}
+
+/// `haul gc`: the staging keys interrupted uploads left in a bucket output, listed (URL, size,
+/// age, tab-separated) and removed.
+fn gc(args: &args::GcArgs) -> Result<Exit, Failure> {
+    let spec = haul::BucketSpec {
+        url: args.output.clone(),
+        endpoint: args.s3_endpoint.clone(),
+    };
+    spec.parse()
+        .map_err(|e| fail(Exit::Usage, anyhow::anyhow!("-o: {e}")))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(Exit::Fatal, e))?;
+    let found = runtime
+        .block_on(haul::store::collect_garbage(&spec, args.older_than, args.dry_run))
+        .map_err(|e| fail(Exit::Fatal, e))?;
+    let mut out = std::io::stdout().lock();
+    let mut bytes = 0;
+    for leftover in &found {
+        bytes += leftover.size;
+        let _ = writeln!(out, "{}\t{}\t{}s", leftover.url, leftover.size, leftover.age.as_secs());
+    }
+    let verb = if args.dry_run { "found" } else { "removed" };
+    let _ = writeln!(
+        std::io::stderr(),
+        "{verb} {} staging keys ({bytes} bytes) older than {}s",
+        found.len(),
+        args.older_than.as_secs()
+    );
+    Ok(Exit::Success)
 }
 
 /// Writes the archive's failed jobs to a spool manifest (so they stream, never all in memory).

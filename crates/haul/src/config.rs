@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::auth::Credentials;
+use crate::error::Error;
 use crate::store::{Layout, STATE_DIR};
 
 /// Transfers in flight at most, over all hosts.
@@ -160,6 +161,9 @@ pub struct Config {
     /// handed to the dispatcher before the next is read, so none waits behind a blocked read.
     /// Off: jobs read while the dispatcher is busy gather into batches.
     pub input_may_stall: bool,
+    /// Upload finished files to this S3-compatible bucket instead of leaving them in the output
+    /// directory, which then only stages part files and holds haul's state (feature `s3`).
+    pub bucket: Option<BucketSpec>,
 }
 
 impl Config {
@@ -227,6 +231,7 @@ impl Config {
                 min_split_size: DEFAULT_MIN_SPLIT_SIZE,
                 shared_output: None,
                 input_may_stall: false,
+                bucket: None,
             },
         }
     }
@@ -340,6 +345,8 @@ setters! {
     allow_empty: bool;
     /// Share the output directory with other workers, tagging temporary files with this tag.
     shared_output: Option<String>;
+    /// Upload finished files to an S3-compatible bucket (the output directory stages them).
+    bucket: Option<BucketSpec>;
     /// The job iterator may block for long: hand each job over before reading the next.
     input_may_stall: bool;
     /// The digest the archive records of every file.
@@ -359,5 +366,42 @@ impl ConfigBuilder {
         self.config.split = self.config.split.max(1);
         self.config.min_split_size = self.config.min_split_size.max(1);
         self.config
+    }
+}
+
+/// Where a bucket output is: `s3://BUCKET/PREFIX`, and an endpoint for S3-compatible servers.
+///
+/// Credentials and the region come from the usual AWS variables (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT_URL`...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketSpec {
+    /// `s3://BUCKET` or `s3://BUCKET/PREFIX`.
+    pub url: String,
+    /// The server's base URL (`http://127.0.0.1:9000`), for S3-compatible servers.
+    pub endpoint: Option<String>,
+}
+
+impl BucketSpec {
+    /// The bucket and the prefix (without slashes at its ends) of `url`.
+    ///
+    /// # Errors
+    /// A URL that is not `s3://BUCKET[/PREFIX]`.
+    pub fn parse(&self) -> Result<(String, String), Error> {
+        let rest = self
+            .url
+            .strip_prefix("s3://")
+            .ok_or_else(|| Error::Bucket(format!("{:?} is not an s3://BUCKET/PREFIX URL", self.url)))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(Error::Bucket(format!("{:?} names no bucket", self.url)));
+        }
+        let prefix = prefix.trim_matches('/');
+        if prefix.split('/').any(|c| c == "." || c == "..") {
+            return Err(Error::Bucket(format!(
+                "{:?}: the prefix may not hold . or ..",
+                self.url
+            )));
+        }
+        Ok((bucket.to_owned(), prefix.to_owned()))
     }
 }

@@ -137,6 +137,9 @@ pub enum Error {
     /// The work queue (PostgreSQL) failed, or could not be reached for too long.
     #[error("queue: {0}")]
     Queue(String),
+    /// The output bucket failed (unreachable, refused credentials, an upload refused).
+    #[error("bucket: {0}")]
+    Bucket(String),
     /// The output directory or the archive is in use by another haul process.
     #[error("{0}")]
     Locked(String),
@@ -223,6 +226,7 @@ impl Error {
             Self::Io { .. } | Self::Local { .. } => "io".into(),
             Self::Archive(_) => "archive".into(),
             Self::Queue(_) => "queue".into(),
+            Self::Bucket(_) => "bucket".into(),
             Self::Locked(_) => "locked".into(),
             Self::Internal(_) => "internal error".into(),
         }

@@ -11,6 +11,7 @@ mod display;
 mod queue;
 mod regress;
 mod resume;
+mod s3;
 mod usage;
 
 fn haul() -> Command {

@@ -28,7 +28,7 @@ use futures_util::FutureExt as _;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::archive::{Archive, ArchiveReader, Journal, Record, RowStatus, Seen, SeenIndex, Spill};
-use crate::config::Config;
+use crate::config::{Config, OnExists};
 use crate::error::{Error, ErrorClass};
 use crate::fetch::{Fetcher, Validators, classify};
 use crate::job::{Job, SafeUrl, to_hex};
@@ -37,7 +37,7 @@ use crate::report::{JobReport, JobStatus, Monitor, Reporter, Summary};
 use crate::schedule::backoff::{Backoff, Jitter};
 use crate::schedule::host::{Signal, Ticket};
 use crate::schedule::{Policy, Scheduler};
-use crate::store::{RelPath, Store};
+use crate::store::{DigestKind, RelPath, Store};
 use transfer::{JobState, Outcome};
 
 /// Attempts a job may lose for want of file descriptors (EMFILE) before it fails: such an
@@ -316,12 +316,27 @@ impl Engine {
         }
         // The output directory's lock (taken by the store before it looks inside), then the
         // archive's: a second haul on either stops here.
-        let store = Arc::new(Store::open(
+        if config.bucket.is_some() && (config.on_exists == OnExists::Rename || config.digest == DigestKind::None) {
+            if config.on_exists == OnExists::Rename {
+                return Err(Error::Bucket(
+                    "--on-exists rename is not supported with a bucket output (skip, overwrite or fail)".into(),
+                ));
+            }
+            // Objects carry a digest as metadata, so a rerun can tell its own objects.
+            let mut with_digest = (*config).clone();
+            with_digest.digest = DigestKind::Sha256;
+            config = Arc::new(with_digest);
+        }
+        let mut store = Store::open(
             &config.output_dir,
             config.fsync,
             config.wait_archive,
             config.shared_output.as_deref(),
-        )?);
+        )?;
+        if let Some(spec) = &config.bucket {
+            store = store.with_bucket(crate::store::Bucket::open(spec)?);
+        }
+        let store = Arc::new(store);
         let archive = match config.archive_path() {
             Some(path) => Some(Archive::open(&path, config.wait_archive)?),
             None => None,

@@ -192,6 +192,9 @@ async fn check_existing(shared: &Arc<Shared>, state: &mut JobState) -> Result<Op
         // haul processes out), and the no-replace rename catches two jobs on one file.
         return Ok(None);
     }
+    if let Some(bucket) = shared.store.bucket() {
+        return check_existing_object(shared, state, bucket).await;
+    }
     let entry = shared.store.inspect(&state.final_rel)?;
     let mode = match entry {
         Entry::Missing => return Ok(None),
@@ -254,6 +257,48 @@ async fn check_existing(shared: &Arc<Shared>, state: &mut JobState) -> Result<Op
             Ok(None)
         }
     }
+}
+
+/// `--on-exists` for a bucket output: the object at the destination key, if any, by one `HEAD`
+/// (its length, and the digests haul recorded as its metadata when haul uploaded it).
+async fn check_existing_object(
+    shared: &Arc<Shared>,
+    state: &mut JobState,
+    bucket: &crate::store::Bucket,
+) -> Result<Option<Outcome>, Error> {
+    let Some((mut bytes, mut digests)) = bucket.head(&state.final_rel).await? else {
+        return Ok(None);
+    };
+    if let Some(reader) = &shared.path_owner {
+        let owner = reader.lock().expect("archive reader").owner_of(&state.final_rel)?;
+        if owner.is_some_and(|o| o != state.job.id) {
+            return Err(Error::Conflict(state.final_rel.clone()));
+        }
+    }
+    let replace = Commit::Replace { mode: 0o644 };
+    match shared.config.on_exists {
+        _ if state.stale => state.commit = replace,
+        OnExists::Overwrite => state.commit = replace,
+        OnExists::Fail | OnExists::Rename => return Err(Error::Exists(bucket.display(&state.final_rel))),
+        OnExists::Skip => {
+            let expect = state.expect(None);
+            let unknown = (expect.sha256.is_some() && digests.sha256.is_none()) || expect.md5.is_some();
+            if unknown && expect.size.is_none_or(|s| s == bytes) {
+                // The object carries no digest to compare: read it through.
+                let want = Want::new(shared.config.digest, &expect);
+                (bytes, digests) = bucket.hash(&state.final_rel, want).await?;
+            }
+            if crate::store::matches(&expect, bytes, &digests) {
+                let file = Finished { bytes, digests };
+                return Ok(Some(Outcome::Adopted {
+                    file,
+                    verified: expect.is_checkable(),
+                }));
+            }
+            state.commit = replace;
+        }
+    }
+    Ok(None)
 }
 
 /// One HTTP attempt streamed into the part file and finished into place.

@@ -38,7 +38,7 @@ pub fn classify(err: &Error) -> ErrorClass {
         | Error::Redirect(_) => ErrorClass::Permanent,
         Error::Io { source, .. } => classify_io(source),
         Error::Local { source, .. } => classify_local(source),
-        Error::Archive(_) | Error::Queue(_) | Error::Locked(_) => ErrorClass::Fatal,
+        Error::Archive(_) | Error::Queue(_) | Error::Bucket(_) | Error::Locked(_) => ErrorClass::Fatal,
         Error::Internal(_) => ErrorClass::Permanent,
     }
 }

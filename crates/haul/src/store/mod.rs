@@ -14,6 +14,11 @@
 //! long. Larger bodies, resumed parts (their prefix is hashed again) and `--fsync` finishes are
 //! written in 256 KiB blocks on the blocking pool while the next block is being received.
 
+#[cfg(feature = "s3")]
+mod bucket;
+#[cfg(not(feature = "s3"))]
+#[path = "no_bucket.rs"]
+mod bucket;
 mod digest;
 mod disposition;
 mod path;
@@ -30,6 +35,9 @@ use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use tokio::task::JoinHandle;
 
+pub(crate) use bucket::Bucket;
+#[cfg(feature = "s3")]
+pub use bucket::{Leftover, SINGLE_PUT_MAX, STAGING, collect_garbage};
 pub use digest::{DigestKind, FileDigests, hash_file};
 pub(crate) use digest::{Digests, Want};
 pub use disposition::{LAUNCHER_EXTENSIONS, disposition_filename};
@@ -82,6 +90,8 @@ pub(crate) struct Store {
     started_ns: i128,
     /// In a directory shared by workers: this worker's tag, the prefix of its temporary files.
     tag: Option<String>,
+    /// The bucket finished files are uploaded to (the directory then only stages them).
+    bucket: Option<Bucket>,
 }
 
 /// File finishes running at once (see [`Store::finishers`]).
@@ -203,7 +213,19 @@ impl Store {
             slow_until: Mutex::new(None),
             started_ns: now_ns(),
             tag: tag.map(str::to_owned),
+            bucket: None,
         })
+    }
+
+    /// Uploads finished files to `bucket` instead of renaming them into the directory.
+    pub(crate) fn with_bucket(mut self, bucket: Bucket) -> Self {
+        self.bucket = Some(bucket);
+        self
+    }
+
+    /// The bucket finished files go to, if any.
+    pub(crate) fn bucket(&self) -> Option<&Bucket> {
+        self.bucket.as_ref()
     }
 
     /// A file of haul's own in the state directory (which [`Store::open`] checked is a real
@@ -224,7 +246,7 @@ impl Store {
 
     /// True when nothing but this run can have put a file at a destination (see `was_empty`).
     pub(crate) fn started_empty(&self) -> bool {
-        self.was_empty
+        self.was_empty && self.bucket.is_none()
     }
 
     /// True when a file found at a destination was changed after this run started: a file
@@ -232,7 +254,9 @@ impl Store {
     pub(crate) fn written_this_run(&self, entry: &Entry) -> bool {
         // In a shared directory, other workers write too: a new file may be a finished job of a
         // worker that died before recording it, which the existing-file rules adopt or replace.
-        self.tag.is_none() && matches!(entry, Entry::File { changed_ns, .. } if *changed_ns >= self.started_ns)
+        self.tag.is_none()
+            && self.bucket.is_none()
+            && matches!(entry, Entry::File { changed_ns, .. } if *changed_ns >= self.started_ns)
     }
 
     /// True unless a recent inline finish was slow (see [`INLINE_BUDGET`]).
@@ -245,6 +269,9 @@ impl Store {
 
     /// The absolute path of a relative one, for messages.
     pub(crate) fn display(&self, rel: &str) -> PathBuf {
+        if let Some(bucket) = &self.bucket {
+            return PathBuf::from(bucket.display(rel));
+        }
         self.root_path.join(rel)
     }
 
@@ -354,8 +381,9 @@ impl Store {
             })();
             match checked {
                 Ok(digests) => {
-                    store.commit(file, &part, &final_rel, commit)?;
-                    Ok(Finished { bytes: total, digests })
+                    let finished = Finished { bytes: total, digests };
+                    store.commit(file, &part, &final_rel, commit, &finished)?;
+                    Ok(finished)
                 }
                 Err(e) => {
                     drop(file);
@@ -403,6 +431,10 @@ impl Store {
     /// the way is followed, which can only make a file look present (the job is skipped, nothing
     /// is written); everything that writes goes through the descriptor walk.
     pub(crate) fn is_missing(&self, rel: &str) -> bool {
+        if self.bucket.is_some() {
+            // The archive is trusted for a bucket: no request per archived job.
+            return false;
+        }
         matches!(
             rustix::fs::statat(&self.root, rel, rustix::fs::AtFlags::SYMLINK_NOFOLLOW),
             Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR)
@@ -794,7 +826,12 @@ impl PartWriter {
         let (offset, want, total) = (self.offset, self.want, self.total);
         // Only a fresh small body is finished here: a resumed prefix is hashed again and an
         // fsync waits for the disk, both too slow for the network thread.
-        let inline = sink.is_none() && offset == 0 && !store.fsync && len <= INLINE_MAX && store.disk_is_fast();
+        let inline = sink.is_none()
+            && offset == 0
+            && !store.fsync
+            && store.bucket.is_none()
+            && len <= INLINE_MAX
+            && store.disk_is_fast();
         let work = move || {
             let part_path = store.part_display(&part);
             let mut sink = match sink {
@@ -809,8 +846,9 @@ impl PartWriter {
                 let _ = tree::remove(store.parts.as_fd(), &part);
                 return Err(e);
             }
-            store.commit(file, &part, &final_rel, commit)?;
-            Ok(Finished { bytes: total, digests })
+            let finished = Finished { bytes: total, digests };
+            store.commit(file, &part, &final_rel, commit, &finished)?;
+            Ok(finished)
         };
         if inline {
             let started = Instant::now();
@@ -831,8 +869,23 @@ impl Store {
         self.root_path.join(STATE_DIR).join(PARTS_DIR).join(part)
     }
 
-    /// Moves a verified part file to its final name.
-    fn commit(&self, file: File, part: &str, final_rel: &str, commit: Commit) -> Result<(), Error> {
+    /// Moves a verified part file to its final name (or uploads it to the bucket).
+    fn commit(
+        &self,
+        file: File,
+        part: &str,
+        final_rel: &str,
+        commit: Commit,
+        finished: &Finished,
+    ) -> Result<(), Error> {
+        if let Some(bucket) = &self.bucket {
+            let replace = matches!(commit, Commit::Replace { .. });
+            let uploaded = bucket.upload(&file, finished.bytes, &finished.digests, final_rel, part, replace);
+            drop(file);
+            // Uploaded or refused, this part is done with (a failed upload fetches it again).
+            let _ = tree::remove(self.parts.as_fd(), part);
+            return uploaded;
+        }
         let dest = self.display(final_rel);
         if let Commit::Replace { mode } = commit {
             // A replaced file keeps its permission bits (a 0600 file stays private).

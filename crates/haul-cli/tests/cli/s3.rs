@@ -1,0 +1,338 @@
+//! Bucket output (`-o s3://BUCKET/PREFIX`) against a real S3-compatible server (moto, started
+//! here and stopped by its PID): what lands in the bucket, staging keys, create-only promotes,
+//! reruns, `haul gc`, and a fleet of workers writing to one bucket.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use haul_test::{FaultServer, Postgres, S3Server, body_for, sha256_hex};
+
+use super::{haul, path, run_command, runtime, stderr};
+
+const BUCKET: &str = "haul-test";
+
+/// haul with the bucket's endpoint and credentials in its environment.
+fn with_s3(s3: &S3Server, args: &[&str]) -> Command {
+    let mut command = haul();
+    command
+        .env("AWS_ACCESS_KEY_ID", "haul-test-key")
+        .env("AWS_SECRET_ACCESS_KEY", "haul-test-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("HAUL_S3_ENDPOINT", s3.endpoint())
+        .args(args);
+    command
+}
+
+fn run_s3(s3: &S3Server, args: &[&str]) -> Output {
+    run_command(with_s3(s3, args), None)
+}
+
+/// `(url, name, sha256, size)` of files from the fault server.
+fn files(server: &FaultServer, sizes: &[u64]) -> Vec<(String, String, String, u64)> {
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &size)| {
+            let name = format!("f{i:02}.bin");
+            let url = server.url(&name, size, "");
+            (url, name.clone(), sha256_hex(&body_for(&name, size)), size)
+        })
+        .collect()
+}
+
+fn jsonl(dir: &Path, files: &[(String, String, String, u64)]) -> std::path::PathBuf {
+    let lines: Vec<String> = files
+        .iter()
+        .map(|(url, name, sha, _)| format!(r#"{{"url":"{url}","path":"{name}","sha256":"{sha}"}}"#))
+        .collect();
+    let file = dir.join("list.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    file
+}
+
+/// Every file is in the bucket under `prefix` with its sha256, and nothing else is.
+fn assert_bucket(s3: &S3Server, prefix: &str, files: &[(String, String, String, u64)]) {
+    let listed = s3.list(BUCKET, prefix);
+    let mut want: Vec<(String, u64)> = files.iter().map(|(_, n, _, s)| (format!("{prefix}/{n}"), *s)).collect();
+    want.sort();
+    assert_eq!(listed, want, "the bucket holds exactly the files (no staging key)");
+    for (_, name, sha, _) in files {
+        let body = s3.get(BUCKET, &format!("{prefix}/{name}")).expect("object");
+        assert_eq!(&sha256_hex(&body), sha, "{name}");
+    }
+    assert_eq!(s3.open_uploads(BUCKET), 0, "no multipart upload left open");
+}
+
+fn puts(s3: &S3Server) -> usize {
+    s3.requests().iter().filter(|r| r.starts_with("PUT ")).count()
+}
+
+#[test]
+fn get_to_a_bucket_uploads_verified_objects_and_a_rerun_uploads_nothing() {
+    let rt = runtime();
+    let server = rt.block_on(async { FaultServer::start().await });
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    // Small files in one create-only PUT; 20 MB and 17 MiB + 1 through a staging key.
+    let files = files(
+        &server,
+        &[0, 1, 1000, 65_536, 300_000, 20_000_000, 17 * 1024 * 1024 + 1],
+    );
+    let list = jsonl(dir.path(), &files);
+    let stage = dir.path().join("stage");
+    let args = [
+        "get",
+        "-i",
+        path(&list),
+        "-o",
+        "s3://haul-test/photos/2026",
+        "--stage-dir",
+        path(&stage),
+        "--progress",
+        "none",
+        "--allow-empty",
+    ];
+    let first = run_s3(&s3, &args);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    assert_bucket(&s3, "photos/2026", &files);
+    assert!(
+        s3.list(BUCKET, "photos/2026/.haul-staging").is_empty(),
+        "staging keys are removed"
+    );
+    let parts: Vec<_> = std::fs::read_dir(stage.join(".haul/parts")).unwrap().collect();
+    assert!(parts.is_empty(), "no part file stays in the staging directory");
+    for (_, name, _, _) in &files {
+        assert!(!stage.join(name).exists(), "{name} is not left on local disk");
+    }
+
+    // A rerun: the archive in the staging directory skips every job.
+    let before = (puts(&s3), server.total_hits());
+    let again = run_s3(&s3, &args);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert_eq!(
+        (puts(&s3), server.total_hits()),
+        before,
+        "a rerun uploads and fetches nothing"
+    );
+
+    // Even with the archive lost (a new staging directory): each object's sha256 matches the
+    // manifest (the recorded one, or for a promoted large object, read back from the bucket),
+    // so it is adopted without a download or an upload.
+    let fresh = dir.path().join("stage2");
+    let mut lost = args;
+    lost[6] = path(&fresh);
+    let third = run_s3(&s3, &lost);
+    assert_eq!(third.status.code(), Some(0), "{}", stderr(&third));
+    assert_eq!(
+        (puts(&s3), server.total_hits()),
+        before,
+        "objects are adopted, not uploaded again"
+    );
+    assert_bucket(&s3, "photos/2026", &files);
+}
+
+#[test]
+fn an_object_in_the_way_is_replaced_or_refused_as_on_exists_says() {
+    let rt = runtime();
+    let server = rt.block_on(async { FaultServer::start().await });
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let files = files(&server, &[5000, 6000]);
+    let list = jsonl(dir.path(), &files);
+    s3.put(BUCKET, "out/f00.bin", b"an older version");
+    s3.put(BUCKET, "out/f01.bin", b"an older version");
+
+    let stage = dir.path().join("stage-fail");
+    let refused = run_s3(
+        &s3,
+        &[
+            "get",
+            "-i",
+            path(&list),
+            "-o",
+            "s3://haul-test/out",
+            "--stage-dir",
+            path(&stage),
+            "--on-exists",
+            "fail",
+            "--progress",
+            "none",
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("destination exists: s3://haul-test/out/f00.bin"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(s3.get(BUCKET, "out/f00.bin").unwrap(), b"an older version");
+
+    // The default (skip): an object that is not the manifest's file is replaced.
+    let stage = dir.path().join("stage-skip");
+    let replaced = run_s3(
+        &s3,
+        &[
+            "get",
+            "-i",
+            path(&list),
+            "-o",
+            "s3://haul-test/out",
+            "--stage-dir",
+            path(&stage),
+            "--progress",
+            "none",
+        ],
+    );
+    assert_eq!(replaced.status.code(), Some(0), "{}", stderr(&replaced));
+    assert_bucket(&s3, "out", &files);
+
+    let rename = run_s3(
+        &s3,
+        &[
+            "get",
+            "-i",
+            path(&list),
+            "-o",
+            "s3://haul-test/out",
+            "--stage-dir",
+            path(&stage),
+            "--on-exists",
+            "rename",
+        ],
+    );
+    assert_eq!(rename.status.code(), Some(3), "{}", stderr(&rename));
+    assert!(stderr(&rename).contains("--on-exists rename is not supported with a bucket"));
+}
+
+#[test]
+fn gc_lists_and_removes_only_old_staging_keys() {
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    s3.put(BUCKET, "out/.haul-staging/w1-abc.part", &vec![7; 3000]);
+    s3.put(BUCKET, "out/.haul-staging/w2-def.part", b"x");
+    s3.put(BUCKET, "out/kept.bin", b"a finished file");
+    s3.put(BUCKET, "other/.haul-staging/elsewhere.part", b"another prefix's");
+
+    // Young keys (an upload may be finishing them) are left alone by default.
+    let young = run_s3(&s3, &["gc", "-o", "s3://haul-test/out"]);
+    assert_eq!(young.status.code(), Some(0), "{}", stderr(&young));
+    assert!(String::from_utf8_lossy(&young.stdout).is_empty());
+    assert_eq!(s3.list(BUCKET, "out/.haul-staging").len(), 2);
+
+    let listed = run_s3(
+        &s3,
+        &["gc", "-o", "s3://haul-test/out", "--older-than", "0s", "--dry-run"],
+    );
+    assert_eq!(listed.status.code(), Some(0), "{}", stderr(&listed));
+    let out = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        out.contains("s3://haul-test/out/.haul-staging/w1-abc.part\t3000\t"),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert_eq!(
+        s3.list(BUCKET, "out/.haul-staging").len(),
+        2,
+        "--dry-run removes nothing"
+    );
+
+    let removed = run_s3(&s3, &["gc", "-o", "s3://haul-test/out", "--older-than", "0s"]);
+    assert_eq!(removed.status.code(), Some(0), "{}", stderr(&removed));
+    assert!(
+        stderr(&removed).contains("removed 2 staging keys (3001 bytes)"),
+        "{}",
+        stderr(&removed)
+    );
+    assert!(s3.list(BUCKET, "out/.haul-staging").is_empty());
+    assert_eq!(s3.get(BUCKET, "out/kept.bin").unwrap(), b"a finished file");
+    assert_eq!(s3.list(BUCKET, "other").len(), 1, "another prefix is not touched");
+
+    let bad = run_s3(&s3, &["gc", "-o", "/tmp/not-a-bucket"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("not an s3://BUCKET/PREFIX URL"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
+#[test]
+fn workers_of_a_queue_fill_one_bucket_each_file_once() {
+    let rt = runtime();
+    let server = rt.block_on(async { FaultServer::start().await });
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let pg = Postgres::start();
+    let queue = pg.database("haul");
+    let dir = tempfile::tempdir().unwrap();
+    let sizes: Vec<u64> = (0..60).map(|i| 2000 + i * 37).chain([18_000_000]).collect();
+    let files = files(&server, &sizes);
+    let list = jsonl(dir.path(), &files);
+    let enqueue = run_command(
+        {
+            let mut c = haul();
+            c.env("HAUL_QUEUE", &queue).args(["enqueue", "-i", path(&list)]);
+            c
+        },
+        None,
+    );
+    assert_eq!(enqueue.status.code(), Some(0), "{}", stderr(&enqueue));
+    let workers: Vec<_> = (0..2)
+        .map(|i| {
+            let stage = dir.path().join(format!("stage{i}"));
+            with_s3(
+                &s3,
+                &[
+                    "work",
+                    "-o",
+                    "s3://haul-test/fleet",
+                    "--stage-dir",
+                    path(&stage),
+                    "--progress",
+                    "none",
+                    "-j",
+                    "8",
+                ],
+            )
+            .env("HAUL_QUEUE", &queue)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start a worker")
+        })
+        .collect();
+    for worker in workers {
+        let output = worker.wait_with_output().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    }
+    assert_bucket(&s3, "fleet", &files);
+    for (_, name, _, _) in &files {
+        let url_path = format!("/f/{name}");
+        assert_eq!(server.hits(&url_path), 1, "{name} fetched once");
+    }
+    let uploads = s3
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("PUT /haul-test/fleet/f") && !r.contains('?'))
+        .count();
+    assert_eq!(uploads, files.len() - 1, "each small file uploaded once");
+    let status = run_command(
+        {
+            let mut c = haul();
+            c.args(["status", "--queue", &queue, "--json"]);
+            c
+        },
+        None,
+    );
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    let done = json["states"]
+        .as_array()
+        .expect("states")
+        .iter()
+        .find(|s| s["state"] == "done")
+        .map(|s| s["jobs"].clone());
+    assert_eq!(done, Some(serde_json::json!(files.len())), "{json}");
+}

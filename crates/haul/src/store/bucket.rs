@@ -1,0 +1,370 @@
+//! An S3-compatible bucket as the output (feature `s3`): the S3 form of `.part` + rename.
+//!
+//! The transfer itself is unchanged: the body goes to a part file in the local staging
+//! directory (resumable, segmentable, verified there). Only the last step differs. Where a
+//! local run renames the verified part into place, a bucket output uploads it:
+//! - a file of at most [`SINGLE_PUT_MAX`] bytes in one create-only `PUT` (`If-None-Match: *`);
+//! - a larger one as a multipart upload to a staging key under `PREFIX/.haul-staging/`, then a
+//!   create-only copy to its final key, then the staging key is deleted.
+//!
+//! So no object ever holds part of a file under its final key, and an object already there is
+//! never replaced unless the existing-file rules ask for it. A crash leaves at most staging keys
+//! (and, under S3's own rules, unfinished multipart uploads), which `haul gc` lists and removes.
+//!
+//! Objects carry the digests haul computed as metadata (`x-amz-meta-haul-sha256`,
+//! `x-amz-meta-haul-blake3`), and every upload sends a SHA-256 checksum the server checks.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder, Checksum, S3CopyIfNotExists};
+use object_store::path::Path as Key;
+use object_store::{
+    Attribute, Attributes, CopyMode, CopyOptions, GetOptions, ObjectStore, ObjectStoreExt, PutMode,
+    PutMultipartOptions, PutOptions, PutPayload, WriteMultipart,
+};
+
+use super::{Digests, FileDigests, Want};
+use crate::config::BucketSpec;
+use crate::error::Error;
+use crate::job::{parse_hex, to_hex};
+
+/// Files up to this size go up in one request; larger ones as a multipart upload.
+pub const SINGLE_PUT_MAX: u64 = 16 * 1024 * 1024;
+/// The size of one part of a multipart upload (and of one read from the part file).
+const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts of one upload in flight at most (so one upload holds at most this many parts).
+const PARTS_IN_FLIGHT: usize = 2;
+/// The folder of staging keys, under the bucket output's prefix.
+pub const STAGING: &str = ".haul-staging";
+const META_SHA256: &str = "haul-sha256";
+const META_BLAKE3: &str = "haul-blake3";
+
+/// An open bucket output.
+#[derive(Debug, Clone)]
+pub(crate) struct Bucket {
+    store: Arc<AmazonS3>,
+    prefix: String,
+    /// `s3://BUCKET/PREFIX`, for messages.
+    shown: String,
+}
+
+impl Bucket {
+    /// Opens the bucket of `spec` (no request is made).
+    pub(crate) fn open(spec: &BucketSpec) -> Result<Self, Error> {
+        let (bucket, prefix) = spec.parse()?;
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(&bucket)
+            .with_checksum_algorithm(Checksum::SHA256)
+            // Native S3 (and moto, MinIO) enforce `If-None-Match: *` on completing a multipart
+            // upload: the create-only copy is one.
+            .with_copy_if_not_exists(S3CopyIfNotExists::Multipart);
+        if let Some(endpoint) = &spec.endpoint {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"));
+        } else if std::env::var("AWS_ENDPOINT_URL").is_ok_and(|e| e.starts_with("http://"))
+            || std::env::var("AWS_ENDPOINT").is_ok_and(|e| e.starts_with("http://"))
+        {
+            builder = builder.with_allow_http(true);
+        }
+        if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none() {
+            builder = builder.with_region("us-east-1");
+        }
+        let store = builder
+            .build()
+            .map_err(|e| Error::Bucket(format!("s3://{bucket}: {e}")))?;
+        let shown = if prefix.is_empty() {
+            format!("s3://{bucket}")
+        } else {
+            format!("s3://{bucket}/{prefix}")
+        };
+        Ok(Self {
+            store: Arc::new(store),
+            prefix,
+            shown,
+        })
+    }
+
+    /// The key of the destination `rel`.
+    fn key(&self, rel: &str) -> Key {
+        if self.prefix.is_empty() {
+            Key::from(rel)
+        } else {
+            Key::from(format!("{}/{rel}", self.prefix))
+        }
+    }
+
+    /// The URL of the destination `rel`, for messages.
+    pub(crate) fn display(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.shown)
+    }
+
+    fn fail(&self, what: &str, rel: &str, e: &object_store::Error) -> Error {
+        Error::Bucket(format!("{what} {}: {e}", self.display(rel)))
+    }
+
+    /// The length and recorded digests of the object at `rel`, or `None` when there is none.
+    pub(crate) async fn head(&self, rel: &str) -> Result<Option<(u64, FileDigests)>, Error> {
+        let options = GetOptions {
+            head: true,
+            ..GetOptions::default()
+        };
+        match self.store.get_opts(&self.key(rel), options).await {
+            Ok(found) => {
+                let meta = |name: &'static str| {
+                    found
+                        .attributes
+                        .get(&Attribute::Metadata(name.into()))
+                        .and_then(|v| parse_hex::<32>(v.as_ref()))
+                };
+                let digests = FileDigests {
+                    sha256: meta(META_SHA256),
+                    blake3: meta(META_BLAKE3),
+                    md5: None,
+                };
+                Ok(Some((found.meta.size, digests)))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.fail("inspect", rel, &e)),
+        }
+    }
+
+    /// The length and digests of the object at `rel`, read through: for an object that carries
+    /// no digest of haul's (one promoted from a staging key, or put there by another program).
+    pub(crate) async fn hash(&self, rel: &str, want: Want) -> Result<(u64, FileDigests), Error> {
+        let found = self
+            .store
+            .get(&self.key(rel))
+            .await
+            .map_err(|e| self.fail("read", rel, &e))?;
+        let mut stream = found.into_stream();
+        let mut digests = Digests::new(want);
+        let mut total = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.fail("read", rel, &e))?;
+            total += chunk.len() as u64;
+            digests.update(&chunk);
+        }
+        Ok((total, digests.finish()))
+    }
+
+    /// Uploads the verified part file `file` (`len` bytes, `digests`) to `rel`; replaces an
+    /// object there only when `replace`. `staging` names this upload's staging key. Runs on a
+    /// blocking thread of the engine's runtime.
+    pub(crate) fn upload(
+        &self,
+        file: &File,
+        len: u64,
+        digests: &FileDigests,
+        rel: &str,
+        staging: &str,
+        replace: bool,
+    ) -> Result<(), Error> {
+        let runtime = tokio::runtime::Handle::current();
+        runtime.block_on(self.upload_async(file, len, digests, rel, staging, replace))
+    }
+
+    async fn upload_async(
+        &self,
+        file: &File,
+        len: u64,
+        digests: &FileDigests,
+        rel: &str,
+        staging: &str,
+        replace: bool,
+    ) -> Result<(), Error> {
+        let key = self.key(rel);
+        let attributes = metadata(digests);
+        let result = if len <= SINGLE_PUT_MAX {
+            let body = read_at(file, 0, len).map_err(|e| Error::io("read", rel, e))?;
+            let options = PutOptions {
+                mode: if replace { PutMode::Overwrite } else { PutMode::Create },
+                attributes,
+                ..PutOptions::default()
+            };
+            self.store
+                .put_opts(&key, PutPayload::from(body), options)
+                .await
+                .map(drop)
+        } else {
+            let stage = self.key(&format!("{STAGING}/{staging}"));
+            self.put_parts(file, len, &stage, attributes, rel).await?;
+            let mode = if replace { CopyMode::Overwrite } else { CopyMode::Create };
+            let copied = self
+                .store
+                .copy_opts(&stage, &key, CopyOptions::new().with_mode(mode))
+                .await;
+            // Copied or not, the staging object has served: it goes either way.
+            let _ = self.store.delete(&stage).await;
+            copied
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                // Another worker (or an earlier run) put an object there meanwhile: fine when it
+                // is this very file, a conflict when not.
+                match self.head(rel).await? {
+                    Some((size, found)) if size == len && same_content(digests, &found) => Ok(()),
+                    _ => Err(Error::Exists(self.display(rel))),
+                }
+            }
+            Err(e) => Err(self.fail("upload to", rel, &e)),
+        }
+    }
+
+    /// Uploads `file` to `stage` as a multipart upload, reading one part at a time.
+    async fn put_parts(
+        &self,
+        file: &File,
+        len: u64,
+        stage: &Key,
+        attributes: Attributes,
+        rel: &str,
+    ) -> Result<(), Error> {
+        let options = PutMultipartOptions {
+            attributes,
+            ..PutMultipartOptions::default()
+        };
+        let upload = self
+            .store
+            .put_multipart_opts(stage, options)
+            .await
+            .map_err(|e| self.fail("upload to", rel, &e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut offset = 0;
+        while offset < len {
+            if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                return Err(self.fail("upload to", rel, &e));
+            }
+            let n = (len - offset).min(PART_SIZE as u64);
+            match read_at(file, offset, n) {
+                Ok(block) => writer.put(block.into()),
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(Error::io("read", rel, e));
+                }
+            }
+            offset += n;
+        }
+        writer.finish().await.map_err(|e| self.fail("upload to", rel, &e))?;
+        Ok(())
+    }
+}
+
+/// Two digest sets agree when they share at least one digest and no shared one differs.
+fn same_content(ours: &FileDigests, theirs: &FileDigests) -> bool {
+    let pairs = [(ours.sha256, theirs.sha256), (ours.blake3, theirs.blake3)];
+    let shared: Vec<_> = pairs
+        .iter()
+        .filter_map(|(a, b)| Some((a.as_ref()?, b.as_ref()?)))
+        .collect();
+    !shared.is_empty() && shared.iter().all(|(a, b)| a == b)
+}
+
+fn metadata(digests: &FileDigests) -> Attributes {
+    let mut attributes = Attributes::new();
+    if let Some(d) = digests.sha256 {
+        attributes.insert(Attribute::Metadata(META_SHA256.into()), to_hex(&d).into());
+    }
+    if let Some(d) = digests.blake3 {
+        attributes.insert(Attribute::Metadata(META_BLAKE3.into()), to_hex(&d).into());
+    }
+    attributes
+}
+
+fn read_at(file: &File, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0; usize::try_from(len).map_err(std::io::Error::other)?];
+    file.read_exact_at(&mut buf, offset)?;
+    Ok(buf)
+}
+
+/// A staging key `haul gc` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    /// The object's URL.
+    pub url: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// How long ago it was last written.
+    pub age: Duration,
+}
+
+/// Lists the staging keys of the bucket output `spec` last written at least `older_than` ago
+/// (an upload in progress writes its staging key only at its end, and promotes it at once), and
+/// removes them unless `dry_run`. Returns what it found.
+///
+/// # Errors
+/// The bucket cannot be listed, or a key cannot be removed.
+pub async fn collect_garbage(spec: &BucketSpec, older_than: Duration, dry_run: bool) -> Result<Vec<Leftover>, Error> {
+    let bucket = Bucket::open(spec)?;
+    let folder = bucket.key(STAGING);
+    let mut listing = bucket.store.list(Some(&folder));
+    let now = SystemTime::now();
+    let mut found = Vec::new();
+    while let Some(item) = listing.next().await {
+        let meta = item.map_err(|e| bucket.fail("list", STAGING, &e))?;
+        let written: SystemTime = meta.last_modified.into();
+        let age = now.duration_since(written).unwrap_or_default();
+        if age < older_than {
+            continue;
+        }
+        let url = format!("s3://{}/{}", spec.parse()?.0, meta.location);
+        if !dry_run {
+            match bucket.store.delete(&meta.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::Bucket(format!("remove {url}: {e}"))),
+            }
+        }
+        found.push(Leftover {
+            url,
+            size: meta.size,
+            age,
+        });
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(url: &str) -> BucketSpec {
+        BucketSpec {
+            url: url.into(),
+            endpoint: None,
+        }
+    }
+
+    #[test]
+    fn urls_give_a_bucket_and_a_trimmed_prefix() {
+        assert_eq!(spec("s3://b").parse().unwrap(), ("b".into(), String::new()));
+        assert_eq!(spec("s3://b/x/y/").parse().unwrap(), ("b".into(), "x/y".into()));
+        for bad in ["b/x", "s3://", "s3:///x", "s3://b/../x", "https://b/x"] {
+            assert!(spec(bad).parse().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn content_agrees_only_on_a_shared_digest() {
+        let a = FileDigests {
+            sha256: Some([1; 32]),
+            blake3: Some([2; 32]),
+            md5: None,
+        };
+        let only_sha = FileDigests {
+            sha256: Some([1; 32]),
+            ..FileDigests::default()
+        };
+        let other = FileDigests {
+            sha256: Some([9; 32]),
+            ..FileDigests::default()
+        };
+        assert!(same_content(&a, &only_sha));
+        assert!(!same_content(&a, &other));
+        assert!(!same_content(&a, &FileDigests::default()));
+    }
+}
