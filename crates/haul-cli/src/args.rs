@@ -144,7 +144,8 @@ pub(crate) struct WorkArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct StatusArgs {
-    /// The archive file, or an output directory holding `.haul/archive.sqlite` [default: .]
+    /// The archive file, an output directory holding `.haul/archive.sqlite`, or a PostgreSQL
+    /// archive's URL (postgres://user@host/db#NAME) [default: .]
     pub(crate) archive: Option<PathBuf>,
     /// Show a queue instead: a PostgreSQL URL (or $HAUL_QUEUE with --job)
     #[arg(long, value_name = "URL")]
@@ -159,7 +160,8 @@ pub(crate) struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ArchiveArg {
-    /// The archive file, or an output directory holding `.haul/archive.sqlite` [default: .]
+    /// The archive file, an output directory holding `.haul/archive.sqlite`, or a PostgreSQL
+    /// archive's URL (postgres://user@host/db#NAME) [default: .]
     pub(crate) archive: Option<PathBuf>,
 }
 
@@ -183,8 +185,8 @@ pub(crate) struct GcArgs {
 pub(crate) struct VerifyArgs {
     /// The output directory [default: .]
     pub(crate) dir: Option<PathBuf>,
-    /// The archive [default: DIR/.haul/archive.sqlite]
-    #[arg(long, value_name = "FILE")]
+    /// The archive: a file or a PostgreSQL URL [default: DIR/.haul/archive.sqlite]
+    #[arg(long, value_name = "FILE|URL")]
     pub(crate) archive: Option<PathBuf>,
     /// Also compare each file's SHA-256 with the one recorded (reads every byte)
     #[arg(long)]
@@ -212,7 +214,8 @@ pub(crate) enum ArchiveCommand {
     Import {
         /// The file of ids ("-" for standard input)
         file: PathBuf,
-        /// The archive file, or an output directory holding `.haul/archive.sqlite` [default: .]
+        /// The archive file, an output directory holding `.haul/archive.sqlite`, or a PostgreSQL
+        /// archive's URL (postgres://user@host/db#NAME) [default: .]
         #[arg(long)]
         archive: Option<PathBuf>,
     },
@@ -421,8 +424,9 @@ pub(crate) struct GetArgs {
     /// Ignore the proxy environment variables (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY)
     #[arg(help_heading = "HTTP", long, conflicts_with = "proxy")]
     pub(crate) no_proxy: bool,
-    /// The archive (journal of done and failed jobs) [default: OUTPUT/.haul/archive.sqlite]
-    #[arg(help_heading = "State", long, value_name = "FILE")]
+    /// The archive (journal of done and failed jobs): a SQLite file, or a PostgreSQL URL
+    /// (postgres://user@host/db#NAME) [default: OUTPUT/.haul/archive.sqlite]
+    #[arg(help_heading = "State", long, value_name = "FILE|URL")]
     pub(crate) archive: Option<PathBuf>,
     /// Keep no archive: nothing is skipped on a rerun, nothing resumes across runs
     #[arg(help_heading = "State", long, conflicts_with = "archive")]
@@ -499,6 +503,13 @@ impl GetArgs {
         }
         let archive = if self.no_archive {
             haul::ArchiveMode::Off
+        } else if let Some(url) = self
+            .archive
+            .as_ref()
+            .and_then(|p| p.to_str())
+            .filter(|p| is_database(p))
+        {
+            haul::ArchiveMode::Postgres(url.to_owned())
         } else if let Some(path) = &self.archive {
             haul::ArchiveMode::Path(path.clone())
         } else {
@@ -655,6 +666,11 @@ impl GetArgs {
 }
 
 /// Parses `1.5`, `250ms`, `30s`, `5m`, `1h` into a duration (a bare number is seconds).
+/// True for an archive given as a PostgreSQL URL.
+pub(crate) fn is_database(archive: &str) -> bool {
+    archive.starts_with("postgres://") || archive.starts_with("postgresql://")
+}
+
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text

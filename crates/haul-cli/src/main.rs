@@ -272,10 +272,10 @@ fn gc(args: &args::GcArgs) -> Result<Exit, Failure> {
 
 /// Writes the archive's failed jobs to a spool manifest (so they stream, never all in memory).
 fn spool_failed(config: &haul::Config) -> Result<PathBuf, Failure> {
-    let path = config
-        .archive_path()
+    let location = config
+        .archive_location()
         .ok_or_else(|| fail(Exit::Usage, anyhow::anyhow!("--retry-failed needs an archive")))?;
-    let reader = haul::archive::ArchiveReader::open(&path).map_err(|e| fail(Exit::Usage, e))?;
+    let reader = haul::archive::ArchiveReader::open_at(&location).map_err(|e| fail(Exit::Usage, e))?;
     let state = config.output_dir.join(haul::STATE_DIR);
     std::fs::create_dir_all(&config.output_dir).map_err(|e| fail(Exit::Fatal, e))?;
     match std::fs::symlink_metadata(&state) {
@@ -506,9 +506,10 @@ async fn run(
 /// creating anything. One line per job on stdout: `fetch URL PATH`, `skip URL PATH REASON`,
 /// `refuse URL - REASON`, `bad LINE - REASON` (tab-separated); counts on stderr.
 fn dry_run(config: &haul::Config, jobs: Jobs) -> Result<Exit> {
-    let archive = match config.archive_path() {
-        Some(path) if path.exists() => Some(haul::archive::ArchiveReader::open(&path)?),
-        _ => None,
+    let archive = match config.archive_location() {
+        Some(haul::archive::Location::File(path)) if !path.exists() => None,
+        Some(location) => Some(haul::archive::ArchiveReader::open_at(&location)?),
+        None => None,
     };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let (mut fetch, mut skip, mut refuse, mut bad) = (0u64, 0u64, 0u64, 0u64);
@@ -634,23 +635,26 @@ fn count_ahead(path: &Path, monitor: Arc<haul::Monitor>) {
 
 /// An archive path from an argument that may be the file or an output directory (a path that
 /// does not exist yet is a directory unless it ends in .sqlite, .sqlite3 or .db).
-fn resolve_archive(arg: Option<&Path>) -> PathBuf {
+fn resolve_archive(arg: Option<&Path>) -> haul::archive::Location {
     let arg = arg.unwrap_or(Path::new("."));
+    if let Some(url) = arg.to_str().filter(|a| args::is_database(a)) {
+        return haul::archive::Location::parse(url);
+    }
     let names_a_file = arg
         .extension()
         .is_some_and(|e| ["sqlite", "sqlite3", "db"].iter().any(|x| e == *x));
-    if arg.is_dir() || (!arg.exists() && !names_a_file) {
+    haul::archive::Location::File(if arg.is_dir() || (!arg.exists() && !names_a_file) {
         arg.join(haul::STATE_DIR).join(haul::DEFAULT_ARCHIVE_NAME)
     } else {
         arg.to_owned()
-    }
+    })
 }
 
 fn status(arg: Option<&Path>) -> Result<Exit> {
-    let path = resolve_archive(arg);
-    let reader = haul::archive::ArchiveReader::open(&path)?;
+    let location = resolve_archive(arg);
+    let reader = haul::archive::ArchiveReader::open_at(&location)?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "archive: {}", path.display())?;
+    writeln!(out, "archive: {}", location.display())?;
     for (status, count, bytes) in reader.counts()? {
         writeln!(out, "{status:>8}: {count} jobs, {}", progress::human_bytes(bytes))?;
     }
@@ -672,7 +676,7 @@ fn status(arg: Option<&Path>) -> Result<Exit> {
 /// display and the logs are what redact), their headers but secret ones, sizes, checksums and
 /// original lines, so `haul failed | haul get -i - --format jsonl` runs them unchanged.
 fn failed(arg: Option<&Path>) -> Result<Exit> {
-    let reader = haul::archive::ArchiveReader::open(&resolve_archive(arg))?;
+    let reader = haul::archive::ArchiveReader::open_at(&resolve_archive(arg))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let result =
         reader.for_each_failed(|line| writeln!(out, "{line}").map_err(|e| haul::Error::Archive(e.to_string())));
@@ -689,14 +693,25 @@ fn failed(arg: Option<&Path>) -> Result<Exit> {
 /// replaced, by the next run).
 fn verify(args: &args::VerifyArgs) -> Result<Exit> {
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));
-    let path = args
+    let location = match args
         .archive
-        .clone()
-        .unwrap_or_else(|| dir.join(haul::STATE_DIR).join(haul::DEFAULT_ARCHIVE_NAME));
-    if !path.exists() {
-        anyhow::bail!("no archive at {} (pass --archive FILE)", path.display());
-    }
-    let archive = haul::archive::Archive::open(&path, false)?;
+        .as_ref()
+        .and_then(|a| a.to_str())
+        .filter(|a| args::is_database(a))
+    {
+        Some(url) => haul::archive::Location::parse(url),
+        None => {
+            let path = args
+                .archive
+                .clone()
+                .unwrap_or_else(|| dir.join(haul::STATE_DIR).join(haul::DEFAULT_ARCHIVE_NAME));
+            if !path.exists() {
+                anyhow::bail!("no archive at {} (pass --archive FILE)", path.display());
+            }
+            haul::archive::Location::File(path)
+        }
+    };
+    let archive = haul::archive::Archive::open_at(&location, false)?;
     let mut shown = Vec::new();
     let (checked, stale) = archive.mark_stale(|row| {
         let file = dir.join(&row.path);
@@ -763,14 +778,18 @@ fn verify(args: &args::VerifyArgs) -> Result<Exit> {
 }
 
 fn import(file: &Path, archive: Option<&Path>) -> Result<Exit> {
-    let path = resolve_archive(archive);
-    let archive = haul::archive::Archive::open(&path, false)?;
+    let location = resolve_archive(archive);
+    let archive = haul::archive::Archive::open_at(&location, false)?;
     let added = if file == Path::new("-") {
         haul::archive::import_ids(&archive, std::io::stdin().lock())?
     } else {
         let input = File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
         haul::archive::import_ids(&archive, BufReader::new(input))?
     };
-    let _ = writeln!(std::io::stdout(), "imported {added} new id(s) into {}", path.display());
+    let _ = writeln!(
+        std::io::stdout(),
+        "imported {added} new id(s) into {}",
+        location.display()
+    );
     Ok(Exit::Success)
 }

@@ -61,6 +61,9 @@ pub enum ArchiveMode {
     Default,
     /// A file of the user's choosing.
     Path(PathBuf),
+    /// A named archive in PostgreSQL: `postgres://user@host/db#NAME` (feature `queue`), shared
+    /// by the machines that run this list one after another.
+    Postgres(String),
     /// No archive: no skip list, no resume state across runs.
     Off,
 }
@@ -236,12 +239,25 @@ impl Config {
         }
     }
 
-    /// The archive file this configuration uses, if any.
+    /// The archive file this configuration uses, if it uses a SQLite file.
     #[must_use]
     pub fn archive_path(&self) -> Option<PathBuf> {
+        match self.archive_location()? {
+            crate::archive::Location::File(path) => Some(path),
+            crate::archive::Location::Postgres { .. } => None,
+        }
+    }
+
+    /// Where the archive this configuration uses is, if it uses one.
+    #[must_use]
+    pub fn archive_location(&self) -> Option<crate::archive::Location> {
+        use crate::archive::Location;
         match &self.archive {
-            ArchiveMode::Default => Some(self.output_dir.join(STATE_DIR).join(DEFAULT_ARCHIVE_NAME)),
-            ArchiveMode::Path(p) => Some(p.clone()),
+            ArchiveMode::Default => Some(Location::File(
+                self.output_dir.join(STATE_DIR).join(DEFAULT_ARCHIVE_NAME),
+            )),
+            ArchiveMode::Path(p) => Some(Location::File(p.clone())),
+            ArchiveMode::Postgres(url) => Some(Location::parse(url)),
             ArchiveMode::Off => None,
         }
     }

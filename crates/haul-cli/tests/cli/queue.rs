@@ -464,3 +464,87 @@ fn help_never_shows_the_queue_urls_password() {
     assert!(text.contains("HAUL_QUEUE"), "{text}");
     assert!(!text.contains("s3cret-pw"), "{text}");
 }
+
+#[test]
+fn get_status_failed_and_retry_with_an_archive_in_postgres() {
+    let (pg, url) = database();
+    let rt = runtime();
+    let server = rt.block_on(async { FaultServer::start().await });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut lines: Vec<String> = (0..20).map(|i| server.url(&format!("a{i}.bin"), 500, "")).collect();
+    lines.push(server.url("missing.bin", 10, "status=404"));
+    let list = manifest(dir.path(), &lines);
+    let archive = format!("{url}#photos");
+    let get = |extra: &[&str]| {
+        let mut args = vec![
+            "get",
+            "-i",
+            path(&list),
+            "-o",
+            path(&out),
+            "--archive",
+            &archive,
+            "--progress",
+            "none",
+        ];
+        args.extend_from_slice(extra);
+        run_command(
+            {
+                let mut c = haul();
+                c.args(&args);
+                c
+            },
+            None,
+        )
+    };
+    let first = get(&[]);
+    assert_eq!(first.status.code(), Some(1), "{}", stderr(&first));
+    let rows = count(
+        &pg,
+        &url,
+        "SELECT count(*) FROM haul_archive WHERE name = 'photos' AND status = 'done'",
+    );
+    assert_eq!(rows, 20);
+
+    let status = run_command(
+        {
+            let mut c = haul();
+            c.args(["status", &archive]);
+            c
+        },
+        None,
+    );
+    let shown = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(shown.contains("done: 20 jobs"), "{shown}");
+    assert!(shown.contains("http 404"), "{shown}");
+    let failed = run_command(
+        {
+            let mut c = haul();
+            c.args(["failed", &archive]);
+            c
+        },
+        None,
+    );
+    let failed = String::from_utf8_lossy(&failed.stdout).into_owned();
+    assert_eq!(failed.lines().count(), 1, "{failed}");
+    assert!(failed.contains("missing.bin"), "{failed}");
+
+    // A rerun (from any machine that reaches the database) skips the done jobs.
+    let hits = server.total_hits();
+    let second = get(&[]);
+    assert_eq!(second.status.code(), Some(1), "{}", stderr(&second));
+    assert_eq!(server.total_hits() - hits, 1, "only the failed job is asked for again");
+
+    // The archive is locked while a run holds it.
+    let held = haul::archive::Archive::open_at(&haul::archive::Location::parse(&archive), false).unwrap();
+    let refused = get(&[]);
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("in use by another haul process"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(!stderr(&refused).contains("password"), "{}", stderr(&refused));
+    drop(held);
+}

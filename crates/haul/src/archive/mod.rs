@@ -1,4 +1,5 @@
-//! The archive: a crash-safe SQLite journal of every job's state.
+//! The archive: a crash-safe journal of every job's state, in SQLite (the embedded default) or
+//! PostgreSQL (see [`Backend`] and [`Location`]).
 //!
 //! One table, keyed by the job id, is at once the skip list (status `done`), the resume state
 //! (validators of `partial` jobs) and the failure report. Writes come only from one writer
@@ -12,19 +13,25 @@
 //! `--fsync`, files and directories are fsynced before their record and the database uses
 //! `synchronous=FULL`, so a record implies the file survives power loss.
 
+mod backend;
 mod batch;
+#[cfg(feature = "queue")]
+mod postgres;
 mod seen;
 mod spill;
+mod sqlite;
 
+use std::cell::RefCell;
 use std::fs::{self, File};
 use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::Connection;
 
+pub use backend::{Backend, FailedRow, Location};
 pub(crate) use batch::Batcher;
 pub(crate) use seen::{Seen, SeenIndex};
 pub(crate) use spill::Spill;
@@ -35,32 +42,6 @@ use crate::error::Error;
 pub const DEFAULT_BATCH_RECORDS: usize = 512;
 /// Longest a finished job waits for its record to be committed.
 pub const DEFAULT_BATCH_DELAY: Duration = Duration::from_millis(250);
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS jobs (
-    id            TEXT PRIMARY KEY,
-    url           TEXT NOT NULL,
-    path          TEXT,
-    size          INTEGER,
-    sha256        TEXT,
-    etag          TEXT,
-    last_modified TEXT,
-    status        TEXT NOT NULL,
-    http_status   INTEGER,
-    error_class   TEXT,
-    error         TEXT,
-    attempts      INTEGER NOT NULL DEFAULT 0,
-    first_seen    INTEGER NOT NULL,
-    updated       INTEGER NOT NULL,
-    verified      INTEGER NOT NULL DEFAULT 1,
-    spec          TEXT,
-    blake3        TEXT,
-    segments      TEXT
-) WITHOUT ROWID;
--- No index on status: `haul status` scans, and every commit stays one index lighter.
-DROP INDEX IF EXISTS jobs_status;
-CREATE INDEX IF NOT EXISTS jobs_path ON jobs(path);
-";
 
 /// The state of a job as stored in the archive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +55,7 @@ pub enum RowStatus {
 }
 
 impl RowStatus {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Done => "done",
             Self::Failed => "failed",
@@ -82,7 +63,7 @@ impl RowStatus {
         }
     }
 
-    fn parse(text: &str) -> Self {
+    pub(crate) fn parse(text: &str) -> Self {
         match text {
             "done" => Self::Done,
             "partial" => Self::Partial,
@@ -185,15 +166,6 @@ fn now_secs() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
 }
 
-fn open_connection(path: &Path) -> Result<Connection, Error> {
-    let conn = Connection::open(path).map_err(|e| db_error(&format!("cannot open {}", path.display()), e))?;
-    conn.busy_timeout(Duration::from_secs(10))
-        .map_err(|e| db_error("busy timeout", e))?;
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(|e| db_error("WAL mode", e))?;
-    Ok(conn)
-}
-
 /// A scratch database of one run in haul's state directory (the duplicate index, the read-ahead
 /// spill): an old file of the same name is replaced; no journal, no fsync (it is deleted with the
 /// run, and a crash loses nothing the next run needs), an exclusive lock, a 2 MiB page cache.
@@ -210,114 +182,69 @@ pub(crate) fn scratch(path: &Path, schema: &str) -> rusqlite::Result<Connection>
     Ok(conn)
 }
 
-/// Creates the archive file (mode 0600: it holds URLs, which may carry tokens) unless it
-/// exists; refuses a symlink there. SQLite creates its `-wal` and `-shm` files with the same
-/// mode.
-fn create_private(path: &Path) -> Result<(), Error> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_symlink() => Err(Error::Archive(format!(
-            "{} is a symlink; haul does not follow it for its archive",
-            path.display()
-        ))),
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            match File::options()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(path)
-            {
-                Ok(_) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-                Err(e) => Err(Error::io("create archive", path, e)),
-            }
-        }
-        Err(e) => Err(Error::io("inspect archive", path, e)),
-    }
-}
-
-/// Brings an archive of an earlier haul up to this schema.
-fn migrate(conn: &Connection) -> Result<(), Error> {
-    for (column, definition) in [
-        ("verified", "INTEGER NOT NULL DEFAULT 1"),
-        ("spec", "TEXT"),
-        ("blake3", "TEXT"),
-        ("segments", "TEXT"),
-    ] {
-        let present: bool = conn
-            .query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = ?1",
-                [column],
-                |r| r.get::<_, i64>(0),
-            )
-            .map_err(|e| db_error("read schema", e))?
-            > 0;
-        if !present {
-            conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {column} {definition}"))
-                .map_err(|e| db_error("upgrade schema", e))?;
-        }
-    }
-    Ok(())
-}
-
 /// An archive opened for a run: holds the lock until dropped.
 #[derive(Debug)]
 pub struct Archive {
-    path: PathBuf,
-    _lock: File,
+    location: Location,
+    _lock: Lock,
+}
+
+/// What keeps a second haul process off an archive: a locked file beside a SQLite archive, or a
+/// session-level advisory lock held by a connection of its own in PostgreSQL.
+#[derive(Debug)]
+enum Lock {
+    File(#[allow(dead_code)] File),
+    #[cfg(feature = "queue")]
+    Postgres(#[allow(dead_code)] postgres::Lock),
 }
 
 impl Archive {
-    /// Opens (creating) the archive at `path` and locks it for this process.
+    /// Opens (creating) the SQLite archive at `path` and locks it for this process.
     ///
     /// # Errors
     /// [`Error::Archive`] when it cannot be opened, or when another haul process holds it and
     /// `wait` is false. With `wait`, blocks until the other process ends.
     pub fn open(path: &Path, wait: bool) -> Result<Self, Error> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent).map_err(|e| Error::io("create archive directory", parent, e))?;
+        Self::open_at(&Location::File(path.to_owned()), wait)
+    }
+
+    /// Opens (creating) the archive at `location` and locks it for this process.
+    ///
+    /// # Errors
+    /// As [`Archive::open`]; for PostgreSQL also when the database cannot be reached.
+    pub fn open_at(location: &Location, wait: bool) -> Result<Self, Error> {
+        let lock = match location {
+            Location::File(path) => Lock::File(lock_file(path, wait)?),
+            #[cfg(feature = "queue")]
+            Location::Postgres { url, name } => Lock::Postgres(postgres::Lock::take(url, name, wait, location)?),
+            #[cfg(not(feature = "queue"))]
+            Location::Postgres { .. } => {
+                location.connect()?;
+                unreachable!("connect fails without the queue feature")
+            }
+        };
+        if let Location::File(path) = location {
+            sqlite::Sqlite::create(path)?;
         }
-        let mut lock_path = path.as_os_str().to_owned();
-        lock_path.push(".lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&lock_path)
-            .map_err(|e| Error::io("create archive lock", &lock_path, e))?;
-        if wait {
-            lock.lock().map_err(|e| Error::io("lock archive", &lock_path, e))?;
-        } else if lock.try_lock().is_err() {
-            return Err(Error::Archive(format!(
-                "{} is in use by another haul process; wait for it to finish, or pass --wait-archive",
-                path.display()
-            )));
-        }
-        create_private(path)?;
-        let conn = open_connection(path)?;
-        conn.execute_batch(SCHEMA).map_err(|e| db_error("create schema", e))?;
-        migrate(&conn)?;
         Ok(Self {
-            path: path.to_owned(),
+            location: location.clone(),
             _lock: lock,
         })
     }
 
-    /// The database file.
+    /// Where the archive is.
     #[must_use]
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
-    /// A read connection for skip checks (any thread; WAL lets it read while the writer writes).
+    /// A read connection for skip checks (any thread; readers see committed rows while the
+    /// writer writes).
     ///
     /// # Errors
     /// [`Error::Archive`] when the database cannot be opened.
     pub fn reader(&self) -> Result<ArchiveReader, Error> {
-        ArchiveReader::open(&self.path)
+        ArchiveReader::open_at(&self.location)
     }
 
     /// Checks every done row with `check` (which says why its file is wrong, or `None` when it
@@ -328,31 +255,12 @@ impl Archive {
     /// # Errors
     /// [`Error::Archive`] on a database error.
     pub fn mark_stale(&self, mut check: impl FnMut(&DoneRow) -> Option<String>) -> Result<(u64, u64), Error> {
-        let conn = open_connection(&self.path)?;
+        let mut backend = self.location.connect()?;
         let (mut checked, mut stale) = (0u64, 0u64);
         let mut after = String::new();
         loop {
             // Keyset pagination by id: each batch is a short read, then a short write.
-            let batch: Vec<DoneRow> = {
-                let mut stmt = conn
-                    .prepare_cached(
-                        "SELECT id, path, size, sha256, blake3 FROM jobs WHERE status = 'done' AND id > ?1 ORDER BY id LIMIT 1024",
-                    )
-                    .map_err(|e| db_error("read done rows", e))?;
-                let rows = stmt
-                    .query_map([&after], |r| {
-                        Ok(DoneRow {
-                            id: r.get(0)?,
-                            path: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
-                            size: r.get::<_, Option<i64>>(2)?.and_then(|s| u64::try_from(s).ok()),
-                            sha256: r.get(3)?,
-                            blake3: r.get(4)?,
-                        })
-                    })
-                    .map_err(|e| db_error("read done rows", e))?;
-                rows.collect::<Result<_, _>>()
-                    .map_err(|e| db_error("read done rows", e))?
-            };
+            let batch = backend.done_after(&after, 1024)?;
             let Some(last) = batch.last() else { break };
             after.clone_from(&last.id);
             let wrong: Vec<(String, String)> = batch
@@ -362,20 +270,7 @@ impl Archive {
             checked += batch.len() as u64;
             stale += wrong.len() as u64;
             if !wrong.is_empty() {
-                let tx = conn.unchecked_transaction().map_err(|e| db_error("mark stale", e))?;
-                {
-                    let mut update = tx
-                        .prepare_cached(
-                            "UPDATE jobs SET status = 'failed', error_class = ?2, error = ?3, updated = ?4 WHERE id = ?1",
-                        )
-                        .map_err(|e| db_error("mark stale", e))?;
-                    for (id, why) in &wrong {
-                        update
-                            .execute(params![id, STALE, why, now_secs()])
-                            .map_err(|e| db_error("mark stale", e))?;
-                    }
-                }
-                tx.commit().map_err(|e| db_error("mark stale", e))?;
+                backend.mark_stale(&wrong)?;
             }
         }
         Ok((checked, stale))
@@ -386,60 +281,71 @@ impl Archive {
     /// # Errors
     /// [`Error::Archive`] when the database cannot be opened.
     pub fn writer(&self, max_records: usize, max_delay: Duration, fsync: bool) -> Result<Journal, Error> {
-        let conn = open_connection(&self.path)?;
-        conn.pragma_update(None, "synchronous", if fsync { "FULL" } else { "NORMAL" })
-            .map_err(|e| db_error("synchronous", e))?;
-        let queue = Arc::new(Queue {
-            state: Mutex::new(QueueState {
-                batcher: Batcher::new(max_records, max_delay),
-                flush_asked: 0,
-                flush_done: 0,
-                closed: false,
-                failure: None,
-            }),
-            work: Condvar::new(),
-            flushed: Condvar::new(),
-        });
-        let writer_queue = Arc::clone(&queue);
-        let handle = thread::Builder::new()
-            .name("haul-archive".into())
-            .spawn(move || writer_loop(&conn, &writer_queue))
-            .map_err(|e| db_error("start writer", e))?;
-        Ok(Journal {
-            queue,
-            handle: Mutex::new(Some(handle)),
-        })
+        let backend: Box<dyn Backend> = match &self.location {
+            Location::File(path) => Box::new(sqlite::Sqlite::open_writer(path, fsync)?),
+            other => other.connect()?,
+        };
+        Ok(Journal::start(backend, max_records, max_delay))
     }
 }
 
-/// Looks up jobs by id.
-#[derive(Debug)]
-pub struct ArchiveReader {
-    conn: Connection,
-    /// Lookups made in the current read transaction (see [`ArchiveReader::lookup`]).
-    in_transaction: std::cell::Cell<u32>,
+/// Takes the lock file beside a SQLite archive.
+fn lock_file(path: &Path, wait: bool) -> Result<File, Error> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(|e| Error::io("create archive directory", parent, e))?;
+    }
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&lock_path)
+        .map_err(|e| Error::io("create archive lock", &lock_path, e))?;
+    if wait {
+        lock.lock().map_err(|e| Error::io("lock archive", &lock_path, e))?;
+    } else if lock.try_lock().is_err() {
+        return Err(in_use(&path.display().to_string()));
+    }
+    Ok(lock)
 }
 
-/// Lookups that share one read transaction. Each transaction takes and drops SQLite's shared
-/// lock (two `fcntl` calls); sharing it over many lookups makes the skip check cheap, and ending
-/// it now and then lets the writer's WAL checkpoints complete.
-const LOOKUPS_PER_TRANSACTION: u32 = 1024;
+/// The error of an archive another haul process holds.
+fn in_use(shown: &str) -> Error {
+    Error::Archive(format!(
+        "{shown} is in use by another haul process; wait for it to finish, or pass --wait-archive"
+    ))
+}
+
+/// Looks up jobs by id.
+pub struct ArchiveReader {
+    backend: RefCell<Box<dyn Backend>>,
+}
+
+impl std::fmt::Debug for ArchiveReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArchiveReader").finish_non_exhaustive()
+    }
+}
 
 impl ArchiveReader {
-    /// Opens a read connection to an existing archive, without taking the run lock.
+    /// Opens a read connection to an existing SQLite archive, without taking the run lock.
     ///
     /// # Errors
     /// [`Error::Archive`] when the file cannot be opened or is not a haul archive.
     pub fn open(path: &Path) -> Result<Self, Error> {
-        if !path.exists() {
-            return Err(Error::Archive(format!("no archive at {}", path.display())));
-        }
-        let conn = open_connection(path)?;
-        conn.prepare("SELECT 1 FROM jobs LIMIT 1")
-            .map_err(|e| db_error(&format!("{} is not a haul archive", path.display()), e))?;
+        Self::open_at(&Location::File(path.to_owned()))
+    }
+
+    /// Opens a read connection to the archive at `location`, without taking the run lock.
+    ///
+    /// # Errors
+    /// [`Error::Archive`] when it cannot be opened or is not a haul archive.
+    pub fn open_at(location: &Location) -> Result<Self, Error> {
         Ok(Self {
-            conn,
-            in_transaction: std::cell::Cell::new(0),
+            backend: RefCell::new(location.connect()?),
         })
     }
 
@@ -448,54 +354,17 @@ impl ArchiveReader {
     /// # Errors
     /// [`Error::Archive`] on a database error.
     pub fn is_empty(&self) -> Result<bool, Error> {
-        self.conn
-            .query_row("SELECT NOT EXISTS (SELECT 1 FROM jobs)", [], |r| r.get(0))
-            .map_err(|e| db_error("count", e))
+        self.backend.borrow_mut().is_empty()
     }
 
-    /// The row of `id`, if any, as of this reader's read transaction: lookups share one
-    /// transaction for up to 1,024 calls, so rows committed meanwhile may not be seen yet (the
-    /// engine checks the archive as it was when the run started).
+    /// The row of `id`, if any. A SQLite reader shares one read transaction over up to 1,024
+    /// lookups, so rows committed meanwhile may not be seen yet (the engine checks the archive
+    /// as it was when the run started).
     ///
     /// # Errors
     /// [`Error::Archive`] on a database error.
     pub fn lookup(&self, id: &str) -> Result<Option<Row>, Error> {
-        match self.in_transaction.get() {
-            0 => self
-                .conn
-                .execute_batch("BEGIN")
-                .map_err(|e| db_error("begin read", e))?,
-            LOOKUPS_PER_TRANSACTION.. => {
-                self.conn
-                    .execute_batch("COMMIT; BEGIN")
-                    .map_err(|e| db_error("renew read", e))?;
-                self.in_transaction.set(0);
-            }
-            _ => {}
-        }
-        self.in_transaction.set(self.in_transaction.get() + 1);
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT status, path, size, sha256, etag, last_modified, verified, error_class, blake3, segments FROM jobs WHERE id = ?1",
-            )
-            .map_err(|e| db_error("prepare lookup", e))?;
-        stmt.query_row([id], |r| {
-            Ok(Row {
-                status: RowStatus::parse(&r.get::<_, String>(0)?),
-                path: r.get(1)?,
-                size: r.get::<_, Option<i64>>(2)?.and_then(|s| u64::try_from(s).ok()),
-                sha256: r.get(3)?,
-                blake3: r.get(8)?,
-                segments: r.get(9)?,
-                etag: r.get(4)?,
-                last_modified: r.get(5)?,
-                verified: r.get(6)?,
-                stale: r.get::<_, Option<String>>(7)?.as_deref() == Some(STALE),
-            })
-        })
-        .optional()
-        .map_err(|e| db_error("lookup", e))
+        self.backend.borrow_mut().lookup(id)
     }
 
     /// The id of the done job whose file is `path`, if any.
@@ -503,13 +372,7 @@ impl ArchiveReader {
     /// # Errors
     /// [`Error::Archive`] on a database error.
     pub fn owner_of(&self, path: &str) -> Result<Option<String>, Error> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT id FROM jobs WHERE path = ?1 AND status = 'done' LIMIT 1")
-            .map_err(|e| db_error("prepare path lookup", e))?;
-        stmt.query_row([path], |r| r.get(0))
-            .optional()
-            .map_err(|e| db_error("path lookup", e))
+        self.backend.borrow_mut().owner_of(path)
     }
 
     /// Counts and bytes by status.
@@ -517,20 +380,7 @@ impl ArchiveReader {
     /// # Errors
     /// [`Error::Archive`] on a database error.
     pub fn counts(&self) -> Result<Vec<(String, u64, u64)>, Error> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT status, COUNT(*), COALESCE(SUM(size), 0) FROM jobs GROUP BY status ORDER BY status")
-            .map_err(|e| db_error("status", e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get::<_, i64>(1)?.unsigned_abs(),
-                    r.get::<_, i64>(2)?.unsigned_abs(),
-                ))
-            })
-            .map_err(|e| db_error("status", e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| db_error("status", e))
+        self.backend.borrow_mut().counts()
     }
 
     /// Failed jobs grouped by error class, HTTP status and host of the URL.
@@ -538,28 +388,17 @@ impl ArchiveReader {
     /// # Errors
     /// [`Error::Archive`] on a database error.
     pub fn failure_groups(&self) -> Result<Vec<FailureGroup>, Error> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT url, COALESCE(error_class, ''), http_status, COALESCE(error, '') FROM jobs WHERE status = 'failed'")
-            .map_err(|e| db_error("failures", e))?;
         let mut groups: std::collections::BTreeMap<(String, String, String), (u64, String)> = Default::default();
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<u16>>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            })
-            .map_err(|e| db_error("failures", e))?;
-        for row in rows {
-            let (url, class, status, error) = row.map_err(|e| db_error("failures", e))?;
-            let host = url::Url::parse(&url).map_or_else(|_| "?".to_owned(), |u| crate::job::host_key(&u));
-            let reason = status.map_or_else(|| class.clone(), |s| format!("http {s}"));
-            let entry = groups.entry((reason, class, host)).or_insert((0, error));
+        self.backend.borrow_mut().failed(&mut |row| {
+            let class = row.class.unwrap_or_default();
+            let host = url::Url::parse(&row.url).map_or_else(|_| "?".to_owned(), |u| crate::job::host_key(&u));
+            let reason = row.http_status.map_or_else(|| class.clone(), |s| format!("http {s}"));
+            let entry = groups
+                .entry((reason, class, host))
+                .or_insert((0, row.error.unwrap_or_default()));
             entry.0 += 1;
-        }
+            Ok(())
+        })?;
         Ok(groups
             .into_iter()
             .map(|((reason, class, host), (count, example))| FailureGroup {
@@ -578,26 +417,11 @@ impl ArchiveReader {
     /// # Errors
     /// [`Error::Archive`] on a database error, or the visitor's error.
     pub fn for_each_failed(&self, mut visit: impl FnMut(&str) -> Result<(), Error>) -> Result<(), Error> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, url, spec, path FROM jobs WHERE status = 'failed' ORDER BY id")
-            .map_err(|e| db_error("failed jobs", e))?;
-        let mut rows = stmt.query([]).map_err(|e| db_error("failed jobs", e))?;
-        while let Some(row) = rows.next().map_err(|e| db_error("failed jobs", e))? {
-            let spec: Option<String> = row.get(2).map_err(|e| db_error("failed jobs", e))?;
-            let line = match spec {
-                Some(spec) => spec,
-                None => {
-                    // A row of an archive older than the spec column: what it kept.
-                    let id: String = row.get(0).map_err(|e| db_error("failed jobs", e))?;
-                    let url: String = row.get(1).map_err(|e| db_error("failed jobs", e))?;
-                    let path: Option<String> = row.get(3).map_err(|e| db_error("failed jobs", e))?;
-                    serde_json::json!({ "id": id, "url": url, "path": path }).to_string()
-                }
-            };
-            visit(&line)?;
-        }
-        Ok(())
+        self.backend.borrow_mut().failed(&mut |row| match &row.spec {
+            Some(spec) => visit(spec),
+            // A row of an archive older than the spec column: what it kept.
+            None => visit(&serde_json::json!({ "id": row.id, "url": row.url, "path": row.path }).to_string()),
+        })
     }
 }
 
@@ -647,6 +471,37 @@ pub struct Journal {
 }
 
 impl Journal {
+    /// Starts the writer thread on `backend`.
+    fn start(backend: Box<dyn Backend>, max_records: usize, max_delay: Duration) -> Self {
+        let queue = Arc::new(Queue {
+            state: Mutex::new(QueueState {
+                batcher: Batcher::new(max_records, max_delay),
+                flush_asked: 0,
+                flush_done: 0,
+                closed: false,
+                failure: None,
+            }),
+            work: Condvar::new(),
+            flushed: Condvar::new(),
+        });
+        let writer_queue = Arc::clone(&queue);
+        let handle = thread::Builder::new()
+            .name("haul-archive".into())
+            .spawn(move || writer_loop(backend, &writer_queue));
+        let handle = match handle {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                queue.state.lock().expect("journal queue").failure =
+                    Some(format!("cannot start the archive writer: {e}"));
+                None
+            }
+        };
+        Self {
+            queue,
+            handle: Mutex::new(handle),
+        }
+    }
+
     /// Queues a record; never waits for the database. Fails only when the writer has failed (a
     /// fatal error) or the journal is closed.
     ///
@@ -717,7 +572,7 @@ impl Drop for Journal {
     }
 }
 
-fn writer_loop(conn: &Connection, queue: &Queue) {
+fn writer_loop(mut backend: Box<dyn Backend>, queue: &Queue) {
     let mut state = queue.state.lock().expect("journal queue");
     loop {
         let now = Instant::now();
@@ -730,13 +585,17 @@ fn writer_loop(conn: &Connection, queue: &Queue) {
             let result = if batch.is_empty() {
                 Ok(())
             } else {
-                write_batch(conn, &batch)
+                backend.write(&batch)
             };
             state = queue.state.lock().expect("journal queue");
             if let Err(e) = result {
+                let why = match e {
+                    Error::Archive(why) => why,
+                    other => other.to_string(),
+                };
                 state
                     .failure
-                    .get_or_insert_with(|| format!("cannot write the archive: {e}"));
+                    .get_or_insert_with(|| format!("cannot write the archive: {why}"));
             }
             state.flush_done = ticket;
             queue.flushed.notify_all();
@@ -758,49 +617,6 @@ fn writer_loop(conn: &Connection, queue: &Queue) {
     }
 }
 
-fn write_batch(conn: &Connection, batch: &[Record]) -> rusqlite::Result<()> {
-    let tx = conn.unchecked_transaction()?;
-    {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO jobs (id, url, path, size, sha256, etag, last_modified, status, http_status,
-                               error_class, error, attempts, first_seen, updated, verified, spec,
-                               blake3, segments)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15, ?16, ?17)
-             ON CONFLICT(id) DO UPDATE SET
-               url = excluded.url, path = excluded.path, size = excluded.size,
-               sha256 = excluded.sha256, blake3 = excluded.blake3, segments = excluded.segments,
-               etag = excluded.etag, verified = excluded.verified,
-               last_modified = excluded.last_modified, status = excluded.status,
-               http_status = excluded.http_status, error_class = excluded.error_class,
-               error = excluded.error, attempts = jobs.attempts + excluded.attempts, spec = excluded.spec,
-               updated = excluded.updated",
-        )?;
-        let now = now_secs();
-        for r in batch {
-            stmt.execute(params![
-                r.id,
-                r.url,
-                r.path,
-                r.size.map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
-                r.sha256,
-                r.etag,
-                r.last_modified,
-                r.status.as_str(),
-                r.http_status,
-                r.error_class,
-                r.error,
-                r.attempts,
-                now,
-                r.verified,
-                r.spec,
-                r.blake3,
-                r.segments,
-            ])?;
-        }
-    }
-    tx.commit()
-}
-
 /// Imports a text file of ids (one per line, as yt-dlp and gallery-dl keep them) as done rows,
 /// so those jobs are skipped. Returns how many ids were new.
 ///
@@ -816,27 +632,24 @@ fn write_batch(conn: &Connection, batch: &[Record]) -> rusqlite::Result<()> {
 /// assert_eq!(reader.lookup("youtube abc").unwrap().unwrap().status, haul::archive::RowStatus::Done);
 /// ```
 pub fn import_ids(archive: &Archive, input: impl std::io::BufRead) -> Result<u64, Error> {
-    let mut conn = open_connection(archive.path())?;
-    let tx = conn.transaction().map_err(|e| db_error("import", e))?;
+    /// Ids per transaction.
+    const CHUNK: usize = 10_000;
+    let mut backend = archive.location.connect()?;
     let mut added = 0;
-    {
-        let mut stmt = tx
-            .prepare(
-                "INSERT INTO jobs (id, url, status, attempts, first_seen, updated)
-                 VALUES (?1, '', 'done', 0, ?2, ?2) ON CONFLICT(id) DO NOTHING",
-            )
-            .map_err(|e| db_error("import", e))?;
-        let now = now_secs();
-        for line in input.lines() {
-            let line = line.map_err(|e| Error::io("read", "import file", e))?;
-            let id = line.trim();
-            if id.is_empty() || id.starts_with('#') {
-                continue;
-            }
-            added += stmt.execute(params![id, now]).map_err(|e| db_error("import", e))? as u64;
+    let mut chunk = Vec::with_capacity(CHUNK);
+    for line in input.lines() {
+        // A read error stops the import; the chunks before it stay imported.
+        let line = line.map_err(|e| Error::io("read", "import file", e))?;
+        let id = line.trim();
+        if id.is_empty() || id.starts_with('#') {
+            continue;
+        }
+        chunk.push(id.to_owned());
+        if chunk.len() == CHUNK {
+            added += backend.import_ids(&mut chunk.drain(..))?;
         }
     }
-    tx.commit().map_err(|e| db_error("import", e))?;
+    added += backend.import_ids(&mut chunk.drain(..))?;
     Ok(added)
 }
 

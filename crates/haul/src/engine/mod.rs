@@ -337,8 +337,8 @@ impl Engine {
             store = store.with_bucket(crate::store::Bucket::open(spec)?);
         }
         let store = Arc::new(store);
-        let archive = match config.archive_path() {
-            Some(path) => Some(Archive::open(&path, config.wait_archive)?),
+        let archive = match config.archive_location() {
+            Some(location) => Some(Archive::open_at(&location, config.wait_archive)?),
             None => None,
         };
         let journal = match &archive {

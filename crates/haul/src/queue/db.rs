@@ -10,13 +10,17 @@ use crate::error::Error;
 /// Longest pause between two reconnection tries.
 const MAX_WAIT: Duration = Duration::from_secs(2);
 
-pub(super) fn queue_error(context: &str, e: impl std::fmt::Display) -> Error {
+pub(crate) fn queue_error(context: &str, e: impl std::fmt::Display) -> Error {
     Error::Queue(format!("{context}: {e}"))
+}
+
+fn archive_error(context: &str, e: impl std::fmt::Display) -> Error {
+    Error::Archive(format!("{context}: {e}"))
 }
 
 /// The error text of a PostgreSQL error: the server's message when there is one (the client's
 /// `Display` says only "db error").
-pub(super) fn describe(e: &postgres::Error) -> String {
+pub(crate) fn describe(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => e.to_string(),
@@ -44,33 +48,53 @@ fn is_transient(e: &postgres::Error) -> bool {
 }
 
 /// One connection, reopened on demand.
-pub(super) struct Db {
+pub(crate) struct Db {
     url: String,
     client: Option<Client>,
     patience: Duration,
+    /// Makes this connection's errors: the queue's, or an archive's.
+    error: fn(&str, String) -> Error,
+    /// What it connects to, for messages ("the queue", "the archive").
+    what: &'static str,
 }
 
 impl Db {
     /// Connects now: a refused connection or a bad URL is an error at once (a usage mistake
     /// is not waited out).
-    pub(super) fn connect(url: &str, patience: Duration) -> Result<Self, Error> {
+    pub(crate) fn connect(url: &str, patience: Duration) -> Result<Self, Error> {
+        Self::connect_as(url, patience, "the queue", queue_error)
+    }
+
+    /// As [`Db::connect`], for an archive in PostgreSQL: its errors are archive errors.
+    pub(crate) fn connect_archive(url: &str, patience: Duration) -> Result<Self, Error> {
+        Self::connect_as(url, patience, "the archive", archive_error)
+    }
+
+    fn connect_as(
+        url: &str,
+        patience: Duration,
+        what: &'static str,
+        error: fn(&str, String) -> Error,
+    ) -> Result<Self, Error> {
         let client =
-            Client::connect(url, NoTls).map_err(|e| queue_error("cannot connect to the queue", describe(&e)))?;
+            Client::connect(url, NoTls).map_err(|e| error(&format!("cannot connect to {what}"), describe(&e)))?;
         Ok(Self {
             url: url.to_owned(),
             client: Some(client),
             patience,
+            error,
+            what,
         })
     }
 
     /// The URL it connects to.
-    pub(super) fn url(&self) -> &str {
+    pub(crate) fn url(&self) -> &str {
         &self.url
     }
 
     /// Runs `work` (one transaction or statement); on a transient error, reconnects and runs it
     /// again, until `patience` has passed since the first try.
-    pub(super) fn run<T>(
+    pub(crate) fn run<T>(
         &mut self,
         what: &str,
         mut work: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
@@ -85,11 +109,11 @@ impl Db {
                         self.client = None;
                         describe(&e)
                     }
-                    Err(e) => return Err(queue_error(what, describe(&e))),
+                    Err(e) => return Err((self.error)(what, describe(&e))),
                 },
                 _ => match Client::connect(&self.url, NoTls) {
                     Ok(client) => {
-                        tracing::info!(target: "haul::queue", "reconnected to the queue");
+                        tracing::info!(target: "haul::queue", "reconnected to {}", self.what);
                         self.client = Some(client);
                         continue;
                     }
@@ -97,12 +121,12 @@ impl Db {
                 },
             };
             if started.elapsed() >= self.patience {
-                return Err(queue_error(
+                return Err((self.error)(
                     what,
-                    format!("the queue was unreachable for {:?}: {failure}", self.patience),
+                    format!("{} was unreachable for {:?}: {failure}", self.what, self.patience),
                 ));
             }
-            tracing::warn!(target: "haul::queue", %failure, "queue connection lost; retrying");
+            tracing::warn!(target: "haul::queue", %failure, "connection to {} lost; retrying", self.what);
             std::thread::sleep(wait);
             wait = (wait * 2).min(MAX_WAIT);
         }

@@ -15,7 +15,7 @@
 //! A Retry-After one worker is given pauses the host for every worker (`haul_hosts`).
 //! On a stop (SIGTERM, Ctrl-C), the leases of jobs not finished go back to the queue at once.
 
-mod db;
+pub(crate) mod db;
 mod keeper;
 
 use std::collections::{HashMap, VecDeque};

@@ -1,5 +1,6 @@
 //! Integration tests of the haul library against a real nginx and haul's fault server.
 
+mod archive;
 mod faults;
 mod polite;
 mod props;
