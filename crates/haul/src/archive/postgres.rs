@@ -26,10 +26,10 @@ const PAGE: i64 = 1000;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS haul_archive (
-    name          TEXT NOT NULL,
-    id            TEXT NOT NULL,
+    name          TEXT COLLATE \"C\" NOT NULL, -- byte order: keys compare by memcmp
+    id            TEXT COLLATE \"C\" NOT NULL,
     url           TEXT NOT NULL,
-    path          TEXT,
+    path          TEXT COLLATE \"C\",
     size          BIGINT,
     sha256        TEXT,
     etag          TEXT,

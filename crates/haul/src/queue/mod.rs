@@ -39,10 +39,10 @@ pub const DEFAULT_NAME: &str = "default";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS haul_jobs (
-    name        TEXT NOT NULL,
-    id          TEXT NOT NULL,
+    name        TEXT COLLATE \"C\" NOT NULL, -- byte order: keys compare by memcmp, not the locale's rules
+    id          TEXT COLLATE \"C\" NOT NULL,
     seq         BIGSERIAL,
-    host        TEXT NOT NULL,
+    host        TEXT COLLATE \"C\" NOT NULL,
     spec        TEXT NOT NULL,
     state       TEXT NOT NULL DEFAULT 'queued',
     attempt     INTEGER NOT NULL DEFAULT 0,
@@ -90,8 +90,8 @@ BEGIN
 END
 $$;
 CREATE TABLE IF NOT EXISTS haul_hosts (
-    name       TEXT NOT NULL,
-    host       TEXT NOT NULL,
+    name       TEXT COLLATE \"C\" NOT NULL,
+    host       TEXT COLLATE \"C\" NOT NULL,
     cool_until TIMESTAMPTZ,
     reason     TEXT,
     PRIMARY KEY (name, host)
