@@ -146,13 +146,17 @@ def main():
         rates = {"haul enqueue": [], "psql COPY + INSERT … ON CONFLICT": []}
         for r in range(args.rounds):
             reset(url)
+            # Each timed load starts from a checkpoint: the last round's dirty pages and WAL are
+            # not flushed during this one (the same for both).
+            psql(url, "CHECKPOINT")
             started = time.perf_counter()
             subprocess.run([str(HAUL), "enqueue", "-i", str(big)], env=dict(os.environ, HAUL_QUEUE=url), check=True,
                            stderr=subprocess.DEVNULL)
             rates["haul enqueue"].append(args.enqueue_lines / (time.perf_counter() - started))
-            psql(url, "DROP TABLE IF EXISTS peer_jobs; CREATE TABLE peer_jobs (name TEXT, id TEXT, seq BIGSERIAL, "
-                      "host TEXT, spec TEXT, PRIMARY KEY (name, id)); "
+            psql(url, "DROP TABLE IF EXISTS peer_jobs; CREATE TABLE peer_jobs (name TEXT COLLATE \"C\", "
+                      "id TEXT COLLATE \"C\", seq BIGSERIAL, host TEXT COLLATE \"C\", spec TEXT, PRIMARY KEY (name, id)); "
                       "CREATE INDEX ON peer_jobs (name, host, seq)")
+            psql(url, "CHECKPOINT")
             started = time.perf_counter()
             psql(url, "CREATE TEMP TABLE incoming (id TEXT)", f"\\copy incoming FROM '{big}'",
                  "INSERT INTO peer_jobs (name, id, host, spec) SELECT 'default', id, '127.0.0.1', id FROM incoming "
