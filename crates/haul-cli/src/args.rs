@@ -357,6 +357,11 @@ pub(crate) struct GetArgs {
     /// Refuse files larger than this (e.g. 2GiB), with or without a Content-Length
     #[arg(help_heading = "Failures and limits", long, value_parser = parse_size)]
     pub(crate) max_size: Option<u64>,
+    /// Threads that receive and parse responses. 2 (the default) is faster from about 100 KB per
+    /// file up (1.27× on 150 KB files, 1.18× on 100 MB, on loopback); 1 spends a quarter less CPU
+    /// on lists of tiny files at about the same speed
+    #[arg(help_heading = "HTTP", long, default_value_t = 2, value_name = "N")]
+    pub(crate) threads: usize,
     /// Connections per large file when one stream is slow (after 250 ms it would need over a
     /// second more): ranges fetched at once into one part file, each counted against the host's
     /// limit (1: always one stream). Needs a known size, byte ranges and an ETag or Last-Modified

@@ -112,10 +112,7 @@ pub(crate) fn work(args: WorkArgs) -> Result<Exit, Failure> {
             "note: saving into the current directory, {here} (-o DIR to choose)"
         );
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| fail(Exit::Fatal, e))?;
+    let runtime = crate::network_runtime(get.threads)?;
     let report = crate::open_report(get.report.as_deref())?;
     let quiet = get.quiet;
     let exit = runtime.block_on(crate::run(args.get, config, Box::new(jobs), report, Some(&worker)));
