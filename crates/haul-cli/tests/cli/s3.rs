@@ -63,6 +63,14 @@ fn assert_bucket(s3: &S3Server, prefix: &str, files: &[(String, String, String, 
     assert_eq!(s3.open_uploads(BUCKET), 0, "no multipart upload left open");
 }
 
+/// `haul get -i LIST -o s3://haul-test/PREFIX --stage-dir STAGE` followed by `extra`.
+fn get_to(s3: &S3Server, list: &Path, prefix: &str, stage: &Path, extra: &[&str]) -> Output {
+    let output = format!("s3://{BUCKET}/{prefix}");
+    let mut args = vec!["get", "-i", path(list), "-o", &output, "--stage-dir", path(stage)];
+    args.extend_from_slice(extra);
+    run_s3(s3, &args)
+}
+
 fn puts(s3: &S3Server) -> usize {
     s3.requests().iter().filter(|r| r.starts_with("PUT ")).count()
 }
@@ -145,21 +153,12 @@ fn an_object_in_the_way_is_replaced_or_refused_as_on_exists_says() {
     s3.put(BUCKET, "out/f01.bin", b"an older version");
 
     let stage = dir.path().join("stage-fail");
-    let refused = run_s3(
+    let refused = get_to(
         &s3,
-        &[
-            "get",
-            "-i",
-            path(&list),
-            "-o",
-            "s3://haul-test/out",
-            "--stage-dir",
-            path(&stage),
-            "--on-exists",
-            "fail",
-            "--progress",
-            "none",
-        ],
+        &list,
+        "out",
+        &stage,
+        &["--on-exists", "fail", "--progress", "none"],
     );
     assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
     assert!(
@@ -171,37 +170,11 @@ fn an_object_in_the_way_is_replaced_or_refused_as_on_exists_says() {
 
     // The default (skip): an object that is not the manifest's file is replaced.
     let stage = dir.path().join("stage-skip");
-    let replaced = run_s3(
-        &s3,
-        &[
-            "get",
-            "-i",
-            path(&list),
-            "-o",
-            "s3://haul-test/out",
-            "--stage-dir",
-            path(&stage),
-            "--progress",
-            "none",
-        ],
-    );
+    let replaced = get_to(&s3, &list, "out", &stage, &["--progress", "none"]);
     assert_eq!(replaced.status.code(), Some(0), "{}", stderr(&replaced));
     assert_bucket(&s3, "out", &files);
 
-    let rename = run_s3(
-        &s3,
-        &[
-            "get",
-            "-i",
-            path(&list),
-            "-o",
-            "s3://haul-test/out",
-            "--stage-dir",
-            path(&stage),
-            "--on-exists",
-            "rename",
-        ],
-    );
+    let rename = get_to(&s3, &list, "out", &stage, &["--on-exists", "rename"]);
     assert_eq!(rename.status.code(), Some(3), "{}", stderr(&rename));
     assert!(stderr(&rename).contains("--on-exists rename is not supported with a bucket"));
 }

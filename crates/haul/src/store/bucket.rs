@@ -154,7 +154,7 @@ impl Bucket {
 
     /// Uploads the verified part file `file` (`len` bytes, `digests`) to `rel`; replaces an
     /// object there only when `replace`. `staging` names this upload's staging key. Runs on a
-    /// blocking thread of the engine's runtime.
+    /// blocking thread of the engine's runtime (it waits for the upload there).
     pub(crate) fn upload(
         &self,
         file: &File,
@@ -164,56 +164,45 @@ impl Bucket {
         staging: &str,
         replace: bool,
     ) -> Result<(), Error> {
-        let runtime = tokio::runtime::Handle::current();
-        runtime.block_on(self.upload_async(file, len, digests, rel, staging, replace))
-    }
-
-    async fn upload_async(
-        &self,
-        file: &File,
-        len: u64,
-        digests: &FileDigests,
-        rel: &str,
-        staging: &str,
-        replace: bool,
-    ) -> Result<(), Error> {
-        let key = self.key(rel);
-        let attributes = metadata(digests);
-        let result = if len <= SINGLE_PUT_MAX {
-            let body = read_at(file, 0, len).map_err(|e| Error::io("read", rel, e))?;
-            let options = PutOptions {
-                mode: if replace { PutMode::Overwrite } else { PutMode::Create },
-                attributes,
-                ..PutOptions::default()
+        tokio::runtime::Handle::current().block_on(async {
+            let key = self.key(rel);
+            let attributes = metadata(digests);
+            let result = if len <= SINGLE_PUT_MAX {
+                let body = read_at(file, 0, len).map_err(|e| Error::io("read", rel, e))?;
+                let options = PutOptions {
+                    mode: if replace { PutMode::Overwrite } else { PutMode::Create },
+                    attributes,
+                    ..PutOptions::default()
+                };
+                self.store
+                    .put_opts(&key, PutPayload::from(body), options)
+                    .await
+                    .map(drop)
+            } else {
+                let stage = self.key(&format!("{STAGING}/{staging}"));
+                self.put_parts(file, len, &stage, attributes, rel).await?;
+                let mode = if replace { CopyMode::Overwrite } else { CopyMode::Create };
+                let copied = self
+                    .store
+                    .copy_opts(&stage, &key, CopyOptions::new().with_mode(mode))
+                    .await;
+                // Copied or not, the staging object has served: it goes either way.
+                let _ = self.store.delete(&stage).await;
+                copied
             };
-            self.store
-                .put_opts(&key, PutPayload::from(body), options)
-                .await
-                .map(drop)
-        } else {
-            let stage = self.key(&format!("{STAGING}/{staging}"));
-            self.put_parts(file, len, &stage, attributes, rel).await?;
-            let mode = if replace { CopyMode::Overwrite } else { CopyMode::Create };
-            let copied = self
-                .store
-                .copy_opts(&stage, &key, CopyOptions::new().with_mode(mode))
-                .await;
-            // Copied or not, the staging object has served: it goes either way.
-            let _ = self.store.delete(&stage).await;
-            copied
-        };
-        match result {
-            Ok(()) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-                // Another worker (or an earlier run) put an object there meanwhile: fine when it
-                // is this very file, a conflict when not.
-                match self.head(rel).await? {
-                    Some((size, found)) if size == len && same_content(digests, &found) => Ok(()),
-                    _ => Err(Error::Exists(self.display(rel))),
+            match result {
+                Ok(()) => Ok(()),
+                Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                    // Another worker (or an earlier run) put an object there meanwhile: fine when it
+                    // is this very file, a conflict when not.
+                    match self.head(rel).await? {
+                        Some((size, found)) if size == len && same_content(digests, &found) => Ok(()),
+                        _ => Err(Error::Exists(self.display(rel))),
+                    }
                 }
+                Err(e) => Err(self.fail("upload to", rel, &e)),
             }
-            Err(e) => Err(self.fail("upload to", rel, &e)),
-        }
+        })
     }
 
     /// Uploads `file` to `stage` as a multipart upload, reading one part at a time.
