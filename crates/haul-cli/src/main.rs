@@ -702,6 +702,13 @@ fn failed(arg: Option<&Path>) -> Result<Exit> {
 /// replaced, by the next run).
 fn verify(args: &args::VerifyArgs) -> Result<Exit> {
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));
+    if let Some(bucket) = haul::store::staged_for(&dir) {
+        anyhow::bail!(
+            "{} stages uploads to {bucket}: haul verify checks files in a local output directory, and the \
+             bucket's objects are not there (nothing was marked)",
+            dir.display()
+        );
+    }
     let location = match args
         .archive
         .as_ref()

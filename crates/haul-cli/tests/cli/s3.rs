@@ -114,6 +114,15 @@ fn get_to_a_bucket_uploads_verified_objects_and_a_rerun_uploads_nothing() {
         assert!(!stage.join(name).exists(), "{name} is not left on local disk");
     }
 
+    // `haul verify` on a staging directory would find every file missing: refused, nothing marked.
+    let verify = run_s3(&s3, &["verify", path(&stage)]);
+    assert_eq!(verify.status.code(), Some(3), "{}", stderr(&verify));
+    assert!(
+        stderr(&verify).contains("stages uploads to s3://haul-test/photos/2026"),
+        "{}",
+        stderr(&verify)
+    );
+
     // A rerun: the archive in the staging directory skips every job.
     let before = (puts(&s3), server.total_hits());
     let again = run_s3(&s3, &args);

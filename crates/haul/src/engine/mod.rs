@@ -334,7 +334,7 @@ impl Engine {
             config.shared_output.as_deref(),
         )?;
         if let Some(spec) = &config.bucket {
-            store = store.with_bucket(crate::store::Bucket::open(spec)?);
+            store = store.with_bucket(crate::store::Bucket::open(spec)?)?;
         }
         let store = Arc::new(store);
         let archive = match config.archive_location() {

@@ -50,6 +50,9 @@ pub(crate) struct Bucket {
     prefix: String,
     /// `s3://BUCKET/PREFIX`, for messages.
     shown: String,
+    /// Names this process's staging keys (process id and start time), so that runs on other
+    /// machines never share one.
+    run: String,
 }
 
 impl Bucket {
@@ -82,11 +85,20 @@ impl Bucket {
         } else {
             format!("s3://{bucket}/{prefix}")
         };
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         Ok(Self {
             store: Arc::new(store),
             prefix,
             shown,
+            run: format!("{}-{started:x}", std::process::id()),
         })
+    }
+
+    /// `s3://BUCKET/PREFIX`.
+    pub(crate) fn url(&self) -> &str {
+        &self.shown
     }
 
     /// The key of the destination `rel`.
@@ -179,7 +191,7 @@ impl Bucket {
                     .await
                     .map(drop)
             } else {
-                let stage = self.key(&format!("{STAGING}/{staging}"));
+                let stage = self.key(&format!("{STAGING}/{}-{staging}", self.run));
                 self.put_parts(file, len, &stage, attributes, rel).await?;
                 let mode = if replace { CopyMode::Overwrite } else { CopyMode::Create };
                 let copied = self

@@ -217,10 +217,13 @@ impl Store {
         })
     }
 
-    /// Uploads finished files to `bucket` instead of renaming them into the directory.
-    pub(crate) fn with_bucket(mut self, bucket: Bucket) -> Self {
+    /// Uploads finished files to `bucket` instead of renaming them into the directory, which
+    /// then only stages them. Notes the bucket in the state directory (see [`staged_for`]).
+    pub(crate) fn with_bucket(mut self, bucket: Bucket) -> Result<Self, Error> {
+        let note = self.state_path(BUCKET_NOTE);
+        std::fs::write(&note, bucket.url()).map_err(|e| Error::io("write", &note, e))?;
         self.bucket = Some(bucket);
-        self
+        Ok(self)
     }
 
     /// The bucket finished files go to, if any.
@@ -475,6 +478,17 @@ impl Store {
         let total = digests.read_from(&mut file, &path, None)?;
         Ok((total, digests.finish()))
     }
+}
+
+/// The file in haul's state directory that names the bucket a staging directory uploads to.
+const BUCKET_NOTE: &str = "bucket";
+
+/// The bucket (`s3://BUCKET/PREFIX`) whose uploads `dir` stages, if it is a staging directory:
+/// its files are not in `dir`, so a check of `dir` against the archive would find them all
+/// missing.
+#[must_use]
+pub fn staged_for(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join(STATE_DIR).join(BUCKET_NOTE)).ok()
 }
 
 /// The name of the temporary file of a destination: a hash of its relative path, so two

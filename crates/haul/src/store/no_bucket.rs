@@ -18,6 +18,10 @@ impl Bucket {
         )))
     }
 
+    pub(crate) fn url(&self) -> &str {
+        match *self {}
+    }
+
     pub(crate) fn display(&self, _rel: &str) -> String {
         match *self {}
     }
