@@ -34,7 +34,7 @@ fn free_port() -> u16 {
 }
 
 /// A test CA (`ca.pem`) and a server certificate it signed for 127.0.0.1 (`cert.pem`, `key.pem`).
-fn make_certificates(work: &Path) {
+pub(crate) fn make_certificates(work: &Path) {
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
     std::fs::write(
         work.join("leaf.ext"),

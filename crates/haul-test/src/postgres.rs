@@ -31,6 +31,9 @@ pub struct Postgres {
     pid: Option<i32>,
     /// The port on 127.0.0.1.
     pub port: u16,
+    /// With [`Postgres::start_tls`]: the test CA that signed the server's certificate (for
+    /// 127.0.0.1), whose server then accepts TLS.
+    pub ca: Option<PathBuf>,
 }
 
 fn is_root() -> bool {
@@ -63,6 +66,20 @@ impl Postgres {
     /// PostgreSQL is not installed, or does not start.
     #[must_use]
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// As [`Postgres::start`], with TLS on (`ssl=on`, a certificate for 127.0.0.1 signed by a
+    /// test CA, see [`Postgres::ca`]); TCP connections are accepted only over TLS.
+    ///
+    /// # Panics
+    /// PostgreSQL or openssl is not installed, or the server does not start.
+    #[must_use]
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let bin = postgres_binaries().expect("PostgreSQL's server programs (apt-get install postgresql)");
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -102,11 +119,42 @@ impl Postgres {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
+        let ca = tls.then(|| {
+            let certs = dir.with_extension("certs");
+            std::fs::create_dir_all(&certs).expect("create the certificates directory");
+            crate::nginx::make_certificates(&certs);
+            for (from, to) in [("cert.pem", "server.crt"), ("key.pem", "server.key")] {
+                std::fs::copy(certs.join(from), dir.join(to)).expect("copy the certificate");
+            }
+            if is_root() {
+                let ok = Command::new("chown")
+                    .args(["postgres:postgres"])
+                    .arg(dir.join("server.crt"))
+                    .arg(dir.join("server.key"))
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(ok, "chown the certificate to postgres");
+            }
+            let ok = Command::new("chmod")
+                .arg("600")
+                .arg(dir.join("server.key"))
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "chmod the key");
+            // TCP only over TLS: a client that connects in plain TCP is refused.
+            std::fs::write(
+                dir.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .expect("write pg_hba.conf");
+            certs.join("ca.pem")
+        });
         let mut server = Self {
             dir,
             bin,
             pid: None,
             port,
+            ca,
         };
         server.launch();
         server
@@ -114,11 +162,14 @@ impl Postgres {
 
     fn launch(&mut self) {
         let data = self.dir.to_str().expect("utf-8 temp dir").to_owned();
-        let options = format!(
+        let mut options = format!(
             "-c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories={data} -c fsync=off \
              -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
             self.port
         );
+        if self.ca.is_some() {
+            options.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+        }
         let log = format!("{data}/server.log");
         let out = pg(
             &self.bin,
@@ -213,5 +264,8 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop_server();
         let _ = std::fs::remove_dir_all(&self.dir);
+        if self.ca.is_some() {
+            let _ = std::fs::remove_dir_all(self.dir.with_extension("certs"));
+        }
     }
 }

@@ -548,3 +548,44 @@ fn get_status_failed_and_retry_with_an_archive_in_postgres() {
     assert!(!stderr(&refused).contains("password"), "{}", stderr(&refused));
     drop(held);
 }
+
+#[test]
+fn tls_to_postgres_when_the_url_asks_for_it() {
+    // The server takes TCP connections only over TLS (its pg_hba.conf has hostssl lines only).
+    let pg = Postgres::start_tls();
+    let url = pg.database("haul");
+    let ca = pg.ca.clone().expect("the test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let list = manifest(dir.path(), &["http://127.0.0.1:9/a.bin".to_owned()]);
+    let enqueue = |queue: &str| {
+        run_command(
+            {
+                let mut c = haul();
+                c.args(["enqueue", "-i", path(&list), "--queue", queue]);
+                c
+            },
+            None,
+        )
+    };
+    let plain = enqueue(&url);
+    assert_eq!(plain.status.code(), Some(3), "{}", stderr(&plain));
+    assert!(
+        stderr(&plain).contains("cannot connect to the queue"),
+        "{}",
+        stderr(&plain)
+    );
+    // Verified against the URL's sslrootcert: the job is enqueued over TLS.
+    let tls = format!("{url}?sslmode=verify-full&sslrootcert={}", ca.display());
+    let done = enqueue(&tls);
+    assert_eq!(done.status.code(), Some(0), "{}", stderr(&done));
+    assert_eq!(count(&pg, &url, "SELECT count(*) FROM haul_jobs"), 1);
+    // Without the CA, the server's certificate is refused (never silently trusted).
+    let refused = enqueue(&format!("{url}?sslmode=require"));
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("cannot connect to the queue"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(count(&pg, &url, "SELECT count(*) FROM haul_jobs"), 1);
+}

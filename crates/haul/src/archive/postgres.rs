@@ -11,13 +11,13 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use ::postgres::Client;
 use ::postgres::types::Type;
-use ::postgres::{Client, NoTls};
 
 use super::backend::{Backend, FailedRow, Location};
 use super::{DoneRow, Record, Row, RowStatus, STALE, db_error, in_use, now_secs};
 use crate::error::Error;
-use crate::queue::db::{Db, describe};
+use crate::queue::db::{Db, Target, describe};
 
 /// How long statements are retried while the database is unreachable.
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -205,8 +205,11 @@ impl Lock {
     }
 
     fn lock(url: &str, name: &str, wait: bool, location: &Location) -> Result<Client, Error> {
-        let mut client = Client::connect(url, NoTls)
-            .map_err(|e| db_error(&format!("cannot connect to {}", location.display()), describe(&e)))?;
+        let shown = format!("cannot connect to {}", location.display());
+        let mut client = Target::parse(url)
+            .map_err(|e| db_error(&shown, e))?
+            .connect()
+            .map_err(|e| db_error(&shown, describe(&e)))?;
         let mut tx = client
             .transaction()
             .map_err(|e| db_error("create schema", describe(&e)))?;

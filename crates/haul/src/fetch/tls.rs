@@ -92,6 +92,28 @@ pub(crate) fn client_config(pem: &[u8], shown: &str) -> Result<rustls::ClientCon
     Ok(config)
 }
 
+/// A rustls client configuration for a PostgreSQL server: the platform's authorities, plus the
+/// certificates of `pem` (the URL's `sslrootcert`) as for `--ca-cert`; ALPN `postgresql`.
+#[cfg(feature = "queue")]
+pub(crate) fn database_config(pem: Option<(&[u8], &str)>) -> Result<rustls::ClientConfig, Error> {
+    let mut config = match pem {
+        Some((pem, shown)) => client_config(pem, shown)?,
+        None => {
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let verifier = rustls_platform_verifier::Verifier::new(Arc::clone(&provider))
+                .map_err(|e| Error::Url(format!("the platform's certificates: {e}")))?;
+            rustls::ClientConfig::builder_with_provider(provider as Arc<CryptoProvider>)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| Error::Url(e.to_string()))?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth()
+        }
+    };
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(config)
+}
+
 /// A certificate error in words, with what to do, if `cause` is one.
 pub(crate) fn explain(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
     // The TLS layers wrap it in io::Errors (two deep), whose source() skips the inner error:

@@ -4,8 +4,81 @@
 use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::Error;
+
+/// Where a database is and how to reach it: plain TCP, or TLS when its URL asks for it with
+/// `sslmode=require` (or libpq's `verify-ca` / `verify-full`, which this always does: the
+/// server's certificate is verified against the platform's authorities and the URL's
+/// `sslrootcert=FILE`, and must name the host). Other modes (`prefer`, the default, `disable`)
+/// connect in plain TCP, as before.
+#[derive(Clone)]
+pub(crate) struct Target {
+    /// The URL as the client library takes it (without `sslrootcert`, which it does not know).
+    url: String,
+    tls: Option<MakeRustlsConnect>,
+}
+
+impl Target {
+    /// Reads the TLS settings of `url` (a `postgres://` URL; a `key=value` string is taken as
+    /// it is, in plain TCP).
+    pub(crate) fn parse(url: &str) -> Result<Self, String> {
+        let Ok(mut parsed) = url::Url::parse(url) else {
+            return Ok(Self {
+                url: url.to_owned(),
+                tls: None,
+            });
+        };
+        let mut mode = None;
+        let mut root = None;
+        let mut kept = Vec::new();
+        for (key, value) in parsed.query_pairs() {
+            match key.as_ref() {
+                "sslmode" => mode = Some(value.into_owned()),
+                "sslrootcert" => root = Some(value.into_owned()),
+                _ => kept.push((key.into_owned(), value.into_owned())),
+            }
+        }
+        let tls = matches!(mode.as_deref(), Some("require" | "verify-ca" | "verify-full"));
+        if let Some(mode) = mode.as_deref() {
+            // The client knows disable, prefer and require; verification is this side's.
+            kept.push(("sslmode".into(), if tls { "require" } else { mode }.into()));
+        }
+        if kept.is_empty() {
+            parsed.set_query(None);
+        } else {
+            parsed.query_pairs_mut().clear().extend_pairs(kept);
+        }
+        let connector = if tls {
+            let pem = match &root {
+                Some(path) => Some(std::fs::read(path).map_err(|e| format!("sslrootcert {path}: {e}"))?),
+                None => None,
+            };
+            let shown = root.clone().unwrap_or_default();
+            let config = crate::fetch::tls::database_config(pem.as_deref().map(|p| (p, shown.as_str())))
+                .map_err(|e| e.to_string())?;
+            Some(MakeRustlsConnect::new(config))
+        } else {
+            if root.is_some() {
+                return Err("sslrootcert is given but not sslmode=require (or verify-full)".into());
+            }
+            None
+        };
+        Ok(Self {
+            url: parsed.to_string(),
+            tls: connector,
+        })
+    }
+
+    /// Opens a connection.
+    pub(crate) fn connect(&self) -> Result<Client, postgres::Error> {
+        match &self.tls {
+            Some(tls) => Client::connect(&self.url, tls.clone()),
+            None => Client::connect(&self.url, NoTls),
+        }
+    }
+}
 
 /// Longest pause between two reconnection tries.
 const MAX_WAIT: Duration = Duration::from_secs(2);
@@ -50,6 +123,7 @@ fn is_transient(e: &postgres::Error) -> bool {
 /// One connection, reopened on demand.
 pub(crate) struct Db {
     url: String,
+    target: Target,
     client: Option<Client>,
     patience: Duration,
     /// Makes this connection's errors: the queue's, or an archive's.
@@ -76,10 +150,13 @@ impl Db {
         what: &'static str,
         error: fn(&str, String) -> Error,
     ) -> Result<Self, Error> {
-        let client =
-            Client::connect(url, NoTls).map_err(|e| error(&format!("cannot connect to {what}"), describe(&e)))?;
+        let target = Target::parse(url).map_err(|e| error(&format!("cannot connect to {what}"), e))?;
+        let client = target
+            .connect()
+            .map_err(|e| error(&format!("cannot connect to {what}"), describe(&e)))?;
         Ok(Self {
             url: url.to_owned(),
+            target,
             client: Some(client),
             patience,
             error,
@@ -111,7 +188,7 @@ impl Db {
                     }
                     Err(e) => return Err((self.error)(what, describe(&e))),
                 },
-                _ => match Client::connect(&self.url, NoTls) {
+                _ => match self.target.connect() {
                     Ok(client) => {
                         tracing::info!(target: "haul::queue", "reconnected to {}", self.what);
                         self.client = Some(client);
