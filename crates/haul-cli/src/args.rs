@@ -88,7 +88,8 @@ Examples (one database, any number of workers, a shared directory):
 /// Where the queue is.
 #[derive(Debug, Args)]
 pub(crate) struct QueueArgs {
-    /// The queue: a PostgreSQL URL (postgres://user@host:port/database)
+    /// The queue: a PostgreSQL URL (postgres://user@host:port/database; add
+    /// ?sslmode=verify-full[&sslrootcert=FILE] for TLS)
     // The URL may hold a password: --help names the variable, never its value.
     #[arg(
         help_heading = "Queue",
