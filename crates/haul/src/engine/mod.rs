@@ -314,8 +314,6 @@ impl Engine {
         if let Some(notice) = &fit.notice {
             reporter.on_notice(notice);
         }
-        // The output directory's lock (taken by the store before it looks inside), then the
-        // archive's: a second haul on either stops here.
         if config.bucket.is_some() && (config.on_exists == OnExists::Rename || config.digest == DigestKind::None) {
             if config.on_exists == OnExists::Rename {
                 return Err(Error::Bucket(
@@ -327,6 +325,8 @@ impl Engine {
             with_digest.digest = DigestKind::Sha256;
             config = Arc::new(with_digest);
         }
+        // The output directory's lock (taken by the store before it looks inside), then the
+        // archive's: a second haul on either stops here.
         let mut store = Store::open(
             &config.output_dir,
             config.fsync,
