@@ -153,10 +153,16 @@ impl Location {
             #[cfg(feature = "queue")]
             Self::Postgres { url, name } => Ok(Box::new(super::postgres::Postgres::connect(url, name)?)),
             #[cfg(not(feature = "queue"))]
-            Self::Postgres { .. } => Err(Error::Archive(format!(
-                "{}: this haul was built without PostgreSQL (the `queue` feature)",
-                self.display()
-            ))),
+            Self::Postgres { .. } => Err(self.unsupported()),
         }
+    }
+
+    /// The error of a PostgreSQL location in a build without PostgreSQL.
+    #[cfg(not(feature = "queue"))]
+    pub(crate) fn unsupported(&self) -> Error {
+        Error::Archive(format!(
+            "{}: this haul was built without PostgreSQL (the `queue` feature)",
+            self.display()
+        ))
     }
 }

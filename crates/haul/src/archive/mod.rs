@@ -218,10 +218,7 @@ impl Archive {
             #[cfg(feature = "queue")]
             Location::Postgres { url, name } => Lock::Postgres(postgres::Lock::take(url, name, wait, location)?),
             #[cfg(not(feature = "queue"))]
-            Location::Postgres { .. } => {
-                location.connect()?;
-                unreachable!("connect fails without the queue feature")
-            }
+            Location::Postgres { .. } => return Err(location.unsupported()),
         };
         if let Location::File(path) = location {
             sqlite::Sqlite::create(path)?;

@@ -236,6 +236,52 @@ impl Lock {
     }
 }
 
+/// A batch as one array per column (moved out of the records, not copied).
+#[derive(Default)]
+struct Columns {
+    ids: Vec<String>,
+    urls: Vec<String>,
+    paths: Vec<Option<String>>,
+    sizes: Vec<Option<i64>>,
+    sha256: Vec<Option<String>>,
+    etags: Vec<Option<String>>,
+    modified: Vec<Option<String>>,
+    statuses: Vec<&'static str>,
+    http: Vec<Option<i32>>,
+    classes: Vec<Option<String>>,
+    errors: Vec<Option<String>>,
+    attempts: Vec<i32>,
+    verified: Vec<bool>,
+    specs: Vec<Option<String>>,
+    blake3: Vec<Option<String>>,
+    segments: Vec<Option<String>>,
+}
+
+impl From<Vec<Record>> for Columns {
+    fn from(records: Vec<Record>) -> Self {
+        let mut c = Self::default();
+        for r in records {
+            c.statuses.push(r.status.as_str());
+            c.sizes.push(r.size.map(to_i64));
+            c.http.push(r.http_status.map(i32::from));
+            c.attempts.push(i32::try_from(r.attempts).unwrap_or(i32::MAX));
+            c.verified.push(r.verified);
+            c.ids.push(r.id);
+            c.urls.push(r.url);
+            c.paths.push(r.path);
+            c.sha256.push(r.sha256);
+            c.etags.push(r.etag);
+            c.modified.push(r.last_modified);
+            c.classes.push(r.error_class);
+            c.errors.push(r.error);
+            c.specs.push(r.spec);
+            c.blake3.push(r.blake3);
+            c.segments.push(r.segments);
+        }
+        c
+    }
+}
+
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -312,32 +358,29 @@ impl Backend for Postgres {
         }
         let now = now_secs();
         self.with(move |db, name| {
-            let column = |f: fn(&Record) -> Option<String>| merged.iter().map(f).collect::<Vec<_>>();
-            let ids: Vec<&str> = merged.iter().map(|r| r.id.as_str()).collect();
-            let urls: Vec<&str> = merged.iter().map(|r| r.url.as_str()).collect();
-            let paths = column(|r| r.path.clone());
-            let sizes: Vec<Option<i64>> = merged.iter().map(|r| r.size.map(to_i64)).collect();
-            let sha256 = column(|r| r.sha256.clone());
-            let etags = column(|r| r.etag.clone());
-            let modified = column(|r| r.last_modified.clone());
-            let statuses: Vec<&str> = merged.iter().map(|r| r.status.as_str()).collect();
-            let http: Vec<Option<i32>> = merged.iter().map(|r| r.http_status.map(i32::from)).collect();
-            let classes = column(|r| r.error_class.clone());
-            let errors = column(|r| r.error.clone());
-            let attempts: Vec<i32> = merged
-                .iter()
-                .map(|r| i32::try_from(r.attempts).unwrap_or(i32::MAX))
-                .collect();
-            let verified: Vec<bool> = merged.iter().map(|r| r.verified).collect();
-            let specs = column(|r| r.spec.clone());
-            let blake3 = column(|r| r.blake3.clone());
-            let segments = column(|r| r.segments.clone());
-            db.run("write", |c| {
-                c.execute(
+            let c = Columns::from(merged);
+            db.run("write", |client| {
+                client.execute(
                     WRITE,
                     &[
-                        &name, &now, &ids, &urls, &paths, &sizes, &sha256, &etags, &modified, &statuses, &http,
-                        &classes, &errors, &attempts, &verified, &specs, &blake3, &segments,
+                        &name,
+                        &now,
+                        &c.ids,
+                        &c.urls,
+                        &c.paths,
+                        &c.sizes,
+                        &c.sha256,
+                        &c.etags,
+                        &c.modified,
+                        &c.statuses,
+                        &c.http,
+                        &c.classes,
+                        &c.errors,
+                        &c.attempts,
+                        &c.verified,
+                        &c.specs,
+                        &c.blake3,
+                        &c.segments,
                     ],
                 )
             })

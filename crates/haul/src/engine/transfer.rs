@@ -215,12 +215,7 @@ async fn check_existing(shared: &Arc<Shared>, state: &mut JobState) -> Result<Op
     if shared.store.written_this_run(&entry) {
         return Err(Error::Conflict(state.final_rel.clone()));
     }
-    if let Some(reader) = &shared.path_owner {
-        let owner = reader.lock().expect("archive reader").owner_of(&state.final_rel)?;
-        if owner.is_some_and(|o| o != state.job.id) {
-            return Err(Error::Conflict(state.final_rel.clone()));
-        }
-    }
+    refuse_anothers_file(shared, state)?;
     if state.stale {
         // This job's own file, found wrong by `haul verify`: replaced.
         state.commit = Commit::Replace { mode };
@@ -259,6 +254,17 @@ async fn check_existing(shared: &Arc<Shared>, state: &mut JobState) -> Result<Op
     }
 }
 
+/// A file the archive records as another job's is not this job's to adopt or replace.
+fn refuse_anothers_file(shared: &Shared, state: &JobState) -> Result<(), Error> {
+    if let Some(reader) = &shared.path_owner {
+        let owner = reader.lock().expect("archive reader").owner_of(&state.final_rel)?;
+        if owner.is_some_and(|o| o != state.job.id) {
+            return Err(Error::Conflict(state.final_rel.clone()));
+        }
+    }
+    Ok(())
+}
+
 /// `--on-exists` for a bucket output: the object at the destination key, if any, by one `HEAD`
 /// (its length, and the digests haul recorded as its metadata when haul uploaded it).
 async fn check_existing_object(
@@ -269,12 +275,7 @@ async fn check_existing_object(
     let Some((mut bytes, mut digests)) = bucket.head(&state.final_rel).await? else {
         return Ok(None);
     };
-    if let Some(reader) = &shared.path_owner {
-        let owner = reader.lock().expect("archive reader").owner_of(&state.final_rel)?;
-        if owner.is_some_and(|o| o != state.job.id) {
-            return Err(Error::Conflict(state.final_rel.clone()));
-        }
-    }
+    refuse_anothers_file(shared, state)?;
     let replace = Commit::Replace { mode: 0o644 };
     match shared.config.on_exists {
         _ if state.stale => state.commit = replace,
