@@ -15,15 +15,16 @@ pub(super) const BATCH: usize = 512;
 /// Longest a result waits for its transaction; also how often pauses are looked up.
 const DELAY: Duration = Duration::from_millis(250);
 
-/// Results, fenced: each written only while its row is this worker's claim (owner and
-/// attempt). The batch goes as arrays to `haul_record` (see the schema): one statement per
-/// batch, half the database's time of a statement per result.
-const RECORD: &str = "SELECT haul_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+/// Results, fenced: each written only while its chunk is this worker's claim (owner and
+/// attempt); then the chunks closed. The batch goes as arrays to `haul_record` (see the
+/// schema): one statement per batch, half the database's time of a statement per result.
+const RECORD: &str = "SELECT haul_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
 
 const RENEW: &str = "
-UPDATE haul_jobs SET lease_until = now() + make_interval(secs => $3)
-WHERE name = $1 AND owner = $2 AND state = 'running' AND id = ANY($4)
-RETURNING id";
+UPDATE haul_chunks c SET lease_until = now() + make_interval(secs => $3)
+FROM unnest($4::BIGINT[], $5::TEXT[]) AS k(chunk, host)
+WHERE c.name = $1 AND c.host = k.host COLLATE \"C\" AND c.chunk = k.chunk AND c.owner = $2 AND c.state = 'running'
+RETURNING c.chunk";
 
 const COOL: &str = "
 INSERT INTO haul_hosts (name, host, cool_until, reason) VALUES ($1, $2, now() + make_interval(secs => $3), $4)
@@ -61,18 +62,19 @@ pub(super) fn run(inner: &Inner, mut db: Db) {
     // Pauses already passed to the engine, by host: each is sent once.
     let mut applied: HashMap<String, Instant> = HashMap::new();
     loop {
-        let (completions, cool, closing) = {
+        let (completions, closes, cool, closing) = {
             let mut outbox = inner.outbox.lock().expect("outbox");
             if outbox.completions.len() < super::keeper::BATCH && outbox.cool.is_empty() && !outbox.closing {
                 outbox = inner.wake.wait_timeout(outbox, DELAY).expect("outbox").0;
             }
             (
                 std::mem::take(&mut outbox.completions),
+                std::mem::take(&mut outbox.closes),
                 std::mem::take(&mut outbox.cool),
                 outbox.closing,
             )
         };
-        let result = write(inner, &mut db, completions, &cool).and_then(|()| {
+        let result = write(inner, &mut db, completions, &closes, &cool).and_then(|()| {
             if closing {
                 return Ok(());
             }
@@ -103,11 +105,15 @@ fn write(
     inner: &Inner,
     db: &mut Db,
     completions: Vec<Completion>,
+    closes: &[(i64, i32, String)],
     cool: &[(String, f64, String)],
 ) -> Result<(), Error> {
-    if completions.is_empty() && cool.is_empty() {
+    if completions.is_empty() && closes.is_empty() && cool.is_empty() {
         return Ok(());
     }
+    let chunks: Vec<i64> = closes.iter().map(|c| c.0).collect();
+    let chunk_attempts: Vec<i32> = closes.iter().map(|c| c.1).collect();
+    let chunk_hosts: Vec<&str> = closes.iter().map(|c| c.2.as_str()).collect();
     let n = completions.len();
     let mut ids = Vec::with_capacity(n);
     let mut attempts = Vec::with_capacity(n);
@@ -138,12 +144,26 @@ fn write(
     let written = db.run("record results", |client| {
         let mut tx = client.transaction()?;
         let mut written = 0;
-        if !ids.is_empty() {
+        if !ids.is_empty() || !chunks.is_empty() {
             let row = tx.query_one(
                 RECORD,
                 &[
-                    &name, &id, &ids, &attempts, &states, &paths, &sizes, &sha256s, &blake3s, &verified, &statuses,
-                    &reasons, &errors,
+                    &name,
+                    &id,
+                    &ids,
+                    &attempts,
+                    &states,
+                    &paths,
+                    &sizes,
+                    &sha256s,
+                    &blake3s,
+                    &verified,
+                    &statuses,
+                    &reasons,
+                    &errors,
+                    &chunks,
+                    &chunk_attempts,
+                    &chunk_hosts,
                 ],
             )?;
             written = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
@@ -164,10 +184,17 @@ fn write(
     Ok(())
 }
 
-/// Renews this worker's heartbeat and the leases of the jobs it holds; forgets the jobs whose
-/// lease another worker took (their results will not be written).
+/// Renews this worker's heartbeat and the leases of the chunks it holds; forgets the chunks
+/// whose lease another worker took (their results will not be written).
 fn heartbeat(inner: &Inner, db: &mut Db) -> Result<(), Error> {
-    let held: Vec<String> = inner.held.lock().expect("held jobs").jobs.keys().cloned().collect();
+    let (held, hosts): (Vec<i64>, Vec<String>) = inner
+        .held
+        .lock()
+        .expect("held jobs")
+        .chunks
+        .iter()
+        .map(|(chunk, (_, _, host))| (*chunk, host.clone()))
+        .unzip();
     let (name, id, lease) = (inner.name.as_str(), inner.id, inner.options.lease.as_secs_f64());
     let renewed = db.run("renew leases", |client| {
         let mut tx = client.transaction()?;
@@ -175,21 +202,18 @@ fn heartbeat(inner: &Inner, db: &mut Db) -> Result<(), Error> {
         let rows = if held.is_empty() {
             Vec::new()
         } else {
-            tx.query(RENEW, &[&name, &id, &lease, &held])?
+            // Primary-key lookups, whatever the (perhaps stale) statistics say.
+            tx.batch_execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")?;
+            tx.query(RENEW, &[&name, &id, &lease, &held, &hosts])?
         };
         tx.commit()?;
-        Ok(rows.into_iter().map(|r| r.get::<_, String>(0)).collect::<HashSet<_>>())
+        Ok(rows.into_iter().map(|r| r.get::<_, i64>(0)).collect::<HashSet<_>>())
     })?;
     if renewed.len() < held.len() {
-        let mut map = inner.held.lock().expect("held jobs");
-        let mut lost = 0u64;
-        for job in held.iter().filter(|j| !renewed.contains(*j)) {
-            if map.remove(job).is_some() {
-                lost += 1;
-            }
-        }
-        if lost > 0 {
-            tracing::warn!(target: "haul::queue", lost, "leases lost: this worker stalled past them");
+        let lost: HashSet<i64> = held.into_iter().filter(|c| !renewed.contains(c)).collect();
+        let jobs = inner.held.lock().expect("held jobs").lose(&lost);
+        if jobs > 0 {
+            tracing::warn!(target: "haul::queue", jobs, "leases lost: this worker stalled past them");
         }
     }
     Ok(())

@@ -1,19 +1,25 @@
 //! A work queue in PostgreSQL, shared by any number of workers on any number of machines.
 //!
 //! Jobs are rows of `haul_jobs`, keyed by (queue name, job id): enqueueing the same line twice
-//! makes one job. A worker claims jobs in host-fair batches (a few per host, never one host's
-//! thousands) with `FOR UPDATE SKIP LOCKED`, so no two workers claim one job. Each claim
-//! increments the job's `attempt` and sets a lease (`lease_until`, by the database's clock);
-//! the worker's keeper thread renews the leases of the jobs it holds. A job whose lease ran
-//! out (its worker died or stalled) is claimed again by any worker; one claimed
-//! `max_attempts` times without an end fails ("its worker stopped").
+//! makes one job. Enqueue groups each host's jobs in chunks of up to [`CHUNK`] (`haul_chunks`),
+//! and the chunk is what a worker leases: a worker claims chunks in host-fair batches (a few
+//! per host, never one host's thousands) with `FOR UPDATE SKIP LOCKED`, so no two workers
+//! claim one job. Each claim increments the chunk's `attempt` and sets its lease
+//! (`lease_until`, by the database's clock); the worker's keeper thread renews the leases of
+//! the chunks it holds. A chunk whose lease ran out (its worker died or stalled) is split into
+//! chunks of one job, claimed again by any worker; one claimed `max_attempts` times without
+//! an end fails ("its worker stopped"). Leasing by chunk rather than by job writes one row per
+//! sixteen jobs at a claim, which is most of what the database did per job.
 //!
 //! The `attempt` taken at claim is a **fencing token**: a result is written only where the
-//! row's owner and attempt are still this worker's, so a worker that was paused past its lease
-//! cannot overwrite what the worker that took over recorded. Results are written in group
+//! chunk's owner and attempt are still this worker's, so a worker that was paused past its
+//! lease cannot overwrite what the worker that took over recorded. Results are written in group
 //! commits, and a done result only after the file is in place (the engine reports it then).
-//! A Retry-After one worker is given pauses the host for every worker (`haul_hosts`).
-//! On a stop (SIGTERM, Ctrl-C), the leases of jobs not finished go back to the queue at once.
+//! A chunk is closed with its last result: done, or back in the queue if a job of it was handed
+//! back. A Retry-After one worker is given pauses the host for every worker (`haul_hosts`).
+//! On a stop (SIGTERM, Ctrl-C), the leases of chunks not finished go back to the queue at once.
+//! The view `haul_job_states` shows each job with the state a user means (`running` while its
+//! chunk is leased).
 
 pub(crate) mod db;
 mod keeper;
@@ -38,17 +44,24 @@ use db::Db;
 pub const DEFAULT_NAME: &str = "default";
 
 const SCHEMA: &str = "
+DO $$ BEGIN
+    IF to_regclass('haul_jobs') IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('haul_jobs') AND attname = 'chunk'
+    ) THEN
+        RAISE EXCEPTION 'the queue tables were made by an older haul (before leases by chunk): finish its jobs with that version, or drop haul_jobs, haul_hosts and haul_workers and enqueue again';
+    END IF;
+END $$;
+CREATE SEQUENCE IF NOT EXISTS haul_chunk_ids;
 CREATE TABLE IF NOT EXISTS haul_jobs (
     name        TEXT COLLATE \"C\" NOT NULL, -- byte order: keys compare by memcmp, not the locale's rules
     id          TEXT COLLATE \"C\" NOT NULL,
     seq         BIGSERIAL,
+    chunk       BIGINT NOT NULL,  -- the lease it is claimed under (haul_chunks)
     host        TEXT COLLATE \"C\" NOT NULL,
     spec        TEXT NOT NULL,
-    state       TEXT NOT NULL DEFAULT 'queued',
-    attempt     INTEGER NOT NULL DEFAULT 0,
-    released    INTEGER NOT NULL DEFAULT 0,
-    owner       BIGINT,
-    lease_until TIMESTAMPTZ,
+    state       TEXT NOT NULL DEFAULT 'queued', -- queued until its result: done, failed, skipped
+    attempt     INTEGER NOT NULL DEFAULT 0,     -- the claim its result was written under
+    owner       BIGINT,                         -- the worker that wrote its result
     enqueued    TIMESTAMPTZ NOT NULL DEFAULT now(),
     finished    TIMESTAMPTZ,
     path        TEXT,
@@ -61,37 +74,77 @@ CREATE TABLE IF NOT EXISTS haul_jobs (
     error       TEXT,
     PRIMARY KEY (name, id)
 ) WITH (fillfactor = 50);
--- Half of each page is left free, and the index of open jobs is keyed and filtered on columns a
--- claim or a lease renewal never changes: those updates stay heap-only (no index touched:
--- a claim writes less than half the log it did with an index on `state`, measured).
-DROP INDEX IF EXISTS haul_jobs_ready;
-CREATE INDEX IF NOT EXISTS haul_jobs_open ON haul_jobs (name, host, seq) WHERE finished IS NULL;
--- Writes a batch of results (see keeper.rs), each fenced by owner and attempt; returns how many
--- were written. One statement for the batch, a nested loop of primary-key lookups: the planner
--- is kept from joining by hash or merge (a scan of the table per batch) while the table's
--- statistics are stale, as they are right after an enqueue.
+-- Half of each page is left free and no index covers what a result changes: a result is a
+-- heap-only update (no index touched).
+CREATE INDEX IF NOT EXISTS haul_jobs_chunk ON haul_jobs (name, chunk);
+-- Jobs are leased by chunk: up to 16 jobs of one host, made at enqueue. A claim, a lease
+-- renewal and a release write one row per chunk, not per job. `attempt` counts the chunk's
+-- claims and is the fencing token of its jobs' results; `released` counts the claims that
+-- ended by handing the chunk back (not by a worker lost). A chunk whose worker was lost is
+-- split into chunks of one job before it is claimed again, so `--max-attempts` fails only the
+-- job that keeps killing its workers.
+CREATE TABLE IF NOT EXISTS haul_chunks (
+    name        TEXT COLLATE \"C\" NOT NULL,
+    chunk       BIGINT NOT NULL,
+    host        TEXT COLLATE \"C\" NOT NULL,
+    jobs        INTEGER NOT NULL,
+    state       TEXT NOT NULL DEFAULT 'queued', -- queued, running, done (every job ended), failed
+    attempt     INTEGER NOT NULL DEFAULT 0,
+    released    INTEGER NOT NULL DEFAULT 0,
+    owner       BIGINT,
+    lease_until TIMESTAMPTZ,
+    PRIMARY KEY (name, chunk)
+);
+CREATE INDEX IF NOT EXISTS haul_chunks_open ON haul_chunks (name, host, chunk) WHERE state IN ('queued', 'running');
+-- Each job with the state a user means: `running` while its chunk is leased.
+CREATE OR REPLACE VIEW haul_job_states AS
+SELECT j.name, j.id, j.host, j.chunk,
+       CASE WHEN j.finished IS NULL AND c.state = 'running' THEN 'running' ELSE j.state END AS state,
+       CASE WHEN j.finished IS NULL THEN c.owner ELSE j.owner END AS owner,
+       CASE WHEN j.finished IS NULL THEN c.attempt ELSE j.attempt END AS attempt,
+       j.enqueued, j.finished, j.path, j.size, j.sha256, j.blake3, j.http_status, j.reason, j.error
+FROM haul_jobs j LEFT JOIN haul_chunks c ON c.name = j.name AND c.chunk = j.chunk AND j.finished IS NULL;
+-- Writes a batch of results, each fenced by its chunk's owner and attempt, then closes the
+-- chunks the worker no longer holds a job of (done when all their jobs ended, otherwise back
+-- in the queue); returns how many results were written. Set-based, planned as nested loops of
+-- primary-key lookups: the planner is kept from hash and merge joins (a scan of the table per
+-- batch) while the table's statistics are stale, as they are right after an enqueue.
 CREATE OR REPLACE FUNCTION haul_record(
     p_name TEXT, p_owner BIGINT, p_ids TEXT[], p_attempts INTEGER[], p_states TEXT[], p_paths TEXT[],
     p_sizes BIGINT[], p_sha256 TEXT[], p_blake3 TEXT[], p_verified BOOLEAN[], p_http INTEGER[],
-    p_reasons TEXT[], p_errors TEXT[]
-) RETURNS BIGINT LANGUAGE sql
+    p_reasons TEXT[], p_errors TEXT[], p_chunks BIGINT[], p_chunk_attempts INTEGER[], p_chunk_hosts TEXT[]
+) RETURNS BIGINT LANGUAGE plpgsql
 SET enable_hashjoin = off SET enable_mergejoin = off SET enable_seqscan = off AS $$
-    WITH written AS (
-        UPDATE haul_jobs t SET
-            state = r.state,
-            owner = CASE WHEN r.state = 'queued' THEN NULL ELSE t.owner END,
-            lease_until = NULL,
-            released = t.released + CASE WHEN r.state = 'queued' THEN 1 ELSE 0 END,
-            finished = CASE WHEN r.state = 'queued' THEN NULL ELSE now() END,
-            path = r.path, size = r.size, sha256 = r.sha256, blake3 = r.blake3,
-            verified = r.verified, http_status = r.http, reason = r.reason, error = r.error
-        FROM unnest(p_ids, p_attempts, p_states, p_paths, p_sizes, p_sha256, p_blake3, p_verified, p_http,
-                    p_reasons, p_errors)
-             AS r(id, attempt, state, path, size, sha256, blake3, verified, http, reason, error)
-        WHERE t.name = p_name AND t.id = r.id COLLATE \"C\" AND t.owner = p_owner AND t.attempt = r.attempt
-        RETURNING 1
-    )
-    SELECT count(*) FROM written
+DECLARE
+    written BIGINT;
+BEGIN
+    UPDATE haul_jobs t SET
+        state = r.state, attempt = r.attempt, owner = p_owner, finished = now(),
+        path = r.path, size = r.size, sha256 = r.sha256, blake3 = r.blake3,
+        verified = r.verified, http_status = r.http, reason = r.reason, error = r.error
+    FROM unnest(p_ids, p_attempts, p_states, p_paths, p_sizes, p_sha256, p_blake3, p_verified, p_http,
+                p_reasons, p_errors)
+         AS r(id, attempt, state, path, size, sha256, blake3, verified, http, reason, error)
+    WHERE t.name = p_name AND t.id = r.id COLLATE \"C\" AND t.finished IS NULL
+      -- a subquery per result, never a join the planner could turn inside out
+      AND (SELECT c.attempt FROM haul_chunks c
+           WHERE c.name = p_name AND c.host = t.host AND c.chunk = t.chunk AND c.state = 'running'
+             AND c.owner = p_owner) = r.attempt;
+    GET DIAGNOSTICS written = ROW_COUNT;
+    UPDATE haul_chunks c SET
+        state = CASE WHEN k.open THEN 'queued' ELSE 'done' END,
+        released = c.released + CASE WHEN k.open THEN 1 ELSE 0 END,
+        owner = NULL, lease_until = NULL
+    FROM (
+        SELECT u.chunk, u.attempt, u.host, EXISTS (
+            SELECT 1 FROM haul_jobs j WHERE j.name = p_name AND j.chunk = u.chunk AND j.finished IS NULL
+        ) AS open
+        FROM unnest(p_chunks, p_chunk_attempts, p_chunk_hosts) AS u(chunk, attempt, host)
+    ) k
+    WHERE c.name = p_name AND c.host = k.host COLLATE \"C\" AND c.chunk = k.chunk AND c.state = 'running'
+      AND c.owner = p_owner AND c.attempt = k.attempt;
+    RETURN written;
+END
 $$;
 CREATE TABLE IF NOT EXISTS haul_hosts (
     name       TEXT COLLATE \"C\" NOT NULL,
@@ -127,7 +180,7 @@ fn insert_batches(url: &str, name: &str, rx: &Mutex<std::sync::mpsc::Receiver<(V
     let mut db = Db::connect(url, DEFAULT_PATIENCE)?;
     db.run("prepare the enqueue", |client| {
         client.batch_execute(
-            "CREATE TEMP TABLE IF NOT EXISTS haul_incoming (id TEXT, host TEXT, spec TEXT) ON COMMIT DELETE ROWS",
+            "CREATE TEMP TABLE IF NOT EXISTS haul_incoming (id TEXT, host TEXT, part INTEGER, spec TEXT) ON COMMIT DELETE ROWS",
         )
     })?;
     let mut added = 0;
@@ -136,7 +189,7 @@ fn insert_batches(url: &str, name: &str, rx: &Mutex<std::sync::mpsc::Receiver<(V
         let Ok((rows, _)) = next else { return Ok(added) };
         added += db.run("enqueue", |client| {
             let mut tx = client.transaction()?;
-            let mut copy = tx.copy_in("COPY haul_incoming (id, host, spec) FROM STDIN")?;
+            let mut copy = tx.copy_in("COPY haul_incoming (id, host, part, spec) FROM STDIN")?;
             // Writing into the COPY stream fails only with the connection, which `finish`
             // then reports (and the batch is run again on a new one).
             let written = copy.write_all(&rows);
@@ -144,21 +197,40 @@ fn insert_batches(url: &str, name: &str, rx: &Mutex<std::sync::mpsc::Receiver<(V
             if let Err(e) = written {
                 tracing::warn!(target: "haul::queue", error = %e, "COPY write failed");
             }
-            let added = tx.execute(
-                "INSERT INTO haul_jobs (name, id, host, spec) SELECT $1, id, host, spec FROM haul_incoming \
-                 ON CONFLICT DO NOTHING",
-                &[&name],
-            )?;
+            let added: i64 = tx.query_one(ENQUEUE, &[&name])?.get(0);
             tx.execute(
                 "INSERT INTO haul_hosts (name, host) SELECT DISTINCT $1, host FROM haul_incoming \
                  ON CONFLICT DO NOTHING",
                 &[&name],
             )?;
             tx.commit()?;
-            Ok(added)
+            Ok(u64::try_from(added).unwrap_or(0))
         })?;
     }
 }
+
+/// Inserts the batch in `haul_incoming` (`$1` the queue's name): each of its parts (up to
+/// [`CHUNK`] lines of one host) becomes a chunk, with the jobs the queue did not have yet;
+/// returns how many those were. A part whose lines were all known already makes no chunk.
+const ENQUEUE: &str = "
+WITH parts AS (
+    SELECT part, nextval('haul_chunk_ids') AS chunk FROM (SELECT DISTINCT part FROM haul_incoming ORDER BY part) p
+),
+new AS (
+    INSERT INTO haul_jobs (name, id, host, spec, chunk)
+    SELECT $1, i.id, i.host, i.spec, p.chunk FROM haul_incoming i JOIN parts p ON p.part = i.part
+    ON CONFLICT DO NOTHING
+    RETURNING chunk, host
+),
+chunks AS (
+    INSERT INTO haul_chunks (name, chunk, host, jobs)
+    SELECT $1, chunk, min(host), count(*) FROM new GROUP BY chunk
+    RETURNING jobs
+)
+SELECT coalesce(sum(jobs), 0)::BIGINT FROM chunks";
+
+/// Jobs of one host per chunk at most, the unit of claims and leases (see the schema).
+pub const CHUNK: usize = 16;
 
 /// Opens the queue's connection and creates its tables if they are missing (under an advisory
 /// lock: workers starting together do not race on `CREATE`).
@@ -168,6 +240,17 @@ fn open(url: &str, patience: Duration) -> Result<Db, Error> {
         let mut tx = client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock(7291046)", &[])?;
         tx.batch_execute(SCHEMA)?;
+        // A queue filled by an older enqueue (or by hand) may have no statistics yet.
+        let unplanned: bool = tx
+            .query_one(
+                "SELECT NOT EXISTS (SELECT 1 FROM pg_stats WHERE tablename = 'haul_jobs' AND attname = 'finished') \
+                 AND EXISTS (SELECT 1 FROM haul_jobs)",
+                &[],
+            )?
+            .get(0);
+        if unplanned {
+            tx.batch_execute("ANALYZE haul_jobs, haul_chunks")?;
+        }
         tx.commit()
     })?;
     Ok(db)
@@ -249,15 +332,33 @@ impl Queue {
                 .collect();
             let mut rows = Vec::with_capacity(ENQUEUE_BATCH * 160);
             let mut in_batch = 0u64;
+            // The batch's parts: per host, the part being filled and its lines.
+            let mut parts: HashMap<String, (u32, usize)> = HashMap::new();
+            let mut next_part = 0u32;
             let mut jobs = jobs;
             loop {
                 let next = jobs.next();
                 let end = next.is_none();
                 match next {
                     Some(Ok(job)) => {
+                        let host = job.host_key();
+                        let part = match parts.get_mut(&host) {
+                            Some((part, n)) if *n < CHUNK => {
+                                *n += 1;
+                                *part
+                            }
+                            _ => {
+                                let part = next_part;
+                                next_part += 1;
+                                parts.insert(host.clone(), (part, 1));
+                                part
+                            }
+                        };
                         copy_escape(&mut rows, &job.id);
                         rows.push(b'\t');
-                        copy_escape(&mut rows, &job.host_key());
+                        copy_escape(&mut rows, &host);
+                        rows.push(b'\t');
+                        rows.extend_from_slice(part.to_string().as_bytes());
                         rows.push(b'\t');
                         copy_escape(&mut rows, &job.to_manifest_line(secret));
                         rows.push(b'\n');
@@ -277,6 +378,8 @@ impl Queue {
                     }
                     counts.duplicate += in_batch;
                     in_batch = 0;
+                    parts.clear();
+                    next_part = 0;
                 }
                 if end {
                     break;
@@ -296,6 +399,13 @@ impl Queue {
         });
         if let Some(e) = failure {
             return Err(e);
+        }
+        if added > 0 {
+            // Fresh statistics: without any, the planner guesses a new table small and plans
+            // a result's write as a scan of it (seconds per batch, measured).
+            self.db.run("analyze the queue", |client| {
+                client.batch_execute("ANALYZE haul_jobs, haul_chunks")
+            })?;
         }
         counts.new = added;
         counts.duplicate -= added;
@@ -330,19 +440,30 @@ impl Queue {
         Ok(())
     }
 
-    /// Puts every failed job back in the queue; returns how many. Their attempt counters keep
-    /// counting (they are fencing tokens), but `--max-attempts` starts over.
+    /// Puts every failed job back in the queue; returns how many. Their chunks' attempt
+    /// counters keep counting (they are fencing tokens), but `--max-attempts` starts over. A
+    /// failed job in a chunk still held stays with it: the chunk goes back to the queue when its
+    /// worker closes it.
     ///
     /// # Errors
     /// The database failed.
     pub fn retry_failed(&mut self) -> Result<u64, Error> {
         let name = self.name.clone();
         self.db.run("requeue the failed jobs", |client| {
-            client.execute(
-                "UPDATE haul_jobs SET state = 'queued', owner = NULL, lease_until = NULL, released = attempt, \
-                 finished = NULL, reason = NULL, error = NULL WHERE name = $1 AND state = 'failed'",
-                &[&name],
-            )
+            let retried: i64 = client
+                .query_one(
+                    "WITH again AS ( \
+                        UPDATE haul_jobs SET state = 'queued', owner = NULL, finished = NULL, reason = NULL, error = NULL \
+                        WHERE name = $1 AND state = 'failed' RETURNING chunk), \
+                     reopened AS ( \
+                        UPDATE haul_chunks SET state = 'queued', owner = NULL, lease_until = NULL, released = attempt \
+                        WHERE name = $1 AND state IN ('done', 'failed') AND chunk IN (SELECT chunk FROM again) \
+                        RETURNING chunk) \
+                     SELECT count(*) FROM again",
+                    &[&name],
+                )?
+                .get(0);
+            Ok(u64::try_from(retried).unwrap_or(0))
         })
     }
 }
@@ -421,7 +542,8 @@ fn status(client: &mut Client, name: &str) -> Result<QueueStatus, postgres::Erro
         ..QueueStatus::default()
     };
     for row in client.query(
-        "SELECT state, count(*), coalesce(sum(size), 0)::BIGINT FROM haul_jobs WHERE name = $1 GROUP BY state ORDER BY state",
+        "SELECT state, count(*), coalesce(sum(size), 0)::BIGINT FROM haul_job_states WHERE name = $1 \
+         GROUP BY state ORDER BY state",
         &[&name],
     )? {
         out.states.push(StateCount {
@@ -439,7 +561,8 @@ fn status(client: &mut Client, name: &str) -> Result<QueueStatus, postgres::Erro
                 AND j.finished > now() - interval '1 minute'), \
             (SELECT coalesce(sum(size), 0)::BIGINT FROM haul_jobs j WHERE j.name = w.name AND j.owner = w.id \
                 AND j.state = 'done' AND j.finished > now() - interval '1 minute'), \
-            (SELECT count(*) FROM haul_jobs j WHERE j.name = w.name AND j.owner = w.id AND j.state = 'running') \
+            (SELECT count(*) FROM haul_chunks c JOIN haul_jobs j ON j.name = c.name AND j.chunk = c.chunk \
+                WHERE c.name = w.name AND c.owner = w.id AND c.state = 'running' AND j.finished IS NULL) \
          FROM haul_workers w WHERE w.name = $1 ORDER BY w.id DESC LIMIT 100",
         &[&name],
     )? {
@@ -455,7 +578,7 @@ fn status(client: &mut Client, name: &str) -> Result<QueueStatus, postgres::Erro
     }
     out.oldest_queued_seconds = client
         .query_one(
-            "SELECT EXTRACT(EPOCH FROM now() - min(enqueued))::DOUBLE PRECISION FROM haul_jobs \
+            "SELECT EXTRACT(EPOCH FROM now() - min(enqueued))::DOUBLE PRECISION FROM haul_job_states \
              WHERE name = $1 AND state = 'queued'",
             &[&name],
         )?
@@ -536,7 +659,7 @@ fn default_label() -> String {
 struct Completion {
     id: String,
     attempt: i32,
-    /// `done`, `failed`, `skipped`, or `queued` (released: the run stopped first).
+    /// `done`, `failed` or `skipped`.
     state: &'static str,
     path: Option<String>,
     size: Option<i64>,
@@ -552,6 +675,8 @@ struct Completion {
 #[derive(Debug, Default)]
 struct Outbox {
     completions: Vec<Completion>,
+    /// Chunks this worker holds no job of any more: (chunk, attempt of its claim, host).
+    closes: Vec<(i64, i32, String)>,
     /// Host pauses to share: (host, seconds, reason).
     cool: Vec<(String, f64, String)>,
     /// Set when the worker ends: write everything, then stop.
@@ -575,8 +700,10 @@ pub struct WorkerTotals {
 /// The jobs a worker holds.
 #[derive(Debug, Default)]
 struct Held {
-    /// id → (attempt of its claim, host).
-    jobs: HashMap<String, (i32, String)>,
+    /// id → (its chunk, host).
+    jobs: HashMap<String, (i64, String)>,
+    /// chunk → (attempt of its claim, the fencing token; jobs of it still held; host).
+    chunks: HashMap<i64, (i32, usize, String)>,
     /// Jobs held per host.
     by_host: HashMap<String, i64>,
     /// Jobs of one host held at most ([`WorkerOptions::per_host_claim`]).
@@ -585,19 +712,58 @@ struct Held {
     room: bool,
 }
 
+/// A held job let go of (see [`Held::remove`]).
+#[derive(Debug, Clone)]
+struct Let {
+    /// The attempt of its chunk's claim.
+    attempt: i32,
+    /// Its chunk and host, when it was the chunk's last job held: the chunk is closed with the
+    /// result.
+    close: Option<(i64, String)>,
+}
+
 impl Held {
-    fn insert(&mut self, id: String, attempt: i32, host: String) {
-        if let Some((_, old)) = self.jobs.insert(id, (attempt, host.clone())) {
-            self.drop_host(&old);
+    fn insert(&mut self, id: String, chunk: i64, attempt: i32, host: String) {
+        if let Some((old_chunk, old_host)) = self.jobs.insert(id, (chunk, host.clone())) {
+            self.drop_host(&old_host);
+            if let Some((_, n, _)) = self.chunks.get_mut(&old_chunk) {
+                *n -= 1;
+            }
         }
+        self.chunks.entry(chunk).or_insert((attempt, 0, host.clone())).1 += 1;
         *self.by_host.entry(host).or_default() += 1;
     }
 
-    /// Forgets a job; returns its attempt.
-    fn remove(&mut self, id: &str) -> Option<i32> {
-        let (attempt, host) = self.jobs.remove(id)?;
+    /// Forgets a job; returns its claim's attempt and whether its chunk is to be closed.
+    fn remove(&mut self, id: &str) -> Option<Let> {
+        let (chunk, host) = self.jobs.remove(id)?;
         self.drop_host(&host);
-        Some(attempt)
+        let (attempt, n, _) = self.chunks.get_mut(&chunk)?;
+        let attempt = *attempt;
+        *n -= 1;
+        let close = if *n == 0 {
+            self.chunks.remove(&chunk).map(|(_, _, host)| (chunk, host))
+        } else {
+            None
+        };
+        Some(Let { attempt, close })
+    }
+
+    /// Forgets the chunks another worker took over, with their jobs; returns how many jobs.
+    fn lose(&mut self, lost: &std::collections::HashSet<i64>) -> usize {
+        let gone: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|(_, (chunk, _))| lost.contains(chunk))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            if let Some((_, host)) = self.jobs.remove(id) {
+                self.drop_host(&host);
+            }
+        }
+        self.chunks.retain(|chunk, _| !lost.contains(chunk));
+        gone.len()
     }
 
     fn drop_host(&mut self, host: &str) {
@@ -652,12 +818,33 @@ impl Inner {
         }
     }
 
-    fn push(&self, completion: Completion) {
+    /// Queues a job's result (none for a job handed back) and, when it was the last job held
+    /// of its chunk, the chunk's close, for one group commit.
+    fn push(&self, completion: Option<Completion>, close: Option<(i64, i32, String)>) {
         let mut outbox = self.outbox.lock().expect("outbox");
-        outbox.completions.push(completion);
+        outbox.completions.extend(completion);
+        outbox.closes.extend(close);
         if outbox.completions.len() >= keeper::BATCH {
             self.wake.notify_one();
         }
+    }
+
+    /// Lets go of a held job (see [`Held::remove`]); wakes a claimer waiting for room only when
+    /// this made some (not at every job's end: a wake-up is a system call or two).
+    fn remove_held(&self, id: &str) -> Option<Let> {
+        let mut held = self.held.lock().expect("held jobs");
+        let had_room = held.room;
+        let taken = held.remove(id);
+        let made_room = !had_room && held.room;
+        drop(held);
+        if made_room {
+            self.released.notify_all();
+        }
+        taken
+    }
+
+    fn push_close(&self, chunk: i64, attempt: i32, host: String) {
+        self.push(None, Some((chunk, attempt, host)));
     }
 }
 
@@ -778,7 +965,7 @@ impl Worker {
             short: false,
         };
         let handoff = Arc::new(Handoff {
-            queue: Mutex::new((VecDeque::new(), false)),
+            queue: Mutex::new(Slots::default()),
             filled: Condvar::new(),
             drained: Condvar::new(),
             capacity: self.inner.options.claim_batch.max(1),
@@ -870,11 +1057,18 @@ impl Worker {
         let (name, id) = (self.inner.name.as_str(), self.inner.id);
         let released = db.run("hand unfinished jobs back to the queue", |client| {
             let mut tx = client.transaction()?;
-            let released = tx.execute(
-                "UPDATE haul_jobs SET state = 'queued', owner = NULL, lease_until = NULL, released = released + 1 \
-                 WHERE name = $1 AND owner = $2 AND state = 'running'",
-                &[&name, &id],
-            )?;
+            let released: i64 = tx
+                .query_one(
+                    "WITH back AS ( \
+                        UPDATE haul_chunks SET state = 'queued', owner = NULL, lease_until = NULL, \
+                            released = released + 1 \
+                        WHERE name = $1 AND owner = $2 AND state = 'running' RETURNING chunk) \
+                     SELECT count(*) FROM back JOIN haul_jobs j ON j.name = $1 AND j.chunk = back.chunk \
+                     WHERE j.finished IS NULL",
+                    &[&name, &id],
+                )?
+                .get(0);
+            let released = u64::try_from(released).unwrap_or(0);
             tx.execute("UPDATE haul_workers SET stopped = now() WHERE id = $1", &[&id])?;
             tx.commit()?;
             Ok(released)
@@ -937,49 +1131,70 @@ impl Iterator for Claims {
 
 /// A bounded hand-off from the claimer thread to the engine's reader, that a stop unblocks.
 struct Handoff {
-    /// The jobs waiting, and whether the claimer has ended.
-    queue: Mutex<(VecDeque<Result<Job, ManifestError>>, bool)>,
+    queue: Mutex<Slots>,
     filled: Condvar,
     drained: Condvar,
     capacity: usize,
 }
 
+/// The hand-off's state. Each side is woken only while it waits: a wake-up per job would be a
+/// system call per job.
+#[derive(Default)]
+struct Slots {
+    /// The jobs waiting.
+    items: VecDeque<Result<Job, ManifestError>>,
+    /// The claimer has ended: what is queued is the rest.
+    closed: bool,
+    /// The reader waits for a job.
+    reader_waits: bool,
+    /// The claimer waits for room.
+    claimer_waits: bool,
+}
+
 impl Handoff {
     /// Waits for room, then queues `item`; false when the worker stopped first.
     fn push(&self, item: Result<Job, ManifestError>, stop: &AtomicBool) -> bool {
-        let mut queue = self.queue.lock().expect("hand-off");
-        while queue.0.len() >= self.capacity {
+        let mut slots = self.queue.lock().expect("hand-off");
+        while slots.items.len() >= self.capacity {
             if stop.load(Ordering::SeqCst) {
                 return false;
             }
-            queue = self
+            slots.claimer_waits = true;
+            slots = self
                 .drained
-                .wait_timeout(queue, Duration::from_millis(100))
+                .wait_timeout(slots, Duration::from_millis(100))
                 .expect("hand-off")
                 .0;
+            slots.claimer_waits = false;
         }
-        queue.0.push_back(item);
-        self.filled.notify_one();
+        slots.items.push_back(item);
+        if slots.reader_waits {
+            self.filled.notify_one();
+        }
         true
     }
 
     /// The claimer ended: what is queued is the rest.
     fn close(&self) {
-        self.queue.lock().expect("hand-off").1 = true;
+        self.queue.lock().expect("hand-off").closed = true;
         self.filled.notify_all();
     }
 
     fn pop(&self) -> Option<Result<Job, ManifestError>> {
-        let mut queue = self.queue.lock().expect("hand-off");
+        let mut slots = self.queue.lock().expect("hand-off");
         loop {
-            if let Some(item) = queue.0.pop_front() {
-                self.drained.notify_one();
+            if let Some(item) = slots.items.pop_front() {
+                if slots.claimer_waits {
+                    self.drained.notify_one();
+                }
                 return Some(item);
             }
-            if queue.1 {
+            if slots.closed {
                 return None;
             }
-            queue = self.filled.wait(queue).expect("hand-off");
+            slots.reader_waits = true;
+            slots = self.filled.wait(slots).expect("hand-off");
+            slots.reader_waits = false;
         }
     }
 }
@@ -995,46 +1210,80 @@ impl std::fmt::Debug for Claimer {
     }
 }
 
-/// Claims a host-fair batch, `$2` jobs at most: of each host not cooling down, enough for this
-/// worker to hold `$3`, and none of a host it holds at least half of that of (so one host's
-/// jobs spread over the workers, and claims come in batches, not one per finished job). The
-/// worker's holdings come as arrays of hosts (`$6`) and counts (`$7`); its cursors (see
-/// [`Claimer::cursors`]) as hosts (`$8`) and the `seq` to read past (`$9`).
+/// Claims a host-fair batch, `$2` chunks at most: of each host not cooling down, enough for
+/// this worker to hold `$3` jobs, and none of a host it holds at least half of that of (so one
+/// host's jobs spread over the workers, and claims come in batches, not one per finished job).
+/// A chunk is claimable when queued, or when its lease ran out and it holds one job (a lost
+/// worker's chunks are split first: [`SPLIT`]). The worker's holdings come as arrays of hosts
+/// (`$6`) and jobs (`$7`); its cursors (see [`Claimer::cursors`]) as hosts (`$8`) and the chunk
+/// to read past (`$9`); `$10` is [`CHUNK`]. Returns the unfinished jobs of the chunks claimed, and a row with no job
+/// for a chunk that has none left.
 const CLAIM: &str = "
 WITH mine AS (SELECT * FROM unnest($6::TEXT[], $7::BIGINT[]) AS m(host, n)),
 marks AS (SELECT * FROM unnest($8::TEXT[], $9::BIGINT[]) AS k(host, after)),
 picked AS (
-    SELECT j.name, j.id
+    SELECT c.name, c.chunk
     FROM haul_hosts h
     LEFT JOIN mine ON mine.host = h.host
     LEFT JOIN marks ON marks.host = h.host
     CROSS JOIN LATERAL (
-        SELECT name, id FROM haul_jobs
-        WHERE name = h.name AND host = h.host AND finished IS NULL
-          AND seq > coalesce(marks.after, 0)
-          AND (state = 'queued' OR lease_until < now())
-        ORDER BY seq
-        LIMIT CASE WHEN coalesce(mine.n, 0) * 2 >= $3 THEN 0 ELSE $3 - coalesce(mine.n, 0) END
+        SELECT name, chunk FROM haul_chunks
+        WHERE name = h.name AND host = h.host AND state IN ('queued', 'running')
+          AND chunk > coalesce(marks.after, 0)
+          AND (state = 'queued' OR (lease_until < now() AND jobs = 1))
+        ORDER BY chunk
+        LIMIT CASE WHEN coalesce(mine.n, 0) * 2 >= $3 THEN 0
+                   ELSE GREATEST(1, ($3 - coalesce(mine.n, 0)) / $10) END
         FOR UPDATE SKIP LOCKED
-    ) j
+    ) c
     WHERE h.name = $1 AND (h.cool_until IS NULL OR h.cool_until <= now())
     LIMIT $2
+),
+claimed AS (
+    UPDATE haul_chunks t
+    SET state = 'running', attempt = t.attempt + 1, owner = $4, lease_until = now() + make_interval(secs => $5)
+    FROM picked
+    WHERE t.name = picked.name AND t.chunk = picked.chunk
+    RETURNING t.chunk, t.attempt, t.host
 )
-UPDATE haul_jobs t
-SET state = 'running', attempt = t.attempt + 1, owner = $4, lease_until = now() + make_interval(secs => $5)
-FROM picked
-WHERE t.name = picked.name AND t.id = picked.id
-RETURNING t.id, t.spec, t.attempt, t.host, t.seq";
+SELECT j.id, j.spec, c.attempt, c.host, c.chunk
+FROM claimed c LEFT JOIN haul_jobs j ON j.name = $1 AND j.chunk = c.chunk AND j.finished IS NULL
+ORDER BY c.chunk, j.seq";
 
+/// Splits the chunks whose lease ran out (their worker was lost) into chunks of one job each,
+/// which keep the claim counts: each job is then claimed, and given up, on its own.
+const SPLIT: &str = "
+WITH lost AS (
+    DELETE FROM haul_chunks
+    WHERE name = $1 AND state = 'running' AND lease_until < now() AND jobs > 1
+    RETURNING chunk, attempt, released, lease_until
+),
+moved AS (
+    UPDATE haul_jobs j SET chunk = nextval('haul_chunk_ids')
+    FROM lost
+    WHERE j.name = $1 AND j.chunk = lost.chunk AND j.finished IS NULL
+    RETURNING j.chunk, j.host, lost.attempt, lost.released, lost.lease_until
+)
+INSERT INTO haul_chunks (name, chunk, host, jobs, state, attempt, released, lease_until)
+SELECT $1, chunk, host, 1, 'running', attempt, released, lease_until FROM moved";
+
+/// Fails the jobs of chunks claimed `$2` times by workers that were lost before they ended.
 const GIVE_UP: &str = "
-UPDATE haul_jobs
-SET state = 'failed', owner = NULL, lease_until = NULL, finished = now(), reason = 'worker lost',
+WITH lost AS (
+    UPDATE haul_chunks
+    SET state = 'failed', owner = NULL, lease_until = NULL
+    WHERE name = $1 AND state = 'running' AND lease_until < now() AND attempt - released >= $2
+    RETURNING chunk, attempt, attempt - released AS tries
+)
+UPDATE haul_jobs j
+SET state = 'failed', attempt = lost.attempt, owner = NULL, finished = now(), reason = 'worker lost',
     error = format('claimed %s times by workers that stopped before finishing it (--max-attempts %s)',
-                   attempt - released, $2::INTEGER)
-WHERE name = $1 AND state = 'running' AND lease_until < now() AND attempt - released >= $2";
+                   lost.tries, $2::INTEGER)
+FROM lost
+WHERE j.name = $1 AND j.chunk = lost.chunk AND j.finished IS NULL";
 
 impl Claimer {
-    /// Claims a batch into the buffer; returns how many.
+    /// Claims a batch into the buffer; returns how many chunks.
     fn claim(&mut self) -> Result<usize, Error> {
         let inner = Arc::clone(&self.inner);
         let _claiming = inner.claiming.lock().expect("claim lock");
@@ -1043,7 +1292,8 @@ impl Claimer {
         }
         let name = inner.name.as_str();
         let max = i32::try_from(inner.options.max_attempts).unwrap_or(i32::MAX);
-        let batch = i64::try_from(inner.options.claim_batch).unwrap_or(i64::MAX);
+        let batch = i64::try_from(inner.options.claim_batch.div_ceil(CHUNK)).unwrap_or(i64::MAX);
+        let chunk_jobs = CHUNK as i64;
         let per_host = i64::try_from(inner.options.per_host_claim.max(1)).unwrap_or(1);
         let lease = inner.options.lease.as_secs_f64();
         let (hosts, holding): (Vec<String>, Vec<i64>) = inner
@@ -1064,30 +1314,49 @@ impl Claimer {
         let rows = self.db.run("claim jobs", |client| {
             let mut tx = client.transaction()?;
             if full {
+                tx.execute(SPLIT, &[&name])?;
                 tx.execute(GIVE_UP, &[&name, &max])?;
             }
             let rows = tx.query(
                 CLAIM,
                 &[
-                    &name, &batch, &per_host, &inner.id, &lease, &hosts, &holding, &marked, &after,
+                    &name,
+                    &batch,
+                    &per_host,
+                    &inner.id,
+                    &lease,
+                    &hosts,
+                    &holding,
+                    &marked,
+                    &after,
+                    &chunk_jobs,
                 ],
             )?;
             tx.commit()?;
             Ok(rows)
         })?;
         tracing::debug!(target: "haul::queue", claimed = rows.len(), full, took = ?now.elapsed(), holding = ?holding, buffered = self.buffer.len(), "claim");
-        self.short = rows.len() < inner.options.claim_batch;
         let mut held = inner.held.lock().expect("held jobs");
+        let mut chunks = std::collections::HashSet::new();
         for row in &rows {
-            let id: String = row.get(0);
+            let attempt: i32 = row.get(2);
             let host: String = row.get(3);
-            let seq: i64 = row.get(4);
-            let mark = self.cursors.entry(host.clone()).or_insert(seq);
-            *mark = (*mark).max(seq);
-            held.insert(id.clone(), row.get(2), host);
+            let chunk: i64 = row.get(4);
+            let mark = self.cursors.entry(host.clone()).or_insert(chunk);
+            *mark = (*mark).max(chunk);
+            chunks.insert(chunk);
+            let Some(id) = row.get::<_, Option<String>>(0) else {
+                // Nothing left in it (its jobs ended before it was handed back): closed as is.
+                drop(held);
+                inner.push_close(chunk, attempt, host);
+                held = inner.held.lock().expect("held jobs");
+                continue;
+            };
+            held.insert(id.clone(), chunk, attempt, host);
             self.buffer.push_back((id, row.get(1)));
         }
-        Ok(rows.len())
+        self.short = (chunks.len() as i64) < batch;
+        Ok(chunks.len())
     }
 
     /// True when nothing is left to claim now or later: no job queued, and none held by
@@ -1098,7 +1367,7 @@ impl Claimer {
             let row = client.query_one(
                 "SELECT count(*) FILTER (WHERE state = 'queued'), \
                         count(*) FILTER (WHERE state = 'running' AND owner IS DISTINCT FROM $2) \
-                 FROM haul_jobs WHERE name = $1 AND finished IS NULL",
+                 FROM haul_chunks WHERE name = $1 AND state IN ('queued', 'running')",
                 &[&name, &id],
             )?;
             Ok(row.get::<_, i64>(0) == 0 && row.get::<_, i64>(1) == 0)
@@ -1150,10 +1419,9 @@ impl Claimer {
                 match parse_spec(&id, &spec) {
                     Ok(job) => return Some(Ok(job)),
                     Err(reason) => {
-                        let attempt = self.inner.held.lock().expect("held jobs").remove(&id);
-                        self.inner.released.notify_all();
-                        if let Some(attempt) = attempt {
-                            self.inner.push(Completion {
+                        let taken = self.inner.remove_held(&id);
+                        if let Some(Let { attempt, close }) = taken {
+                            let completion = Completion {
                                 id,
                                 attempt,
                                 state: "failed",
@@ -1165,7 +1433,9 @@ impl Claimer {
                                 http_status: None,
                                 reason: Some("bad job line".to_owned()),
                                 error: Some(reason),
-                            });
+                            };
+                            self.inner
+                                .push(Some(completion), close.map(|(c, host)| (c, attempt, host)));
                         }
                         continue;
                     }
@@ -1232,31 +1502,36 @@ impl Reporter for QueueReporter {
     }
 
     fn on_job_finished(&self, report: &JobReport<'_>) {
-        let attempt = self.worker.held.lock().expect("held jobs").remove(report.id);
-        self.worker.released.notify_all();
+        let taken = self.worker.remove_held(report.id);
         // A file found in place that matches the job (adopted: "exists") is the job done, as
         // the archive records it; perhaps a worker finished it and died before recording it.
         let adopted = report.status == JobStatus::Skipped && report.reason.is_some_and(|r| r.starts_with("exists"));
         let done = report.status == JobStatus::Done || adopted;
-        match attempt {
-            Some(attempt) => self.worker.push(Completion {
-                id: report.id.to_owned(),
-                attempt,
-                state: match report.status {
-                    _ if done => "done",
-                    JobStatus::Skipped => "skipped",
-                    JobStatus::Failed => "failed",
-                    JobStatus::Done | JobStatus::Pending => "queued",
-                },
-                path: report.path.map(str::to_owned),
-                size: done.then(|| i64::try_from(report.bytes).unwrap_or(i64::MAX)),
-                sha256: report.sha256.map(|d| to_hex(d)),
-                blake3: report.blake3.map(|d| to_hex(d)),
-                verified: report.verified,
-                http_status: report.http_status.map(i32::from),
-                reason: report.reason.map(str::to_owned),
-                error: report.error.map(str::to_owned),
-            }),
+        match taken {
+            Some(Let { attempt, close }) => {
+                let state = match report.status {
+                    _ if done => Some("done"),
+                    JobStatus::Skipped => Some("skipped"),
+                    JobStatus::Failed => Some("failed"),
+                    // Handed back (the run stopped first): it stays queued, and its chunk goes
+                    // back to the queue when closed.
+                    JobStatus::Done | JobStatus::Pending => None,
+                };
+                let completion = state.map(|state| Completion {
+                    id: report.id.to_owned(),
+                    attempt,
+                    state,
+                    path: report.path.map(str::to_owned),
+                    size: done.then(|| i64::try_from(report.bytes).unwrap_or(i64::MAX)),
+                    sha256: report.sha256.map(|d| to_hex(d)),
+                    blake3: report.blake3.map(|d| to_hex(d)),
+                    verified: report.verified,
+                    http_status: report.http_status.map(i32::from),
+                    reason: report.reason.map(str::to_owned),
+                    error: report.error.map(str::to_owned),
+                });
+                self.worker.push(completion, close.map(|(c, host)| (c, attempt, host)));
+            }
             None => {
                 // The lease was lost (this worker stalled past it): another worker has the job.
                 self.worker.rejected.fetch_add(1, Ordering::Relaxed);
