@@ -136,12 +136,14 @@ fn enqueue_is_idempotent_and_max_attempts_fails_a_job_that_kills_its_workers() {
         stderr(&again)
     );
     assert_eq!(count(&pg, &url, "SELECT count(*) FROM haul_jobs"), 4);
+    // One host's four jobs make one chunk; the second enqueue's chunk, with no new job, is gone.
+    assert_eq!(count(&pg, &url, "SELECT count(*) FROM haul_chunks"), 1);
 
     // a.bin was claimed three times by workers that died with it (after the first death, its
     // chunk was split: it is alone in one): the next claim fails it, and only it.
     let _ = pg.query(
         &url,
-        "WITH moved AS (UPDATE haul_jobs SET chunk = nextval('haul_chunk_ids') WHERE id LIKE '%/a.bin%' \
+        "WITH moved AS (UPDATE haul_jobs SET chunk = nextval('haul_chunk_ids') << 20 WHERE id LIKE '%/a.bin%' \
              RETURNING name, chunk, host) \
          INSERT INTO haul_chunks (name, chunk, host, jobs, state, attempt, owner, lease_until) \
          SELECT name, chunk, host, 1, 'running', 3, 999, now() - interval '1 second' FROM moved",
