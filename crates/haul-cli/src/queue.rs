@@ -124,7 +124,7 @@ pub(crate) fn work(args: WorkArgs) -> Result<Exit, Failure> {
             if !quiet {
                 let _ = writeln!(
                     std::io::stderr(),
-                    "queue: {} results recorded, {} refused (leases lost to other workers), {} jobs handed back",
+                    "queue: {} results recorded, {} refused (lease lost), {} handed back",
                     totals.recorded,
                     totals.rejected,
                     totals.released
