@@ -1,9 +1,10 @@
 //! A PostgreSQL connection that comes back: after the server restarts or the network drops, the
 //! next statement reconnects and is run again, for up to a patience.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use postgres::{Client, NoTls};
+use postgres::{Client, NoTls, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::Error;
@@ -125,6 +126,9 @@ pub(crate) struct Db {
     url: String,
     target: Target,
     client: Option<Client>,
+    /// Statements prepared on `client`, by their text: parsed and planned once per connection
+    /// (the server keeps a generic plan), not at every call.
+    prepared: HashMap<&'static str, Statement>,
     patience: Duration,
     /// Makes this connection's errors: the queue's, or an archive's.
     error: fn(&str, String) -> Error,
@@ -158,6 +162,7 @@ impl Db {
             url: url.to_owned(),
             target,
             client: Some(client),
+            prepared: HashMap::new(),
             patience,
             error,
             what,
@@ -176,22 +181,56 @@ impl Db {
         what: &str,
         mut work: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, Error> {
+        self.run_prepared(what, &[], |client, _| work(client))
+    }
+
+    /// As [`Db::run`], with `statements` prepared on the connection (once per connection) and
+    /// handed to `work` in the same order.
+    pub(crate) fn run_prepared<T>(
+        &mut self,
+        what: &str,
+        statements: &[&'static str],
+        mut work: impl FnMut(&mut Client, &[Statement]) -> Result<T, postgres::Error>,
+    ) -> Result<T, Error> {
         let started = Instant::now();
         let mut wait = Duration::from_millis(50);
+        let mut handles = Vec::with_capacity(statements.len());
         loop {
             let failure = match &mut self.client {
-                Some(client) if !client.is_closed() => match work(client) {
-                    Ok(value) => return Ok(value),
-                    Err(e) if is_transient(&e) => {
-                        self.client = None;
-                        describe(&e)
+                Some(client) if !client.is_closed() => {
+                    handles.clear();
+                    let mut ready = Ok(());
+                    for sql in statements {
+                        if let Some(statement) = self.prepared.get(sql) {
+                            handles.push(statement.clone());
+                            continue;
+                        }
+                        match client.prepare(sql) {
+                            Ok(statement) => {
+                                self.prepared.insert(sql, statement.clone());
+                                handles.push(statement);
+                            }
+                            Err(e) => {
+                                ready = Err(e);
+                                break;
+                            }
+                        }
                     }
-                    Err(e) => return Err((self.error)(what, describe(&e))),
-                },
+                    match ready.and_then(|()| work(client, &handles)) {
+                        Ok(value) => return Ok(value),
+                        Err(e) if is_transient(&e) => {
+                            self.client = None;
+                            self.prepared.clear();
+                            describe(&e)
+                        }
+                        Err(e) => return Err((self.error)(what, describe(&e))),
+                    }
+                }
                 _ => match self.target.connect() {
                     Ok(client) => {
                         tracing::info!(target: "haul::queue", "reconnected to {}", self.what);
                         self.client = Some(client);
+                        self.prepared.clear();
                         continue;
                     }
                     Err(e) => describe(&e),

@@ -141,32 +141,34 @@ fn write(
     }
     let (name, id) = (inner.name.as_str(), inner.id);
     let started = Instant::now();
-    let written = db.run("record results", |client| {
+    let written = db.run_prepared("record results", &[RECORD], |client, prepared| {
+        let params: [&(dyn postgres::types::ToSql + Sync); 16] = [
+            &name,
+            &id,
+            &ids,
+            &attempts,
+            &states,
+            &paths,
+            &sizes,
+            &sha256s,
+            &blake3s,
+            &verified,
+            &statuses,
+            &reasons,
+            &errors,
+            &chunks,
+            &chunk_attempts,
+            &chunk_hosts,
+        ];
+        let record = |row: postgres::Row| u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+        if cool.is_empty() {
+            // One statement, committed on its own: no BEGIN and COMMIT round trips.
+            return client.query_one(&prepared[0], &params).map(record);
+        }
         let mut tx = client.transaction()?;
         let mut written = 0;
         if !ids.is_empty() || !chunks.is_empty() {
-            let row = tx.query_one(
-                RECORD,
-                &[
-                    &name,
-                    &id,
-                    &ids,
-                    &attempts,
-                    &states,
-                    &paths,
-                    &sizes,
-                    &sha256s,
-                    &blake3s,
-                    &verified,
-                    &statuses,
-                    &reasons,
-                    &errors,
-                    &chunks,
-                    &chunk_attempts,
-                    &chunk_hosts,
-                ],
-            )?;
-            written = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+            written = record(tx.query_one(&prepared[0], &params)?);
         }
         for (host, seconds, reason) in cool {
             tx.execute(COOL, &[&name, host, seconds, reason])?;
@@ -196,7 +198,7 @@ fn heartbeat(inner: &Inner, db: &mut Db) -> Result<(), Error> {
         .map(|(chunk, (_, _, host))| (*chunk, host.clone()))
         .unzip();
     let (name, id, lease) = (inner.name.as_str(), inner.id, inner.options.lease.as_secs_f64());
-    let renewed = db.run("renew leases", |client| {
+    let renewed = db.run_prepared("renew leases", &[RENEW], |client, prepared| {
         let mut tx = client.transaction()?;
         tx.execute("UPDATE haul_workers SET heartbeat = now() WHERE id = $1", &[&id])?;
         let rows = if held.is_empty() {
@@ -204,7 +206,7 @@ fn heartbeat(inner: &Inner, db: &mut Db) -> Result<(), Error> {
         } else {
             // Primary-key lookups, whatever the (perhaps stale) statistics say.
             tx.batch_execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")?;
-            tx.query(RENEW, &[&name, &id, &lease, &held, &hosts])?
+            tx.query(&prepared[0], &[&name, &id, &lease, &held, &hosts])?
         };
         tx.commit()?;
         Ok(rows.into_iter().map(|r| r.get::<_, i64>(0)).collect::<HashSet<_>>())

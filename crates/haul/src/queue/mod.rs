@@ -73,9 +73,9 @@ CREATE TABLE IF NOT EXISTS haul_jobs (
     reason      TEXT,
     error       TEXT,
     PRIMARY KEY (name, id)
-) WITH (fillfactor = 50);
--- Half of each page is left free and no index covers what a result changes: a result is a
--- heap-only update (no index touched).
+) WITH (fillfactor = 30);
+-- Most of each page is left free (a result about doubles a row) and no index covers what a
+-- result changes: a result is a heap-only update (no index touched).
 CREATE INDEX IF NOT EXISTS haul_jobs_chunk ON haul_jobs (name, chunk);
 -- Jobs are leased by chunk: up to 16 jobs of one host, made at enqueue. A claim, a lease
 -- renewal and a release write one row per chunk, not per job. `attempt` counts the chunk's
@@ -140,6 +140,7 @@ BEGIN
             SELECT 1 FROM haul_jobs j WHERE j.name = p_name AND j.chunk = u.chunk AND j.finished IS NULL
         ) AS open
         FROM unnest(p_chunks, p_chunk_attempts, p_chunk_hosts) AS u(chunk, attempt, host)
+        OFFSET 0 -- kept a subquery: `open` is looked up once per chunk, not once per use
     ) k
     WHERE c.name = p_name AND c.host = k.host COLLATE \"C\" AND c.chunk = k.chunk AND c.state = 'running'
       AND c.owner = p_owner AND c.attempt = k.attempt;
@@ -1332,15 +1333,13 @@ impl Claimer {
             self.rescan_at = now + inner.options.lease;
         }
         let (marked, after): (Vec<String>, Vec<i64>) = self.cursors.iter().map(|(h, s)| (h.clone(), *s)).unzip();
-        let rows = self.db.run("claim jobs", |client| {
-            let mut tx = client.transaction()?;
-            if full {
-                tx.execute(SPLIT, &[&name])?;
-                tx.execute(GIVE_UP, &[&name, &max])?;
-            }
-            let rows = tx.query(
-                CLAIM,
-                &[
+        let rows = self
+            .db
+            .run_prepared("claim jobs", &[CLAIM, SPLIT, GIVE_UP], |client, prepared| {
+                let [claim, split, give_up] = prepared else {
+                    unreachable!("three statements")
+                };
+                let params: [&(dyn postgres::types::ToSql + Sync); 10] = [
                     &name,
                     &batch,
                     &per_host,
@@ -1351,14 +1350,22 @@ impl Claimer {
                     &marked,
                     &after,
                     &chunk_jobs,
-                ],
-            )?;
-            tx.commit()?;
-            Ok(rows)
-        })?;
+                ];
+                if !full {
+                    // One statement, committed on its own: no BEGIN and COMMIT round trips.
+                    return client.query(claim, &params);
+                }
+                let mut tx = client.transaction()?;
+                tx.execute(split, &[&name])?;
+                tx.execute(give_up, &[&name, &max])?;
+                let rows = tx.query(claim, &params)?;
+                tx.commit()?;
+                Ok(rows)
+            })?;
         tracing::debug!(target: "haul::queue", claimed = rows.len(), full, took = ?now.elapsed(), holding = ?holding, buffered = self.buffer.len(), "claim");
         let mut held = inner.held.lock().expect("held jobs");
         let mut chunks = std::collections::HashSet::new();
+        let mut empty = Vec::new();
         for row in &rows {
             let attempt: i32 = row.get(2);
             let host: String = row.get(3);
@@ -1368,13 +1375,15 @@ impl Claimer {
             chunks.insert(chunk);
             let Some(id) = row.get::<_, Option<String>>(0) else {
                 // Nothing left in it (its jobs ended before it was handed back): closed as is.
-                drop(held);
-                inner.push_close(chunk, attempt, host);
-                held = inner.held.lock().expect("held jobs");
+                empty.push((chunk, attempt, host));
                 continue;
             };
             held.insert(id.clone(), chunk, attempt, host);
             self.buffer.push_back((id, row.get(1)));
+        }
+        drop(held);
+        for (chunk, attempt, host) in empty {
+            inner.push_close(chunk, attempt, host);
         }
         self.short = (chunks.len() as i64) < batch;
         Ok(chunks.len())
