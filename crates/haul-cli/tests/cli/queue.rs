@@ -259,6 +259,14 @@ fn a_killed_workers_jobs_are_reclaimed_after_its_lease() {
     let out = tmp.path().join("out");
     let doomed = spawn_worker(&url, &out, &["-j", "4", "--lease", "2s"]);
     wait_for_state(&pg, &url, "done", 2, "the first worker finished nothing");
+    // Killed mid-transfer: with part files on disk (a result recorded quickly could otherwise
+    // have the kill land between two files, before the next ones wrote a byte).
+    let parts_dir = out.join(".haul/parts");
+    let has_parts = || std::fs::read_dir(&parts_dir).is_ok_and(|mut d| d.next().is_some());
+    assert!(
+        wait_for(Duration::from_secs(30), has_parts),
+        "the first worker wrote no part file"
+    );
     signal(&doomed, "-KILL");
     let _ = finish(doomed, Duration::from_secs(10));
     let held = count(
