@@ -76,7 +76,7 @@ def psql(url, *commands):
 
 
 def reset(url):
-    psql(url, "DROP TABLE IF EXISTS haul_jobs, haul_chunks, haul_hosts, haul_workers CASCADE")
+    psql(url, "DROP TABLE IF EXISTS haul_jobs, haul_results, haul_chunks, haul_hosts, haul_workers CASCADE")
 
 
 def run_workers(url, n, out, j=16):

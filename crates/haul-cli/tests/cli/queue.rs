@@ -161,7 +161,7 @@ fn enqueue_is_idempotent_and_max_attempts_fails_a_job_that_kills_its_workers() {
     assert_eq!(server.hits("/f/a.bin"), 0);
     let reason = pg.query(
         &url,
-        "SELECT reason || ': ' || error FROM haul_jobs WHERE state = 'failed'",
+        "SELECT reason || ': ' || error FROM haul_results WHERE state = 'failed'",
     );
     assert!(reason.starts_with("worker lost: claimed 3 times"), "{reason}");
 
@@ -181,6 +181,75 @@ fn enqueue_is_idempotent_and_max_attempts_fails_a_job_that_kills_its_workers() {
     );
     assert_eq!(states_done(&pg, &url), 4);
     assert_eq!(server.hits("/f/b.bin"), 1, "done jobs are not fetched again");
+}
+
+/// A job that failed in a chunk whose worker was then lost keeps the chunk's number when the
+/// chunk is split (only the unfinished jobs move); `--retry-failed` must still put it back in
+/// the queue, not leave it queued under a chunk that no longer exists.
+#[test]
+fn retry_failed_requeues_a_failure_from_a_chunk_that_was_split() {
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let (pg, url) = database();
+    let tmp = tempfile::tempdir().unwrap();
+    let list = manifest(
+        tmp.path(),
+        &[server.url("a.bin", 1000, ""), server.url("b.bin", 2000, "")],
+    );
+    assert_eq!(run_q(&url, &["enqueue", "-i", path(&list)]).status.code(), Some(0));
+    // A worker (999) claimed the chunk, recorded a.bin as failed, and died holding b.bin.
+    let _ = pg.query(
+        &url,
+        "WITH lost AS (UPDATE haul_chunks SET state = 'running', attempt = 1, owner = 999, \
+             lease_until = now() - interval '1 second' RETURNING name, chunk) \
+         INSERT INTO haul_results (name, chunk, id, state, attempt, owner, reason, error) \
+         SELECT j.name, j.chunk, j.id, 'failed', 1, 999, 'http', 'HTTP 503' \
+         FROM haul_jobs j JOIN lost USING (name, chunk) WHERE j.id LIKE '%/a.bin%'",
+    );
+    let out = tmp.path().join("out");
+    let work = run_q(&url, &["work", "-o", path(&out), "--progress", "none"]);
+    assert_eq!(work.status.code(), Some(0), "{}", stderr(&work));
+    assert!(out.join("b.bin").exists(), "the dead worker's unfinished job was done");
+    assert_eq!(server.hits("/f/a.bin"), 0);
+    assert_eq!(states(&pg, &url).get("failed"), Some(&1));
+
+    let retry = run_q(
+        &url,
+        &["work", "-o", path(&out), "--progress", "none", "--retry-failed"],
+    );
+    assert_eq!(retry.status.code(), Some(0), "{}", stderr(&retry));
+    assert!(
+        stderr(&retry).contains("1 failed jobs queued again"),
+        "{}",
+        stderr(&retry)
+    );
+    assert_eq!(
+        sha256_hex(&std::fs::read(out.join("a.bin")).unwrap()),
+        sha256_hex(&body_for("a.bin", 1000))
+    );
+    assert_eq!(states_done(&pg, &url), 2);
+    assert_eq!(server.hits("/f/b.bin"), 1);
+}
+
+/// A queue whose tables an earlier haul made (jobs rows holding their results) is refused with
+/// a message that says what to do, and left as it is.
+#[test]
+fn a_queue_made_by_an_earlier_haul_is_refused_and_left_alone() {
+    let (pg, url) = database();
+    let tmp = tempfile::tempdir().unwrap();
+    let _ = pg.query(
+        &url,
+        "CREATE TABLE haul_jobs (name TEXT, id TEXT, chunk BIGINT, state TEXT, PRIMARY KEY (name, id)); \
+         INSERT INTO haul_jobs VALUES ('default', 'x', 1, 'queued')",
+    );
+    let list = manifest(tmp.path(), &["http://127.0.0.1:9/a.bin".to_owned()]);
+    let output = run_q(&url, &["enqueue", "-i", path(&list)]);
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(text.contains("made by an older haul"), "{text}");
+    assert!(text.contains("enqueue again"), "{text}");
+    assert_eq!(count(&pg, &url, "SELECT count(*) FROM haul_jobs"), 1);
+    assert_eq!(pg.query(&url, "SELECT to_regclass('haul_results') IS NULL"), "t");
 }
 
 fn states_done(pg: &Postgres, url: &str) -> u64 {
@@ -230,7 +299,7 @@ fn three_workers_share_a_queue_and_fetch_each_file_once() {
         count(
             &pg,
             &url,
-            "SELECT count(*) FROM haul_jobs WHERE name = 'fleet' AND state = 'done' AND attempt = 1"
+            "SELECT count(*) FROM haul_job_states WHERE name = 'fleet' AND state = 'done' AND attempt = 1"
         ),
         600
     );
@@ -282,7 +351,7 @@ fn a_killed_workers_jobs_are_reclaimed_after_its_lease() {
     assert_files(&out, &files);
     assert_eq!(states_done(&pg, &url), 24);
     // The killed worker's jobs were claimed a second time, once its lease ran out.
-    let retaken = count(&pg, &url, "SELECT count(*) FROM haul_jobs WHERE attempt = 2");
+    let retaken = count(&pg, &url, "SELECT count(*) FROM haul_job_states WHERE attempt = 2");
     assert_eq!(retaken, held, "only the jobs it held were claimed again");
     assert!(started.elapsed() < Duration::from_secs(60));
     let status = run_q(&url, &["status", "--job", "default"]);
@@ -320,7 +389,7 @@ fn a_worker_stalled_past_its_lease_cannot_overwrite_the_takeover() {
     let output = finish(rescuer, Duration::from_secs(120));
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_files(&out, &files);
-    let rows = "SELECT id, state, attempt, owner, path, size FROM haul_jobs ORDER BY id";
+    let rows = "SELECT id, state, attempt, owner, path, size FROM haul_job_states ORDER BY id";
     let before = pg.query(&url, rows);
     assert_eq!(states_done(&pg, &url), 8);
     signal(&stalled, "-CONT");
@@ -446,7 +515,7 @@ fn per_host_is_a_budget_the_live_workers_share() {
         "two workers together sent {} requests at once to a host with --per-host 4",
         server.peak_answering()
     );
-    let owners = count(&pg, &url, "SELECT count(DISTINCT owner) FROM haul_jobs");
+    let owners = count(&pg, &url, "SELECT count(DISTINCT owner) FROM haul_results");
     assert_eq!(owners, 2, "both workers did some of the jobs");
 }
 

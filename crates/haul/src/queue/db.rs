@@ -129,6 +129,8 @@ pub(crate) struct Db {
     /// Statements prepared on `client`, by their text: parsed and planned once per connection
     /// (the server keeps a generic plan), not at every call.
     prepared: HashMap<&'static str, Statement>,
+    /// Settings run on every connection, the first and the reopened ones.
+    session: Option<&'static str>,
     patience: Duration,
     /// Makes this connection's errors: the queue's, or an archive's.
     error: fn(&str, String) -> Error,
@@ -163,10 +165,18 @@ impl Db {
             target,
             client: Some(client),
             prepared: HashMap::new(),
+            session: None,
             patience,
             error,
             what,
         })
+    }
+
+    /// Runs `settings` (SQL, e.g. `SET …`) on this connection now and on every one it reopens.
+    pub(crate) fn with_session(mut self, settings: &'static str) -> Result<Self, Error> {
+        self.session = Some(settings);
+        self.run("set up the connection", |client| client.batch_execute(settings))?;
+        Ok(self)
     }
 
     /// The URL it connects to.
@@ -226,7 +236,12 @@ impl Db {
                         Err(e) => return Err((self.error)(what, describe(&e))),
                     }
                 }
-                _ => match self.target.connect() {
+                _ => match self.target.connect().and_then(|mut client| {
+                    if let Some(settings) = self.session {
+                        client.batch_execute(settings)?;
+                    }
+                    Ok(client)
+                }) {
                     Ok(client) => {
                         tracing::info!(target: "haul::queue", "reconnected to {}", self.what);
                         self.client = Some(client);

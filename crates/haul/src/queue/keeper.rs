@@ -113,9 +113,9 @@ fn write(
     }
     let chunks: Vec<i64> = closes.iter().map(|c| c.0).collect();
     let chunk_attempts: Vec<i32> = closes.iter().map(|c| c.1).collect();
-    let chunk_hosts: Vec<&str> = closes.iter().map(|c| c.2.as_str()).collect();
     let n = completions.len();
     let mut ids = Vec::with_capacity(n);
+    let mut job_chunks = Vec::with_capacity(n);
     let mut attempts = Vec::with_capacity(n);
     let mut states = Vec::with_capacity(n);
     let mut paths = Vec::with_capacity(n);
@@ -128,6 +128,7 @@ fn write(
     let mut errors = Vec::with_capacity(n);
     for c in completions {
         ids.push(c.id);
+        job_chunks.push(c.chunk);
         attempts.push(c.attempt);
         states.push(c.state);
         paths.push(c.path);
@@ -146,6 +147,7 @@ fn write(
             &name,
             &id,
             &ids,
+            &job_chunks,
             &attempts,
             &states,
             &paths,
@@ -158,7 +160,6 @@ fn write(
             &errors,
             &chunks,
             &chunk_attempts,
-            &chunk_hosts,
         ];
         let record = |row: postgres::Row| u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
         if cool.is_empty() {

@@ -13,8 +13,9 @@
 //!
 //! The `attempt` taken at claim is a **fencing token**: a result is written only where the
 //! chunk's owner and attempt are still this worker's, so a worker that was paused past its
-//! lease cannot overwrite what the worker that took over recorded. Results are written in group
-//! commits, and a done result only after the file is in place (the engine reports it then).
+//! lease cannot overwrite what the worker that took over recorded. Results are appended to
+//! `haul_results` (one per job at most; a job's row is not written again) in group commits,
+//! and a done result only after the file is in place (the engine reports it then).
 //! A chunk is closed with its last result: done, or back in the queue if a job of it was handed
 //! back. A Retry-After one worker is given pauses the host for every worker (`haul_hosts`).
 //! On a stop (SIGTERM, Ctrl-C), the leases of chunks not finished go back to the queue at once.
@@ -45,10 +46,8 @@ pub const DEFAULT_NAME: &str = "default";
 
 const SCHEMA: &str = "
 DO $$ BEGIN
-    IF to_regclass('haul_jobs') IS NOT NULL AND NOT EXISTS (
-        SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('haul_jobs') AND attname = 'chunk'
-    ) THEN
-        RAISE EXCEPTION 'the queue tables were made by an older haul (before leases by chunk): finish its jobs with that version, or drop haul_jobs, haul_hosts and haul_workers and enqueue again';
+    IF to_regclass('haul_jobs') IS NOT NULL AND to_regclass('haul_results') IS NULL THEN
+        RAISE EXCEPTION 'the queue tables were made by an older haul (before results had a table of their own): finish its jobs with that version, or drop haul_jobs, haul_chunks, haul_hosts and haul_workers and enqueue again';
     END IF;
 END $$;
 CREATE SEQUENCE IF NOT EXISTS haul_chunk_ids;
@@ -59,11 +58,22 @@ CREATE TABLE IF NOT EXISTS haul_jobs (
     chunk       BIGINT NOT NULL,  -- the lease it is claimed under (haul_chunks)
     host        TEXT COLLATE \"C\" NOT NULL,
     spec        TEXT NOT NULL,
-    state       TEXT NOT NULL DEFAULT 'queued', -- queued until its result: done, failed, skipped
-    attempt     INTEGER NOT NULL DEFAULT 0,     -- the claim its result was written under
-    owner       BIGINT,                         -- the worker that wrote its result
     enqueued    TIMESTAMPTZ NOT NULL DEFAULT now(),
-    finished    TIMESTAMPTZ,
+    PRIMARY KEY (name, id)
+);
+-- Written at enqueue, and after only by a split (which moves a job to a chunk of its own).
+CREATE INDEX IF NOT EXISTS haul_jobs_chunk ON haul_jobs (name, chunk);
+-- A job's result, one at most: appended in group commits (an insert of a few hundred rows is
+-- about half the database's work of rewriting as many job rows, measured). Keyed by the chunk
+-- the job had then, which it keeps: only unfinished jobs move to another chunk.
+CREATE TABLE IF NOT EXISTS haul_results (
+    name        TEXT COLLATE \"C\" NOT NULL,
+    chunk       BIGINT NOT NULL,
+    id          TEXT COLLATE \"C\" NOT NULL,
+    state       TEXT NOT NULL,     -- done, failed, skipped
+    attempt     INTEGER NOT NULL,  -- the claim it was written under
+    owner       BIGINT,            -- the worker that wrote it
+    finished    TIMESTAMPTZ NOT NULL DEFAULT now(),
     path        TEXT,
     size        BIGINT,
     sha256      TEXT,
@@ -72,11 +82,8 @@ CREATE TABLE IF NOT EXISTS haul_jobs (
     http_status INTEGER,
     reason      TEXT,
     error       TEXT,
-    PRIMARY KEY (name, id)
-) WITH (fillfactor = 30);
--- Most of each page is left free (a result about doubles a row) and no index covers what a
--- result changes: a result is a heap-only update (no index touched).
-CREATE INDEX IF NOT EXISTS haul_jobs_chunk ON haul_jobs (name, chunk);
+    PRIMARY KEY (name, chunk, id)
+);
 -- Jobs are leased by chunk: up to 16 jobs of one host, made at enqueue. A claim, a lease
 -- renewal and a release write one row per chunk, not per job. `attempt` counts the chunk's
 -- claims and is the fencing token of its jobs' results; `released` counts the claims that
@@ -99,51 +106,56 @@ CREATE INDEX IF NOT EXISTS haul_chunks_open ON haul_chunks (name, host, chunk) W
 -- Each job with the state a user means: `running` while its chunk is leased.
 CREATE OR REPLACE VIEW haul_job_states AS
 SELECT j.name, j.id, j.host, j.chunk,
-       CASE WHEN j.finished IS NULL AND c.state = 'running' THEN 'running' ELSE j.state END AS state,
-       CASE WHEN j.finished IS NULL THEN c.owner ELSE j.owner END AS owner,
-       CASE WHEN j.finished IS NULL THEN c.attempt ELSE j.attempt END AS attempt,
-       j.enqueued, j.finished, j.path, j.size, j.sha256, j.blake3, j.http_status, j.reason, j.error
-FROM haul_jobs j LEFT JOIN haul_chunks c ON c.name = j.name AND c.chunk = j.chunk AND j.finished IS NULL;
--- Writes a batch of results, each fenced by its chunk's owner and attempt, then closes the
--- chunks the worker no longer holds a job of (done when all their jobs ended, otherwise back
--- in the queue); returns how many results were written. Set-based, planned as nested loops of
--- primary-key lookups: the planner is kept from hash and merge joins (a scan of the table per
--- batch) while the table's statistics are stale, as they are right after an enqueue.
+       CASE WHEN r.id IS NOT NULL THEN r.state WHEN c.state = 'running' THEN 'running' ELSE 'queued' END AS state,
+       CASE WHEN r.id IS NOT NULL THEN r.owner ELSE c.owner END AS owner,
+       CASE WHEN r.id IS NOT NULL THEN r.attempt ELSE coalesce(c.attempt, 0) END AS attempt,
+       j.enqueued, r.finished, r.path, r.size, r.sha256, r.blake3, r.http_status, r.reason, r.error
+FROM haul_jobs j
+LEFT JOIN haul_results r ON r.name = j.name AND r.chunk = j.chunk AND r.id = j.id
+LEFT JOIN haul_chunks c ON c.name = j.name AND c.chunk = j.chunk AND r.id IS NULL;
+-- Writes a batch of results, fenced by their chunks' owner and attempt, then closes the chunks
+-- the worker no longer holds a job of (done when all their jobs ended, otherwise back in the
+-- queue); returns how many results were written. The fence is read once per chunk of the
+-- batch; the lookups are kept to primary keys (no hash or merge join: a scan of the table per
+-- batch) whatever the statistics say, which are stale right after an enqueue.
+DROP FUNCTION IF EXISTS haul_record(TEXT, BIGINT, TEXT[], INTEGER[], TEXT[], TEXT[], BIGINT[], TEXT[], TEXT[], BOOLEAN[], INTEGER[], TEXT[], TEXT[], BIGINT[], INTEGER[], TEXT[]);
 CREATE OR REPLACE FUNCTION haul_record(
-    p_name TEXT, p_owner BIGINT, p_ids TEXT[], p_attempts INTEGER[], p_states TEXT[], p_paths TEXT[],
-    p_sizes BIGINT[], p_sha256 TEXT[], p_blake3 TEXT[], p_verified BOOLEAN[], p_http INTEGER[],
-    p_reasons TEXT[], p_errors TEXT[], p_chunks BIGINT[], p_chunk_attempts INTEGER[], p_chunk_hosts TEXT[]
+    p_name TEXT, p_owner BIGINT, p_ids TEXT[], p_job_chunks BIGINT[], p_attempts INTEGER[], p_states TEXT[],
+    p_paths TEXT[], p_sizes BIGINT[], p_sha256 TEXT[], p_blake3 TEXT[], p_verified BOOLEAN[], p_http INTEGER[],
+    p_reasons TEXT[], p_errors TEXT[], p_chunks BIGINT[], p_chunk_attempts INTEGER[]
 ) RETURNS BIGINT LANGUAGE plpgsql
 SET enable_hashjoin = off SET enable_mergejoin = off SET enable_seqscan = off AS $$
 DECLARE
     written BIGINT;
+    held BIGINT[];
 BEGIN
-    UPDATE haul_jobs t SET
-        state = r.state, attempt = r.attempt, owner = p_owner, finished = now(),
-        path = r.path, size = r.size, sha256 = r.sha256, blake3 = r.blake3,
-        verified = r.verified, http_status = r.http, reason = r.reason, error = r.error
-    FROM unnest(p_ids, p_attempts, p_states, p_paths, p_sizes, p_sha256, p_blake3, p_verified, p_http,
-                p_reasons, p_errors)
-         AS r(id, attempt, state, path, size, sha256, blake3, verified, http, reason, error)
-    WHERE t.name = p_name AND t.id = r.id COLLATE \"C\" AND t.finished IS NULL
-      -- a subquery per result, never a join the planner could turn inside out
-      AND (SELECT c.attempt FROM haul_chunks c
-           WHERE c.name = p_name AND c.host = t.host AND c.chunk = t.chunk AND c.state = 'running'
-             AND c.owner = p_owner) = r.attempt;
+    SELECT coalesce(array_agg(f.chunk), '{}') INTO held
+    FROM (SELECT DISTINCT chunk, attempt FROM unnest(p_job_chunks, p_attempts) AS f(chunk, attempt)) f
+    WHERE (SELECT c.attempt FROM haul_chunks c
+           WHERE c.name = p_name AND c.chunk = f.chunk AND c.state = 'running' AND c.owner = p_owner) = f.attempt;
+    INSERT INTO haul_results (name, chunk, id, state, attempt, owner, path, size, sha256, blake3, verified,
+                              http_status, reason, error)
+    SELECT p_name, r.chunk, r.id, r.state, r.attempt, p_owner, r.path, r.size, r.sha256, r.blake3, r.verified,
+           r.http, r.reason, r.error
+    FROM unnest(p_ids, p_job_chunks, p_attempts, p_states, p_paths, p_sizes, p_sha256, p_blake3, p_verified,
+                p_http, p_reasons, p_errors)
+         AS r(id, chunk, attempt, state, path, size, sha256, blake3, verified, http, reason, error)
+    WHERE r.chunk = ANY(held)
+    ON CONFLICT DO NOTHING;
     GET DIAGNOSTICS written = ROW_COUNT;
     UPDATE haul_chunks c SET
         state = CASE WHEN k.open THEN 'queued' ELSE 'done' END,
         released = c.released + CASE WHEN k.open THEN 1 ELSE 0 END,
         owner = NULL, lease_until = NULL
     FROM (
-        SELECT u.chunk, u.attempt, u.host, EXISTS (
-            SELECT 1 FROM haul_jobs j WHERE j.name = p_name AND j.chunk = u.chunk AND j.finished IS NULL
-        ) AS open
-        FROM unnest(p_chunks, p_chunk_attempts, p_chunk_hosts) AS u(chunk, attempt, host)
-        OFFSET 0 -- kept a subquery: `open` is looked up once per chunk, not once per use
+        SELECT u.chunk, u.attempt,
+               (SELECT count(*) FROM haul_jobs j WHERE j.name = p_name AND j.chunk = u.chunk)
+               > (SELECT count(*) FROM haul_results x WHERE x.name = p_name AND x.chunk = u.chunk) AS open
+        FROM unnest(p_chunks, p_chunk_attempts) AS u(chunk, attempt)
+        OFFSET 0 -- kept a subquery: `open` is counted once per chunk, not once per use
     ) k
-    WHERE c.name = p_name AND c.host = k.host COLLATE \"C\" AND c.chunk = k.chunk AND c.state = 'running'
-      AND c.owner = p_owner AND c.attempt = k.attempt;
+    WHERE c.name = p_name AND c.chunk = k.chunk AND c.state = 'running' AND c.owner = p_owner
+      AND c.attempt = k.attempt;
     RETURN written;
 END
 $$;
@@ -243,7 +255,15 @@ WHERE c.name = $1 AND c.chunk >= currval('haul_chunk_ids') << 20 AND c.chunk < (
 
 /// Statistics for the planner, from a small sample (3,000 rows: a tenth of the default's
 /// time; the plans need sizes, not fine distributions). Runs in a transaction.
-const ANALYZE: &str = "SET LOCAL default_statistics_target = 10; ANALYZE haul_jobs, haul_chunks";
+const ANALYZE: &str = "SET LOCAL default_statistics_target = 10; ANALYZE haul_jobs, haul_chunks, haul_results";
+
+/// The settings of the connections that claim and hand back: their statements look rows up by
+/// primary key (a job's result, a chunk's jobs), a nested loop of index scans whatever the
+/// statistics say. Statistics taken while `haul_results` was empty (right after an enqueue)
+/// made a claim scan the whole table once per job (seconds per claim, seen) until autovacuum
+/// analyzed it again. The settings only penalize the other plans: a statement with no index
+/// to use still runs.
+const LOOKUPS: &str = "SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off";
 
 /// Chunk numbers are a sequence number shifted left by this many bits (`<< 20` in the SQL): a
 /// batch (or a split job) takes one sequence number and numbers its chunks below the next.
@@ -263,7 +283,7 @@ fn open(url: &str, patience: Duration) -> Result<Db, Error> {
         // A queue filled by an older enqueue (or by hand) may have no statistics yet.
         let unplanned: bool = tx
             .query_one(
-                "SELECT NOT EXISTS (SELECT 1 FROM pg_stats WHERE tablename = 'haul_jobs' AND attname = 'finished') \
+                "SELECT NOT EXISTS (SELECT 1 FROM pg_stats WHERE tablename = 'haul_jobs' AND attname = 'chunk') \
                  AND EXISTS (SELECT 1 FROM haul_jobs)",
                 &[],
             )?
@@ -451,7 +471,9 @@ impl Queue {
         let name = self.name.clone();
         let specs = self.db.run("read the failed jobs", |client| {
             let rows = client.query(
-                "SELECT spec FROM haul_jobs WHERE name = $1 AND state = 'failed' ORDER BY seq",
+                "SELECT j.spec FROM haul_results r \
+                 JOIN haul_jobs j ON j.name = r.name AND j.chunk = r.chunk AND j.id = r.id \
+                 WHERE r.name = $1 AND r.state = 'failed' ORDER BY j.seq",
                 &[&name],
             )?;
             Ok(rows.into_iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>())
@@ -475,12 +497,16 @@ impl Queue {
             let retried: i64 = client
                 .query_one(
                     "WITH again AS ( \
-                        UPDATE haul_jobs SET state = 'queued', owner = NULL, finished = NULL, reason = NULL, error = NULL \
-                        WHERE name = $1 AND state = 'failed' RETURNING chunk), \
+                        DELETE FROM haul_results WHERE name = $1 AND state = 'failed' RETURNING chunk, id), \
+                     parts AS ( \
+                        SELECT a.chunk, min(j.host) AS host, count(*) AS jobs FROM again a \
+                        JOIN haul_jobs j ON j.name = $1 AND j.chunk = a.chunk AND j.id = a.id GROUP BY a.chunk), \
                      reopened AS ( \
-                        UPDATE haul_chunks SET state = 'queued', owner = NULL, lease_until = NULL, released = attempt \
-                        WHERE name = $1 AND state IN ('done', 'failed') AND chunk IN (SELECT chunk FROM again) \
-                        RETURNING chunk) \
+                        INSERT INTO haul_chunks AS c (name, chunk, host, jobs) SELECT $1, chunk, host, jobs FROM parts \
+                        ON CONFLICT (name, chunk) DO UPDATE \
+                        SET state = 'queued', owner = NULL, lease_until = NULL, released = c.attempt \
+                        WHERE c.state IN ('done', 'failed') \
+                        RETURNING c.chunk) \
                      SELECT count(*) FROM again",
                     &[&name],
                 )?
@@ -579,12 +605,13 @@ fn status(client: &mut Client, name: &str) -> Result<QueueStatus, postgres::Erro
             CASE WHEN w.stopped IS NOT NULL THEN 'stopped' \
                  WHEN w.heartbeat > now() - make_interval(secs => w.lease) THEN 'live' ELSE 'dead' END, \
             EXTRACT(EPOCH FROM now() - w.heartbeat)::DOUBLE PRECISION, \
-            (SELECT count(*) FROM haul_jobs j WHERE j.name = w.name AND j.owner = w.id AND j.state = 'done' \
-                AND j.finished > now() - interval '1 minute'), \
-            (SELECT coalesce(sum(size), 0)::BIGINT FROM haul_jobs j WHERE j.name = w.name AND j.owner = w.id \
-                AND j.state = 'done' AND j.finished > now() - interval '1 minute'), \
+            (SELECT count(*) FROM haul_results r WHERE r.name = w.name AND r.owner = w.id AND r.state = 'done' \
+                AND r.finished > now() - interval '1 minute'), \
+            (SELECT coalesce(sum(size), 0)::BIGINT FROM haul_results r WHERE r.name = w.name AND r.owner = w.id \
+                AND r.state = 'done' AND r.finished > now() - interval '1 minute'), \
             (SELECT count(*) FROM haul_chunks c JOIN haul_jobs j ON j.name = c.name AND j.chunk = c.chunk \
-                WHERE c.name = w.name AND c.owner = w.id AND c.state = 'running' AND j.finished IS NULL) \
+                WHERE c.name = w.name AND c.owner = w.id AND c.state = 'running' AND NOT EXISTS ( \
+                    SELECT 1 FROM haul_results r WHERE r.name = j.name AND r.chunk = j.chunk AND r.id = j.id)) \
          FROM haul_workers w WHERE w.name = $1 ORDER BY w.id DESC LIMIT 100",
         &[&name],
     )? {
@@ -617,7 +644,7 @@ fn status(client: &mut Client, name: &str) -> Result<QueueStatus, postgres::Erro
         });
     }
     for row in client.query(
-        "SELECT coalesce(reason, 'unknown'), count(*) FROM haul_jobs WHERE name = $1 AND state = 'failed' \
+        "SELECT coalesce(reason, 'unknown'), count(*) FROM haul_results WHERE name = $1 AND state = 'failed' \
          GROUP BY 1 ORDER BY 2 DESC LIMIT 20",
         &[&name],
     )? {
@@ -680,6 +707,8 @@ fn default_label() -> String {
 #[derive(Debug)]
 struct Completion {
     id: String,
+    /// The chunk it was claimed under, and that claim's attempt (its fence).
+    chunk: i64,
     attempt: i32,
     /// `done`, `failed` or `skipped`.
     state: &'static str,
@@ -737,6 +766,8 @@ struct Held {
 /// A held job let go of (see [`Held::remove`]).
 #[derive(Debug, Clone)]
 struct Let {
+    /// Its chunk.
+    chunk: i64,
     /// The attempt of its chunk's claim.
     attempt: i32,
     /// Its chunk and host, when it was the chunk's last job held: the chunk is closed with the
@@ -768,7 +799,7 @@ impl Held {
         } else {
             None
         };
-        Some(Let { attempt, close })
+        Some(Let { chunk, attempt, close })
     }
 
     /// Forgets the chunks another worker took over, with their jobs; returns how many jobs.
@@ -980,7 +1011,7 @@ impl Worker {
     pub fn jobs(&self) -> Result<Claims, Error> {
         let mut claimer = Claimer {
             inner: Arc::clone(&self.inner),
-            db: Db::connect(&self.inner.url, self.inner.options.patience)?,
+            db: Db::connect(&self.inner.url, self.inner.options.patience)?.with_session(LOOKUPS)?,
             buffer: VecDeque::new(),
             cursors: HashMap::new(),
             rescan_at: std::time::Instant::now(),
@@ -1075,7 +1106,7 @@ impl Worker {
                 .expect("fatal")
                 .get_or_insert_with(|| "the queue keeper panicked".to_owned());
         }
-        let mut db = Db::connect(&self.inner.url, self.inner.options.patience)?;
+        let mut db = Db::connect(&self.inner.url, self.inner.options.patience)?.with_session(LOOKUPS)?;
         let (name, id) = (self.inner.name.as_str(), self.inner.id);
         let released = db.run("hand unfinished jobs back to the queue", |client| {
             let mut tx = client.transaction()?;
@@ -1086,7 +1117,8 @@ impl Worker {
                             released = released + 1 \
                         WHERE name = $1 AND owner = $2 AND state = 'running' RETURNING chunk) \
                      SELECT count(*) FROM back JOIN haul_jobs j ON j.name = $1 AND j.chunk = back.chunk \
-                     WHERE j.finished IS NULL",
+                     WHERE NOT EXISTS ( \
+                        SELECT 1 FROM haul_results r WHERE r.name = $1 AND r.chunk = j.chunk AND r.id = j.id)",
                     &[&name, &id],
                 )?
                 .get(0);
@@ -1269,7 +1301,11 @@ claimed AS (
     RETURNING t.chunk, t.attempt, t.host
 )
 SELECT j.id, j.spec, c.attempt, c.host, c.chunk
-FROM claimed c LEFT JOIN haul_jobs j ON j.name = $1 AND j.chunk = c.chunk AND j.finished IS NULL
+FROM claimed c LEFT JOIN LATERAL (
+    SELECT j.id, j.spec, j.seq FROM haul_jobs j
+    WHERE j.name = $1 AND j.chunk = c.chunk
+      AND NOT EXISTS (SELECT 1 FROM haul_results r WHERE r.name = $1 AND r.chunk = c.chunk AND r.id = j.id)
+) j ON true
 ORDER BY c.chunk, j.seq";
 
 /// Splits the chunks whose lease ran out (their worker was lost) into chunks of one job each,
@@ -1283,7 +1319,8 @@ WITH lost AS (
 moved AS (
     UPDATE haul_jobs j SET chunk = nextval('haul_chunk_ids') << 20
     FROM lost
-    WHERE j.name = $1 AND j.chunk = lost.chunk AND j.finished IS NULL
+    WHERE j.name = $1 AND j.chunk = lost.chunk
+      AND NOT EXISTS (SELECT 1 FROM haul_results r WHERE r.name = $1 AND r.chunk = lost.chunk AND r.id = j.id)
     RETURNING j.chunk, j.host, lost.attempt, lost.released, lost.lease_until
 )
 INSERT INTO haul_chunks (name, chunk, host, jobs, state, attempt, released, lease_until)
@@ -1297,12 +1334,12 @@ WITH lost AS (
     WHERE name = $1 AND state = 'running' AND lease_until < now() AND attempt - released >= $2
     RETURNING chunk, attempt, attempt - released AS tries
 )
-UPDATE haul_jobs j
-SET state = 'failed', attempt = lost.attempt, owner = NULL, finished = now(), reason = 'worker lost',
-    error = format('claimed %s times by workers that stopped before finishing it (--max-attempts %s)',
-                   lost.tries, $2::INTEGER)
-FROM lost
-WHERE j.name = $1 AND j.chunk = lost.chunk AND j.finished IS NULL";
+INSERT INTO haul_results (name, chunk, id, state, attempt, reason, error)
+SELECT $1, lost.chunk, j.id, 'failed', lost.attempt, 'worker lost',
+       format('claimed %s times by workers that stopped before finishing it (--max-attempts %s)',
+              lost.tries, $2::INTEGER)
+FROM lost JOIN haul_jobs j ON j.name = $1 AND j.chunk = lost.chunk
+ON CONFLICT DO NOTHING";
 
 impl Claimer {
     /// Claims a batch into the buffer; returns how many chunks.
@@ -1450,9 +1487,10 @@ impl Claimer {
                     Ok(job) => return Some(Ok(job)),
                     Err(reason) => {
                         let taken = self.inner.remove_held(&id);
-                        if let Some(Let { attempt, close }) = taken {
+                        if let Some(Let { chunk, attempt, close }) = taken {
                             let completion = Completion {
                                 id,
+                                chunk,
                                 attempt,
                                 state: "failed",
                                 path: None,
@@ -1538,7 +1576,7 @@ impl Reporter for QueueReporter {
         let adopted = report.status == JobStatus::Skipped && report.reason.is_some_and(|r| r.starts_with("exists"));
         let done = report.status == JobStatus::Done || adopted;
         match taken {
-            Some(Let { attempt, close }) => {
+            Some(Let { chunk, attempt, close }) => {
                 let state = match report.status {
                     _ if done => Some("done"),
                     JobStatus::Skipped => Some("skipped"),
@@ -1549,6 +1587,7 @@ impl Reporter for QueueReporter {
                 };
                 let completion = state.map(|state| Completion {
                     id: report.id.to_owned(),
+                    chunk,
                     attempt,
                     state,
                     path: report.path.map(str::to_owned),
