@@ -128,8 +128,9 @@ SET enable_hashjoin = off SET enable_mergejoin = off SET enable_seqscan = off AS
 DECLARE
     written BIGINT;
     held BIGINT[];
+    held_attempts INTEGER[];
 BEGIN
-    SELECT coalesce(array_agg(f.chunk), '{}') INTO held
+    SELECT coalesce(array_agg(f.chunk), '{}'), coalesce(array_agg(f.attempt), '{}') INTO held, held_attempts
     FROM (SELECT DISTINCT chunk, attempt FROM unnest(p_job_chunks, p_attempts) AS f(chunk, attempt)) f
     WHERE (SELECT c.attempt FROM haul_chunks c
            WHERE c.name = p_name AND c.chunk = f.chunk AND c.state = 'running' AND c.owner = p_owner) = f.attempt;
@@ -140,7 +141,8 @@ BEGIN
     FROM unnest(p_ids, p_job_chunks, p_attempts, p_states, p_paths, p_sizes, p_sha256, p_blake3, p_verified,
                 p_http, p_reasons, p_errors)
          AS r(id, chunk, attempt, state, path, size, sha256, blake3, verified, http, reason, error)
-    WHERE r.chunk = ANY(held)
+    -- the chunk is still held under the attempt the result was made under
+    WHERE held_attempts[array_position(held, r.chunk)] = r.attempt
     ON CONFLICT DO NOTHING;
     GET DIAGNOSTICS written = ROW_COUNT;
     UPDATE haul_chunks c SET
