@@ -105,7 +105,7 @@ fn write(
     inner: &Inner,
     db: &mut Db,
     completions: Vec<Completion>,
-    closes: &[(i64, i32, String)],
+    closes: &[(i64, i32)],
     cool: &[(String, f64, String)],
 ) -> Result<(), Error> {
     if completions.is_empty() && closes.is_empty() && cool.is_empty() {

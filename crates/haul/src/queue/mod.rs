@@ -728,8 +728,8 @@ struct Completion {
 #[derive(Debug, Default)]
 struct Outbox {
     completions: Vec<Completion>,
-    /// Chunks this worker holds no job of any more: (chunk, attempt of its claim, host).
-    closes: Vec<(i64, i32, String)>,
+    /// Chunks this worker holds no job of any more: (chunk, attempt of its claim).
+    closes: Vec<(i64, i32)>,
     /// Host pauses to share: (host, seconds, reason).
     cool: Vec<(String, f64, String)>,
     /// Set when the worker ends: write everything, then stop.
@@ -772,9 +772,8 @@ struct Let {
     chunk: i64,
     /// The attempt of its chunk's claim.
     attempt: i32,
-    /// Its chunk and host, when it was the chunk's last job held: the chunk is closed with the
-    /// result.
-    close: Option<(i64, String)>,
+    /// It was the chunk's last job held: the chunk is closed with the result.
+    close: bool,
 }
 
 impl Held {
@@ -796,11 +795,7 @@ impl Held {
         let (attempt, n, _) = self.chunks.get_mut(&chunk)?;
         let attempt = *attempt;
         *n -= 1;
-        let close = if *n == 0 {
-            self.chunks.remove(&chunk).map(|(_, _, host)| (chunk, host))
-        } else {
-            None
-        };
+        let close = *n == 0 && self.chunks.remove(&chunk).is_some();
         Some(Let { chunk, attempt, close })
     }
 
@@ -875,7 +870,7 @@ impl Inner {
 
     /// Queues a job's result (none for a job handed back) and, when it was the last job held
     /// of its chunk, the chunk's close, for one group commit.
-    fn push(&self, completion: Option<Completion>, close: Option<(i64, i32, String)>) {
+    fn push(&self, completion: Option<Completion>, close: Option<(i64, i32)>) {
         let mut outbox = self.outbox.lock().expect("outbox");
         outbox.completions.extend(completion);
         outbox.closes.extend(close);
@@ -896,10 +891,6 @@ impl Inner {
             self.released.notify_all();
         }
         taken
-    }
-
-    fn push_close(&self, chunk: i64, attempt: i32, host: String) {
-        self.push(None, Some((chunk, attempt, host)));
     }
 }
 
@@ -1414,15 +1405,15 @@ impl Claimer {
             chunks.insert(chunk);
             let Some(id) = row.get::<_, Option<String>>(0) else {
                 // Nothing left in it (its jobs ended before it was handed back): closed as is.
-                empty.push((chunk, attempt, host));
+                empty.push((chunk, attempt));
                 continue;
             };
             held.insert(id.clone(), chunk, attempt, host);
             self.buffer.push_back((id, row.get(1)));
         }
         drop(held);
-        for (chunk, attempt, host) in empty {
-            inner.push_close(chunk, attempt, host);
+        for (chunk, attempt) in empty {
+            inner.push(None, Some((chunk, attempt)));
         }
         self.short = (chunks.len() as i64) < batch;
         Ok(chunks.len())
@@ -1504,8 +1495,7 @@ impl Claimer {
                                 reason: Some("bad job line".to_owned()),
                                 error: Some(reason),
                             };
-                            self.inner
-                                .push(Some(completion), close.map(|(c, host)| (c, attempt, host)));
+                            self.inner.push(Some(completion), close.then_some((chunk, attempt)));
                         }
                         continue;
                     }
@@ -1601,7 +1591,7 @@ impl Reporter for QueueReporter {
                     reason: report.reason.map(str::to_owned),
                     error: report.error.map(str::to_owned),
                 });
-                self.worker.push(completion, close.map(|(c, host)| (c, attempt, host)));
+                self.worker.push(completion, close.then_some((chunk, attempt)));
             }
             None => {
                 // The lease was lost (this worker stalled past it): another worker has the job.
