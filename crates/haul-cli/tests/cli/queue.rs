@@ -252,6 +252,43 @@ fn a_queue_made_by_an_earlier_haul_is_refused_and_left_alone() {
     assert_eq!(pg.query(&url, "SELECT to_regclass('haul_results') IS NULL"), "t");
 }
 
+/// A batch of results sent again (the answer to its commit was lost with the connection) is
+/// written once: the second time changes nothing, and fails nothing.
+#[test]
+fn a_batch_of_results_sent_twice_is_recorded_once() {
+    let (pg, url) = database();
+    let tmp = tempfile::tempdir().unwrap();
+    let lines = [
+        "http://127.0.0.1:9/a.bin".to_owned(),
+        "http://127.0.0.1:9/b.bin".to_owned(),
+    ];
+    let list = manifest(tmp.path(), &lines);
+    let added = run_q(&url, &["enqueue", "-i", path(&list)]);
+    assert_eq!(added.status.code(), Some(0), "{}", stderr(&added));
+    // The jobs' chunk, held by worker 7 under its first claim.
+    let _ = pg.query(&url, "UPDATE haul_chunks SET state = 'running', attempt = 1, owner = 7");
+    let record = |path: &str| {
+        pg.query(
+            &url,
+            &format!(
+                "SELECT haul_record('default', 7, ARRAY['{a}'], ARRAY[(SELECT chunk FROM haul_jobs WHERE id = '{a}')], \
+                 ARRAY[1], ARRAY['done'], ARRAY['{path}'], ARRAY[5::BIGINT], ARRAY[NULL::TEXT], ARRAY[NULL::TEXT], \
+                 ARRAY[false], ARRAY[200], ARRAY[NULL::TEXT], ARRAY[NULL::TEXT], '{{}}'::BIGINT[], '{{}}'::INTEGER[])",
+                a = lines[0]
+            ),
+        )
+    };
+    assert_eq!(record("first"), "1");
+    assert_eq!(record("again"), "0", "the second send writes nothing");
+    assert_eq!(
+        pg.query(&url, "SELECT string_agg(path, ',') FROM haul_results"),
+        "first"
+    );
+    let states = states(&pg, &url);
+    assert_eq!(states.get("done"), Some(&1), "{states:?}");
+    assert_eq!(states.get("running"), Some(&1), "{states:?}");
+}
+
 fn states_done(pg: &Postgres, url: &str) -> u64 {
     states(pg, url).get("done").copied().unwrap_or(0)
 }
