@@ -4,7 +4,7 @@ nginx, 30,000 small files from a PostgreSQL queue, against `haul get` (SQLite ar
 same files; and the enqueue rate of a 1,000,000-line manifest against psql's own COPY of the
 same lines into the same kind of table (the database's ceiling).
 
-    python3 bench/queue.py                  # 3 rounds, tools alternating
+    python3 bench/queue.py                  # 5 rounds, tools alternating
     python3 bench/queue.py --rounds 1 --enqueue-lines 200000
 
 Every worker gets `-j 16` and a per-host share of 16 (the fleet's `--per-host` is 16 × workers),
@@ -96,7 +96,7 @@ def run_workers(url, n, out, j=16):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--enqueue-lines", type=int, default=1_000_000)
     args = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "haul-cli"], cwd=ROOT, check=True)
@@ -177,6 +177,12 @@ def main():
     for name in names:
         wall = statistics.median(results[name])
         print(f"| {name} | {wall:.2f} | {n / wall:,.0f} | {base / wall:.2f}× |")
+    # The machine's speed drifts within a run (a shared 2-core VM): each round's ratio, from
+    # runs minutes apart at most, shows the spread the medians hide.
+    for name in names[1:]:
+        per_round = ", ".join(f"{g / w:.2f}" for g, w in zip(results[names[0]], results[name]))
+        print(f"\n{name} ÷ haul get, round by round: {per_round}", end="")
+    print()
     print(f"\nenqueue of the 30,000-line list before each worker run: {statistics.median(enqueue):,.0f} lines/s")
     peer = statistics.median(rates["psql COPY + INSERT … ON CONFLICT"])
     print(f"\n{args.enqueue_lines:,}-line manifest, medians of {args.rounds} rounds\n")

@@ -289,6 +289,42 @@ fn a_batch_of_results_sent_twice_is_recorded_once() {
     assert_eq!(states.get("running"), Some(&1), "{states:?}");
 }
 
+/// A batch that closes many chunks counts each chunk's jobs and results once, whatever the
+/// statistics say. Taken when no chunk ran (the enqueue's `ANALYZE`), they once made the
+/// database count every closed chunk again for each running one: a product of the two, which
+/// ran for tens of seconds in a worker's run and for minutes here.
+#[test]
+fn a_batch_closing_many_chunks_counts_each_once() {
+    let (pg, url) = database();
+    let tmp = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = (0..32_000).map(|i| format!("http://127.0.0.1:9/f{i:05}.bin")).collect();
+    let list = manifest(tmp.path(), &lines);
+    let added = run_q(&url, &["enqueue", "-i", path(&list)]);
+    assert_eq!(added.status.code(), Some(0), "{}", stderr(&added));
+    // Every chunk held by worker 7, with the statistics of the enqueue (none running).
+    let _ = pg.query(
+        &url,
+        "ALTER TABLE haul_chunks SET (autovacuum_enabled = false); \
+         UPDATE haul_chunks SET state = 'running', attempt = 1, owner = 7",
+    );
+    // Every result and every close in one batch; the database gives up on it after 10 s.
+    let written = pg.query(
+        &url,
+        "SET statement_timeout = '10s'; \
+         SELECT haul_record('default', 7, array_agg(id), array_agg(chunk), array_agg(1), array_agg('done'::TEXT), \
+                array_agg(NULL::TEXT), array_agg(NULL::BIGINT), array_agg(NULL::TEXT), array_agg(NULL::TEXT), \
+                array_agg(false), array_agg(200), array_agg(NULL::TEXT), array_agg(NULL::TEXT), \
+                (SELECT array_agg(chunk) FROM haul_chunks), (SELECT array_agg(1) FROM haul_chunks)) \
+         FROM haul_jobs",
+    );
+    assert_eq!(written, "32000");
+    assert_eq!(
+        count(&pg, &url, "SELECT count(*) FROM haul_chunks WHERE state = 'done'"),
+        2000
+    );
+    assert_eq!(states(&pg, &url).get("done"), Some(&32_000));
+}
+
 fn states_done(pg: &Postgres, url: &str) -> u64 {
     states(pg, url).get("done").copied().unwrap_or(0)
 }

@@ -161,17 +161,21 @@ BEGIN
         ON CONFLICT DO NOTHING;
         GET DIAGNOSTICS written = ROW_COUNT;
     END;
-    UPDATE haul_chunks c SET
-        state = CASE WHEN k.open THEN 'queued' ELSE 'done' END,
-        released = c.released + CASE WHEN k.open THEN 1 ELSE 0 END,
-        owner = NULL, lease_until = NULL
-    FROM (
+    -- `open` is counted once per chunk closed, whatever the plan: as a subquery of the join,
+    -- the planner could (statistics taken when no chunk ran) scan this worker's running chunks
+    -- and count every closed chunk again for each, a product that grew with the batch (a batch
+    -- took 22 s, seen with auto_explain, and the next carried what piled up meanwhile).
+    WITH k AS MATERIALIZED (
         SELECT u.chunk, u.attempt,
                (SELECT count(*) FROM haul_jobs j WHERE j.name = p_name AND j.chunk = u.chunk)
                > (SELECT count(*) FROM haul_results x WHERE x.name = p_name AND x.chunk = u.chunk) AS open
         FROM unnest(p_chunks, p_chunk_attempts) AS u(chunk, attempt)
-        OFFSET 0 -- kept a subquery: `open` is counted once per chunk, not once per use
-    ) k
+    )
+    UPDATE haul_chunks c SET
+        state = CASE WHEN k.open THEN 'queued' ELSE 'done' END,
+        released = c.released + CASE WHEN k.open THEN 1 ELSE 0 END,
+        owner = NULL, lease_until = NULL
+    FROM k
     WHERE c.name = p_name AND c.chunk = k.chunk AND c.state = 'running' AND c.owner = p_owner
       AND c.attempt = k.attempt;
     RETURN written;
@@ -1282,11 +1286,12 @@ impl std::fmt::Debug for Claimer {
 /// worker's chunks are split first: [`SPLIT`]). The worker's holdings come as arrays of hosts
 /// (`$6`) and jobs (`$7`); its cursors (see [`Claimer::cursors`]) as hosts (`$8`) and the chunk
 /// to read past (`$9`); `$10` is [`CHUNK`]. Returns the unfinished jobs of the chunks claimed, and a row with no job
-/// for a chunk that has none left.
+/// for a chunk that has none left. `picked` is materialized: locked and read once, never again
+/// for each row of the update, whatever the plan.
 const CLAIM: &str = "
 WITH mine AS (SELECT * FROM unnest($6::TEXT[], $7::BIGINT[]) AS m(host, n)),
 marks AS (SELECT * FROM unnest($8::TEXT[], $9::BIGINT[]) AS k(host, after)),
-picked AS (
+picked AS MATERIALIZED (
     SELECT c.name, c.chunk
     FROM haul_hosts h
     LEFT JOIN mine ON mine.host = h.host
