@@ -104,7 +104,12 @@ fn assert_files(out: &Path, files: &[(String, String, String)]) {
 
 fn enqueue(url: &str, dir: &Path, files: &[(String, String, String)]) {
     let lines: Vec<String> = files.iter().map(|(u, _, _)| u.clone()).collect();
-    let list = manifest(dir, &lines);
+    enqueue_lines(url, dir, &lines);
+}
+
+/// Enqueues a manifest of `lines` written in `dir`.
+fn enqueue_lines(url: &str, dir: &Path, lines: &[String]) {
+    let list = manifest(dir, lines);
     let added = run_q(url, &["enqueue", "-i", path(&list)]);
     assert_eq!(added.status.code(), Some(0), "{}", stderr(&added));
 }
@@ -192,11 +197,11 @@ fn retry_failed_requeues_a_failure_from_a_chunk_that_was_split() {
     let server = rt.block_on(FaultServer::start());
     let (pg, url) = database();
     let tmp = tempfile::tempdir().unwrap();
-    let list = manifest(
+    enqueue_lines(
+        &url,
         tmp.path(),
         &[server.url("a.bin", 1000, ""), server.url("b.bin", 2000, "")],
     );
-    assert_eq!(run_q(&url, &["enqueue", "-i", path(&list)]).status.code(), Some(0));
     // A worker (999) claimed the chunk, recorded a.bin as failed, and died holding b.bin.
     let _ = pg.query(
         &url,
@@ -262,9 +267,7 @@ fn a_batch_of_results_sent_twice_is_recorded_once() {
         "http://127.0.0.1:9/a.bin".to_owned(),
         "http://127.0.0.1:9/b.bin".to_owned(),
     ];
-    let list = manifest(tmp.path(), &lines);
-    let added = run_q(&url, &["enqueue", "-i", path(&list)]);
-    assert_eq!(added.status.code(), Some(0), "{}", stderr(&added));
+    enqueue_lines(&url, tmp.path(), &lines);
     // The jobs' chunk, held by worker 7 under its first claim.
     let _ = pg.query(&url, "UPDATE haul_chunks SET state = 'running', attempt = 1, owner = 7");
     let record = |path: &str| {
@@ -298,9 +301,7 @@ fn a_batch_closing_many_chunks_counts_each_once() {
     let (pg, url) = database();
     let tmp = tempfile::tempdir().unwrap();
     let lines: Vec<String> = (0..32_000).map(|i| format!("http://127.0.0.1:9/f{i:05}.bin")).collect();
-    let list = manifest(tmp.path(), &lines);
-    let added = run_q(&url, &["enqueue", "-i", path(&list)]);
-    assert_eq!(added.status.code(), Some(0), "{}", stderr(&added));
+    enqueue_lines(&url, tmp.path(), &lines);
     // Every chunk held by worker 7, with the statistics of the enqueue (none running).
     let _ = pg.query(
         &url,
