@@ -236,6 +236,62 @@ fn retry_failed_requeues_a_failure_from_a_chunk_that_was_split() {
     assert_eq!(server.hits("/f/b.bin"), 1);
 }
 
+/// `--retry-failed` while another worker still holds the failed job's chunk: the job moves to a
+/// chunk of its own and is done again, and the holder, which closes its chunk as done (it
+/// knows nothing of the retry), strands nothing.
+#[test]
+fn retry_failed_requeues_a_failure_from_a_chunk_still_held() {
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let (pg, url) = database();
+    let tmp = tempfile::tempdir().unwrap();
+    enqueue_lines(
+        &url,
+        tmp.path(),
+        &[server.url("a.bin", 1000, ""), server.url("b.bin", 2000, "")],
+    );
+    // Worker 7 holds the chunk (for a minute yet) and recorded a.bin as failed.
+    let _ = pg.query(
+        &url,
+        "UPDATE haul_chunks SET state = 'running', attempt = 1, owner = 7, lease_until = now() + interval '60 s'; \
+         SELECT haul_record('default', 7, array_agg(id), array_agg(chunk), ARRAY[1], ARRAY['failed'], \
+                ARRAY[NULL::TEXT], ARRAY[NULL::BIGINT], ARRAY[NULL::TEXT], ARRAY[NULL::TEXT], ARRAY[false], \
+                ARRAY[503], ARRAY['http'], ARRAY['HTTP 503'], '{}'::BIGINT[], '{}'::INTEGER[], '{}'::BOOLEAN[]) \
+         FROM haul_jobs WHERE id LIKE '%/a.bin%'",
+    );
+    assert_eq!(states(&pg, &url).get("failed"), Some(&1));
+    let out = tmp.path().join("out");
+    let worker = spawn_worker(&url, &out, &["--retry-failed"]);
+    wait_for_state(&pg, &url, "done", 1, "the retried job was done by the new worker");
+    // Worker 7 ends b.bin and closes its chunk: every job it was handed has a result.
+    let written = pg.query(
+        &url,
+        "SELECT haul_record('default', 7, array_agg(id), array_agg(chunk), ARRAY[1], ARRAY['done'], \
+                ARRAY['b.bin'], ARRAY[2000::BIGINT], ARRAY[NULL::TEXT], ARRAY[NULL::TEXT], ARRAY[false], \
+                ARRAY[200], ARRAY[NULL::TEXT], ARRAY[NULL::TEXT], array_agg(chunk), ARRAY[1], ARRAY[false]) \
+         FROM haul_jobs WHERE id LIKE '%/b.bin%'",
+    );
+    assert_eq!(written, "1");
+    let work = finish(worker, Duration::from_secs(60));
+    assert_eq!(work.status.code(), Some(0), "{}", stderr(&work));
+    assert!(
+        stderr(&work).contains("1 failed jobs queued again"),
+        "{}",
+        stderr(&work)
+    );
+    assert_eq!(
+        sha256_hex(&std::fs::read(out.join("a.bin")).unwrap()),
+        sha256_hex(&body_for("a.bin", 1000))
+    );
+    assert_eq!(server.hits("/f/a.bin"), 1);
+    assert_eq!(server.hits("/f/b.bin"), 0, "b.bin was worker 7's");
+    assert_eq!(states_done(&pg, &url), 2, "{:?}", states(&pg, &url));
+    assert_eq!(
+        count(&pg, &url, "SELECT count(*) FROM haul_chunks WHERE state <> 'done'"),
+        0
+    );
+}
+
 /// A queue whose tables an earlier haul made (jobs rows holding their results) is refused with
 /// a message that says what to do, and left as it is.
 #[test]
@@ -276,7 +332,8 @@ fn a_batch_of_results_sent_twice_is_recorded_once() {
             &format!(
                 "SELECT haul_record('default', 7, ARRAY['{a}'], ARRAY[(SELECT chunk FROM haul_jobs WHERE id = '{a}')], \
                  ARRAY[1], ARRAY['done'], ARRAY['{path}'], ARRAY[5::BIGINT], ARRAY[NULL::TEXT], ARRAY[NULL::TEXT], \
-                 ARRAY[false], ARRAY[200], ARRAY[NULL::TEXT], ARRAY[NULL::TEXT], '{{}}'::BIGINT[], '{{}}'::INTEGER[])",
+                 ARRAY[false], ARRAY[200], ARRAY[NULL::TEXT], ARRAY[NULL::TEXT], '{{}}'::BIGINT[], '{{}}'::INTEGER[], \
+                 '{{}}'::BOOLEAN[])",
                 a = lines[0]
             ),
         )
@@ -292,12 +349,13 @@ fn a_batch_of_results_sent_twice_is_recorded_once() {
     assert_eq!(states.get("running"), Some(&1), "{states:?}");
 }
 
-/// A batch that closes many chunks counts each chunk's jobs and results once, whatever the
-/// statistics say. Taken when no chunk ran (the enqueue's `ANALYZE`), they once made the
-/// database count every closed chunk again for each running one: a product of the two, which
-/// ran for tens of seconds in a worker's run and for minutes here.
+/// A batch that closes many chunks looks each up once, whatever the statistics say. Taken when
+/// no chunk ran (the enqueue's `ANALYZE`), they once made the database count every closed
+/// chunk's jobs again for each running one: a product of the two, which ran for tens of
+/// seconds in a worker's run and for minutes here. A chunk closed open (a job of it handed
+/// back) goes back to the queue; the others are done.
 #[test]
-fn a_batch_closing_many_chunks_counts_each_once() {
+fn a_batch_closing_many_chunks_looks_each_up_once() {
     let (pg, url) = database();
     let tmp = tempfile::tempdir().unwrap();
     let lines: Vec<String> = (0..32_000).map(|i| format!("http://127.0.0.1:9/f{i:05}.bin")).collect();
@@ -315,13 +373,24 @@ fn a_batch_closing_many_chunks_counts_each_once() {
          SELECT haul_record('default', 7, array_agg(id), array_agg(chunk), array_agg(1), array_agg('done'::TEXT), \
                 array_agg(NULL::TEXT), array_agg(NULL::BIGINT), array_agg(NULL::TEXT), array_agg(NULL::TEXT), \
                 array_agg(false), array_agg(200), array_agg(NULL::TEXT), array_agg(NULL::TEXT), \
-                (SELECT array_agg(chunk) FROM haul_chunks), (SELECT array_agg(1) FROM haul_chunks)) \
+                (SELECT array_agg(chunk ORDER BY chunk) FROM haul_chunks), (SELECT array_agg(1) FROM haul_chunks), \
+                (SELECT array_agg(n % 2 = 1 ORDER BY chunk) \
+                 FROM (SELECT chunk, row_number() OVER (ORDER BY chunk) AS n FROM haul_chunks) c)) \
          FROM haul_jobs",
     );
     assert_eq!(written, "32000");
     assert_eq!(
-        count(&pg, &url, "SELECT count(*) FROM haul_chunks WHERE state = 'done'"),
-        2000
+        pg.query(
+            &url,
+            "SELECT string_agg(format('%s %s %s', state, released, n), ',' ORDER BY state) \
+             FROM (SELECT state, released, count(*) AS n FROM haul_chunks GROUP BY state, released) c"
+        ),
+        "done 0 1000,queued 1 1000",
+        "every other chunk was closed open: back in the queue, released once"
+    );
+    assert_eq!(
+        count(&pg, &url, "SELECT count(*) FROM haul_chunks WHERE owner IS NOT NULL"),
+        0
     );
     assert_eq!(states(&pg, &url).get("done"), Some(&32_000));
 }

@@ -18,7 +18,7 @@ const DELAY: Duration = Duration::from_millis(250);
 /// Results, fenced: each written only while its chunk is this worker's claim (owner and
 /// attempt); then the chunks closed. The batch goes as arrays to `haul_record` (see the
 /// schema): one statement per batch, half the database's time of a statement per result.
-const RECORD: &str = "SELECT haul_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+const RECORD: &str = "SELECT haul_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
 
 const RENEW: &str = "
 UPDATE haul_chunks c SET lease_until = now() + make_interval(secs => $3)
@@ -105,14 +105,15 @@ fn write(
     inner: &Inner,
     db: &mut Db,
     completions: Vec<Completion>,
-    closes: &[(i64, i32)],
+    closes: &[super::Close],
     cool: &[(String, f64, String)],
 ) -> Result<(), Error> {
     if completions.is_empty() && closes.is_empty() && cool.is_empty() {
         return Ok(());
     }
-    let chunks: Vec<i64> = closes.iter().map(|c| c.0).collect();
-    let chunk_attempts: Vec<i32> = closes.iter().map(|c| c.1).collect();
+    let chunks: Vec<i64> = closes.iter().map(|c| c.chunk).collect();
+    let chunk_attempts: Vec<i32> = closes.iter().map(|c| c.attempt).collect();
+    let chunks_open: Vec<bool> = closes.iter().map(|c| c.open).collect();
     let n = completions.len();
     let mut ids = Vec::with_capacity(n);
     let mut job_chunks = Vec::with_capacity(n);
@@ -143,7 +144,7 @@ fn write(
     let (name, id) = (inner.name.as_str(), inner.id);
     let started = Instant::now();
     let written = db.run_prepared("record results", &[RECORD], |client, prepared| {
-        let params: [&(dyn postgres::types::ToSql + Sync); 16] = [
+        let params: [&(dyn postgres::types::ToSql + Sync); 17] = [
             &name,
             &id,
             &ids,
@@ -160,6 +161,7 @@ fn write(
             &errors,
             &chunks,
             &chunk_attempts,
+            &chunks_open,
         ];
         let record = |row: postgres::Row| u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
         if cool.is_empty() {
@@ -196,7 +198,7 @@ fn heartbeat(inner: &Inner, db: &mut Db) -> Result<(), Error> {
         .expect("held jobs")
         .chunks
         .iter()
-        .map(|(chunk, (_, _, host))| (*chunk, host.clone()))
+        .map(|(chunk, held)| (*chunk, held.host.clone()))
         .unzip();
     let (name, id, lease) = (inner.name.as_str(), inner.id, inner.options.lease.as_secs_f64());
     let renewed = db.run_prepared("renew leases", &[RENEW], |client, prepared| {

@@ -89,7 +89,10 @@ CREATE TABLE IF NOT EXISTS haul_results (
 -- claims and is the fencing token of its jobs' results; `released` counts the claims that
 -- ended by handing the chunk back (not by a worker lost). A chunk whose worker was lost is
 -- split into chunks of one job before it is claimed again, so `--max-attempts` fails only the
--- job that keeps killing its workers.
+-- job that keeps killing its workers. A chunk never claimed (attempt 0) has no result under
+-- its number: results are written under a claim, and a chunk made again for results already
+-- there (a split, `--retry-failed`) starts at their attempt. So a first claim (attempt 1)
+-- hands out all its jobs without looking their results up.
 CREATE TABLE IF NOT EXISTS haul_chunks (
     name        TEXT COLLATE \"C\" NOT NULL,
     chunk       BIGINT NOT NULL,
@@ -114,15 +117,18 @@ FROM haul_jobs j
 LEFT JOIN haul_results r ON r.name = j.name AND r.chunk = j.chunk AND r.id = j.id
 LEFT JOIN haul_chunks c ON c.name = j.name AND c.chunk = j.chunk AND r.id IS NULL;
 -- Writes a batch of results, fenced by their chunks' owner and attempt, then closes the chunks
--- the worker no longer holds a job of (done when all their jobs ended, otherwise back in the
--- queue); returns how many results were written. The fence is read once per chunk of the
--- batch; the lookups are kept to primary keys (no hash or merge join: a scan of the table per
--- batch) whatever the statistics say, which are stale right after an enqueue.
+-- the worker no longer holds a job of: done, or back in the queue when `p_open` says one of
+-- their jobs was handed back without a result (the worker knows: its claim handed out every
+-- unfinished job of the chunk, and no one else writes results under its attempt). Returns how
+-- many results were written. The fence is read once per chunk of the batch; the lookups are
+-- kept to primary keys (no hash or merge join: a scan of the table per batch) whatever the
+-- statistics say, which are stale right after an enqueue.
 DROP FUNCTION IF EXISTS haul_record(TEXT, BIGINT, TEXT[], INTEGER[], TEXT[], TEXT[], BIGINT[], TEXT[], TEXT[], BOOLEAN[], INTEGER[], TEXT[], TEXT[], BIGINT[], INTEGER[], TEXT[]);
+DROP FUNCTION IF EXISTS haul_record(TEXT, BIGINT, TEXT[], BIGINT[], INTEGER[], TEXT[], TEXT[], BIGINT[], TEXT[], TEXT[], BOOLEAN[], INTEGER[], TEXT[], TEXT[], BIGINT[], INTEGER[]);
 CREATE OR REPLACE FUNCTION haul_record(
     p_name TEXT, p_owner BIGINT, p_ids TEXT[], p_job_chunks BIGINT[], p_attempts INTEGER[], p_states TEXT[],
     p_paths TEXT[], p_sizes BIGINT[], p_sha256 TEXT[], p_blake3 TEXT[], p_verified BOOLEAN[], p_http INTEGER[],
-    p_reasons TEXT[], p_errors TEXT[], p_chunks BIGINT[], p_chunk_attempts INTEGER[]
+    p_reasons TEXT[], p_errors TEXT[], p_chunks BIGINT[], p_chunk_attempts INTEGER[], p_open BOOLEAN[]
 ) RETURNS BIGINT LANGUAGE plpgsql
 SET enable_hashjoin = off SET enable_mergejoin = off SET enable_seqscan = off AS $$
 DECLARE
@@ -161,15 +167,9 @@ BEGIN
         ON CONFLICT DO NOTHING;
         GET DIAGNOSTICS written = ROW_COUNT;
     END;
-    -- `open` is counted once per chunk closed, whatever the plan: as a subquery of the join,
-    -- the planner could (statistics taken when no chunk ran) scan this worker's running chunks
-    -- and count every closed chunk again for each, a product that grew with the batch (a batch
-    -- took 22 s, seen with auto_explain, and the next carried what piled up meanwhile).
+    -- Materialized: the update looks each chunk up by key, whatever the plan.
     WITH k AS MATERIALIZED (
-        SELECT u.chunk, u.attempt,
-               (SELECT count(*) FROM haul_jobs j WHERE j.name = p_name AND j.chunk = u.chunk)
-               > (SELECT count(*) FROM haul_results x WHERE x.name = p_name AND x.chunk = u.chunk) AS open
-        FROM unnest(p_chunks, p_chunk_attempts) AS u(chunk, attempt)
+        SELECT * FROM unnest(p_chunks, p_chunk_attempts, p_open) AS u(chunk, attempt, open)
     )
     UPDATE haul_chunks c SET
         state = CASE WHEN k.open THEN 'queued' ELSE 'done' END,
@@ -507,9 +507,9 @@ impl Queue {
     }
 
     /// Puts every failed job back in the queue; returns how many. Their chunks' attempt
-    /// counters keep counting (they are fencing tokens), but `--max-attempts` starts over. A
-    /// failed job in a chunk still held stays with it: the chunk goes back to the queue when its
-    /// worker closes it.
+    /// counters keep counting (they are fencing tokens), but `--max-attempts` starts over. The
+    /// failed jobs of a chunk a worker still holds move to a chunk of their own (that worker
+    /// closes its chunk as done: it knows nothing of the retry).
     ///
     /// # Errors
     /// The database failed.
@@ -519,12 +519,24 @@ impl Queue {
             let retried: i64 = client
                 .query_one(
                     "WITH again AS ( \
-                        DELETE FROM haul_results WHERE name = $1 AND state = 'failed' RETURNING chunk, id), \
+                        DELETE FROM haul_results WHERE name = $1 AND state = 'failed' RETURNING chunk, id, attempt), \
+                     held AS ( \
+                        SELECT h.chunk, nextval('haul_chunk_ids') << 20 AS fresh FROM ( \
+                            SELECT DISTINCT a.chunk FROM again a \
+                            JOIN haul_chunks c ON c.name = $1 AND c.chunk = a.chunk AND c.state = 'running') h), \
+                     moved AS ( \
+                        UPDATE haul_jobs j SET chunk = held.fresh FROM again a JOIN held ON held.chunk = a.chunk \
+                        WHERE j.name = $1 AND j.chunk = a.chunk AND j.id = a.id \
+                        RETURNING j.chunk, j.host, a.attempt), \
                      parts AS ( \
-                        SELECT a.chunk, min(j.host) AS host, count(*) AS jobs FROM again a \
-                        JOIN haul_jobs j ON j.name = $1 AND j.chunk = a.chunk AND j.id = a.id GROUP BY a.chunk), \
+                        SELECT a.chunk, min(j.host) AS host, count(*) AS jobs, max(a.attempt) AS attempt FROM again a \
+                        JOIN haul_jobs j ON j.name = $1 AND j.chunk = a.chunk AND j.id = a.id \
+                        WHERE a.chunk NOT IN (SELECT chunk FROM held) GROUP BY a.chunk \
+                        UNION ALL \
+                        SELECT chunk, min(host), count(*), max(attempt) FROM moved GROUP BY chunk), \
                      reopened AS ( \
-                        INSERT INTO haul_chunks AS c (name, chunk, host, jobs) SELECT $1, chunk, host, jobs FROM parts \
+                        INSERT INTO haul_chunks AS c (name, chunk, host, jobs, attempt, released) \
+                        SELECT $1, chunk, host, jobs, attempt, attempt FROM parts \
                         ON CONFLICT (name, chunk) DO UPDATE \
                         SET state = 'queued', owner = NULL, lease_until = NULL, released = c.attempt \
                         WHERE c.state IN ('done', 'failed') \
@@ -748,8 +760,8 @@ struct Completion {
 #[derive(Debug, Default)]
 struct Outbox {
     completions: Vec<Completion>,
-    /// Chunks this worker holds no job of any more: (chunk, attempt of its claim).
-    closes: Vec<(i64, i32)>,
+    /// Chunks this worker holds no job of any more.
+    closes: Vec<Close>,
     /// Host pauses to share: (host, seconds, reason).
     cool: Vec<(String, f64, String)>,
     /// Set when the worker ends: write everything, then stop.
@@ -775,14 +787,29 @@ pub struct WorkerTotals {
 struct Held {
     /// id → (its chunk, host).
     jobs: HashMap<String, (i64, String)>,
-    /// chunk → (attempt of its claim, the fencing token; jobs of it still held; host).
-    chunks: HashMap<i64, (i32, usize, String)>,
+    /// The chunks of held jobs.
+    chunks: HashMap<i64, HeldChunk>,
     /// Jobs held per host.
     by_host: HashMap<String, i64>,
     /// Jobs of one host held at most ([`WorkerOptions::per_host_claim`]).
     limit: i64,
     /// Set when a host fell below half of `limit` (a claim would find room for it).
     room: bool,
+}
+
+/// A chunk a worker holds jobs of.
+#[derive(Debug)]
+struct HeldChunk {
+    /// The attempt of its claim, the fencing token of its jobs' results.
+    attempt: i32,
+    /// Its jobs still held.
+    jobs: usize,
+    host: String,
+    /// A job of it was let go of without a result (handed back): it goes back to the queue
+    /// when closed. Otherwise every job of it has a result once its last one is let go of:
+    /// the claim handed out all its unfinished jobs, and only this worker writes results
+    /// under its attempt (the fence).
+    open: bool,
 }
 
 /// A held job let go of (see [`Held::remove`]).
@@ -793,29 +820,50 @@ struct Let {
     /// The attempt of its chunk's claim.
     attempt: i32,
     /// It was the chunk's last job held: the chunk is closed with the result.
-    close: bool,
+    close: Option<Close>,
+}
+
+/// A chunk closed: its worker holds no job of it any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Close {
+    chunk: i64,
+    /// The attempt of its claim.
+    attempt: i32,
+    /// Some job of it has no result: back to the queue, not done (see [`HeldChunk::open`]).
+    open: bool,
 }
 
 impl Held {
     fn insert(&mut self, id: String, chunk: i64, attempt: i32, host: String) {
         if let Some((old_chunk, old_host)) = self.jobs.insert(id, (chunk, host.clone())) {
             self.drop_host(&old_host);
-            if let Some((_, n, _)) = self.chunks.get_mut(&old_chunk) {
-                *n -= 1;
+            if let Some(old) = self.chunks.get_mut(&old_chunk) {
+                old.jobs -= 1;
+                old.open = true;
             }
         }
-        self.chunks.entry(chunk).or_insert((attempt, 0, host.clone())).1 += 1;
+        self.chunks
+            .entry(chunk)
+            .or_insert(HeldChunk {
+                attempt,
+                jobs: 0,
+                host: host.clone(),
+                open: false,
+            })
+            .jobs += 1;
         *self.by_host.entry(host).or_default() += 1;
     }
 
-    /// Forgets a job; returns its claim's attempt and whether its chunk is to be closed.
-    fn remove(&mut self, id: &str) -> Option<Let> {
+    /// Forgets a job, which ended with a result unless `handed_back`; returns its claim's
+    /// attempt and, when it was the last job held of its chunk, the chunk's close.
+    fn remove(&mut self, id: &str, handed_back: bool) -> Option<Let> {
         let (chunk, host) = self.jobs.remove(id)?;
         self.drop_host(&host);
-        let (attempt, n, _) = self.chunks.get_mut(&chunk)?;
-        let attempt = *attempt;
-        *n -= 1;
-        let close = *n == 0 && self.chunks.remove(&chunk).is_some();
+        let held = self.chunks.get_mut(&chunk)?;
+        held.jobs -= 1;
+        held.open |= handed_back;
+        let (attempt, open) = (held.attempt, held.open);
+        let close = (held.jobs == 0 && self.chunks.remove(&chunk).is_some()).then_some(Close { chunk, attempt, open });
         Some(Let { chunk, attempt, close })
     }
 
@@ -890,7 +938,7 @@ impl Inner {
 
     /// Queues a job's result (none for a job handed back) and, when it was the last job held
     /// of its chunk, the chunk's close, for one group commit.
-    fn push(&self, completion: Option<Completion>, close: Option<(i64, i32)>) {
+    fn push(&self, completion: Option<Completion>, close: Option<Close>) {
         let mut outbox = self.outbox.lock().expect("outbox");
         outbox.completions.extend(completion);
         outbox.closes.extend(close);
@@ -901,10 +949,10 @@ impl Inner {
 
     /// Lets go of a held job (see [`Held::remove`]); wakes a claimer waiting for room only when
     /// this made some (not at every job's end: a wake-up is a system call or two).
-    fn remove_held(&self, id: &str) -> Option<Let> {
+    fn remove_held(&self, id: &str, handed_back: bool) -> Option<Let> {
         let mut held = self.held.lock().expect("held jobs");
         let had_room = held.room;
-        let taken = held.remove(id);
+        let taken = held.remove(id, handed_back);
         let made_room = !had_room && held.room;
         drop(held);
         if made_room {
@@ -1320,7 +1368,9 @@ SELECT j.id, j.spec, c.attempt, c.host, c.chunk
 FROM claimed c LEFT JOIN LATERAL (
     SELECT j.id, j.spec, j.seq FROM haul_jobs j
     WHERE j.name = $1 AND j.chunk = c.chunk
-      AND NOT EXISTS (SELECT 1 FROM haul_results r WHERE r.name = $1 AND r.chunk = c.chunk AND r.id = j.id)
+      -- a chunk's first claim: no result has its number yet (see the schema)
+      AND (c.attempt = 1
+           OR NOT EXISTS (SELECT 1 FROM haul_results r WHERE r.name = $1 AND r.chunk = c.chunk AND r.id = j.id))
 ) j ON true
 ORDER BY c.chunk, j.seq";
 
@@ -1428,15 +1478,19 @@ impl Claimer {
             chunks.insert(chunk);
             let Some(id) = row.get::<_, Option<String>>(0) else {
                 // Nothing left in it (its jobs ended before it was handed back): closed as is.
-                empty.push((chunk, attempt));
+                empty.push(Close {
+                    chunk,
+                    attempt,
+                    open: false,
+                });
                 continue;
             };
             held.insert(id.clone(), chunk, attempt, host);
             self.buffer.push_back((id, row.get(1)));
         }
         drop(held);
-        for (chunk, attempt) in empty {
-            inner.push(None, Some((chunk, attempt)));
+        for close in empty {
+            inner.push(None, Some(close));
         }
         self.short = (chunks.len() as i64) < batch;
         Ok(chunks.len())
@@ -1502,7 +1556,7 @@ impl Claimer {
                 match parse_spec(&id, &spec) {
                     Ok(job) => return Some(Ok(job)),
                     Err(reason) => {
-                        let taken = self.inner.remove_held(&id);
+                        let taken = self.inner.remove_held(&id, false);
                         if let Some(Let { chunk, attempt, close }) = taken {
                             let completion = Completion {
                                 id,
@@ -1518,7 +1572,7 @@ impl Claimer {
                                 reason: Some("bad job line".to_owned()),
                                 error: Some(reason),
                             };
-                            self.inner.push(Some(completion), close.then_some((chunk, attempt)));
+                            self.inner.push(Some(completion), close);
                         }
                         continue;
                     }
@@ -1585,11 +1639,11 @@ impl Reporter for QueueReporter {
     }
 
     fn on_job_finished(&self, report: &JobReport<'_>) {
-        let taken = self.worker.remove_held(report.id);
         // A file found in place that matches the job (adopted: "exists") is the job done, as
         // the archive records it; perhaps a worker finished it and died before recording it.
         let adopted = report.status == JobStatus::Skipped && report.reason.is_some_and(|r| r.starts_with("exists"));
         let done = report.status == JobStatus::Done || adopted;
+        let taken = self.worker.remove_held(report.id, report.status == JobStatus::Pending);
         match taken {
             Some(Let { chunk, attempt, close }) => {
                 let state = match report.status {
@@ -1614,7 +1668,7 @@ impl Reporter for QueueReporter {
                     reason: report.reason.map(str::to_owned),
                     error: report.error.map(str::to_owned),
                 });
-                self.worker.push(completion, close.then_some((chunk, attempt)));
+                self.worker.push(completion, close);
             }
             None => {
                 // The lease was lost (this worker stalled past it): another worker has the job.
@@ -1668,5 +1722,42 @@ mod tests {
         let job = parse_spec("row-7", r#"{"url":"http://127.0.0.1/a","id":"other"}"#).expect("job");
         assert_eq!(job.id, "row-7");
         assert!(parse_spec("x", "not json").is_err());
+    }
+
+    #[test]
+    fn a_chunk_closes_with_its_last_job_and_is_open_when_one_was_handed_back() {
+        let mut held = Held {
+            limit: 8,
+            ..Held::default()
+        };
+        for (id, chunk) in [("a", 1), ("b", 1), ("c", 2), ("d", 2)] {
+            held.insert(id.into(), chunk, 3, "h".into());
+        }
+        assert_eq!(held.by_host.get("h"), Some(&4));
+        let first = held.remove("a", false).expect("held");
+        assert_eq!((first.chunk, first.attempt, first.close), (1, 3, None));
+        let last = held.remove("b", false).expect("held").close;
+        assert_eq!(
+            last,
+            Some(Close {
+                chunk: 1,
+                attempt: 3,
+                open: false
+            }),
+            "every job had a result"
+        );
+        assert!(held.remove("c", true).expect("held").close.is_none());
+        let last = held.remove("d", false).expect("held").close;
+        assert_eq!(
+            last,
+            Some(Close {
+                chunk: 2,
+                attempt: 3,
+                open: true
+            }),
+            "c went back without one"
+        );
+        assert!(held.remove("d", false).is_none(), "let go of once");
+        assert!(held.chunks.is_empty() && held.by_host.is_empty());
     }
 }
