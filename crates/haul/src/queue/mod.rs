@@ -977,8 +977,9 @@ impl Inner {
         let had_room = held.room;
         let taken = held.remove(id, handed_back);
         let made_room = !had_room && held.room;
+        let emptied = taken.is_some() && held.jobs.is_empty();
         drop(held);
-        if made_room {
+        if made_room || emptied {
             self.released.notify_all();
         }
         taken
@@ -1440,9 +1441,15 @@ impl Claimer {
         }
         let name = inner.name.as_str();
         let max = i32::try_from(inner.options.max_attempts).unwrap_or(i32::MAX);
-        let batch = i64::try_from(inner.options.claim_batch.div_ceil(CHUNK)).unwrap_or(i64::MAX);
-        let chunk_jobs = CHUNK as i64;
         let per_host = i64::try_from(inner.options.per_host_claim.max(1)).unwrap_or(1);
+        let chunk_jobs = CHUNK as i64;
+        // More chunks than one host can give (see CLAIM's per-host limit): a claim that fills
+        // its batch then had several hosts with room, and one that does not left none with
+        // room ("short": wait until a host has room again). With a batch one host can fill,
+        // every claim of a one-host queue was followed by an empty one.
+        let batch = i64::try_from(inner.options.claim_batch.div_ceil(CHUNK))
+            .unwrap_or(i64::MAX)
+            .max(per_host / chunk_jobs + 1);
         let lease = inner.options.lease.as_secs_f64();
         let (hosts, holding): (Vec<String>, Vec<i64>) = inner
             .held
@@ -1511,6 +1518,9 @@ impl Claimer {
             held.insert(id.clone(), chunk, attempt, host);
             self.buffer.push_back((id, row.get(1)));
         }
+        // Jobs that ended while the claim ran made "room" against the holdings it was given,
+        // which it has just topped up: claiming again at once would get nothing.
+        held.room = false;
         drop(held);
         for close in empty {
             inner.push(None, Some(close));
@@ -1537,6 +1547,18 @@ impl Claimer {
     /// Waits for the poll interval, or less: until a held host falls below half of what a
     /// worker may hold of it (a claim finds room then), or the worker stops.
     fn pause(&self) {
+        self.wait(|held| held.room);
+    }
+
+    /// Waits for the poll interval, or less: until the worker holds no job (it was holding
+    /// some), or stops.
+    fn pause_idle(&self) {
+        let holding = !self.inner.held.lock().expect("held jobs").jobs.is_empty();
+        self.wait(|held| holding && held.jobs.is_empty());
+    }
+
+    /// Waits for the poll interval, or less: until `ready`, or the worker stops.
+    fn wait(&self, ready: impl Fn(&Held) -> bool) {
         let started = std::time::Instant::now();
         let step = Duration::from_millis(50);
         let mut held = self.inner.held.lock().expect("held jobs");
@@ -1545,7 +1567,7 @@ impl Claimer {
             if waited >= self.inner.options.poll || self.inner.stop.load(Ordering::SeqCst) {
                 return;
             }
-            if held.room {
+            if ready(&held) {
                 return;
             }
             held = self
@@ -1619,6 +1641,7 @@ impl Claimer {
                 // anything is concluded.
                 Ok(0) if !self.cursors.is_empty() && self.inner.held.lock().expect("held jobs").jobs.is_empty() => {
                     self.rescan_at = std::time::Instant::now();
+                    self.short = false;
                     continue;
                 }
                 Ok(0) => {}
@@ -1628,8 +1651,10 @@ impl Claimer {
                     return None;
                 }
             }
-            // While this worker holds jobs, the queue is not drained for it: it waits for room
-            // (its own jobs ending) without asking the database.
+            // While this worker holds jobs, the queue is not drained for it. Nothing was there
+            // to claim: room made by its own jobs ending would find nothing either, so it asks
+            // again after the poll interval, or at once when it holds nothing any more (to
+            // find the queue drained, or what was handed back meanwhile).
             let holding = !self.inner.held.lock().expect("held jobs").jobs.is_empty();
             if !self.inner.options.follow && !holding {
                 match self.drained() {
@@ -1641,7 +1666,7 @@ impl Claimer {
                     }
                 }
             }
-            self.pause();
+            self.pause_idle();
         }
     }
 }
