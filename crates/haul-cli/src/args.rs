@@ -302,6 +302,10 @@ pub(crate) struct GetArgs {
     /// and haul's state [default: ~/.cache/haul/stage/BUCKET/PREFIX]
     #[arg(help_heading = "Output", long, value_name = "DIR")]
     pub(crate) stage_dir: Option<PathBuf>,
+    /// With an s3:// output: larger files go straight to their key (checked free first) instead
+    /// of through a staging key and a create-only copy, which S3 allows up to 5 GiB [default: 5G]
+    #[arg(help_heading = "Output", long, value_parser = parse_size, value_name = "SIZE")]
+    pub(crate) s3_copy_max: Option<u64>,
     /// How URLs map to file names when the manifest gives no path
     #[arg(help_heading = "Output", long, value_enum, default_value_t = LayoutArg::Flat)]
     pub(crate) layout: LayoutArg,
@@ -585,14 +589,15 @@ impl GetArgs {
     fn output_target(&self) -> Result<(PathBuf, Option<haul::BucketSpec>)> {
         let output = self.output.clone().unwrap_or_else(|| PathBuf::from("."));
         let Some(url) = output.to_str().filter(|o| o.starts_with("s3://")) else {
-            if self.stage_dir.is_some() || self.s3_endpoint.is_some() {
-                bail!("--stage-dir and --s3-endpoint are for an s3://BUCKET/PREFIX output (-o)");
+            if self.stage_dir.is_some() || self.s3_endpoint.is_some() || self.s3_copy_max.is_some() {
+                bail!("--stage-dir, --s3-endpoint and --s3-copy-max are for an s3://BUCKET/PREFIX output (-o)");
             }
             return Ok((output, None));
         };
         let spec = haul::BucketSpec {
             url: url.to_owned(),
             endpoint: self.s3_endpoint.clone(),
+            copy_max: self.s3_copy_max,
         };
         let (bucket, prefix) = spec.parse().map_err(|e| anyhow::anyhow!("-o: {e}"))?;
         let stage = match &self.stage_dir {

@@ -244,6 +244,7 @@ fn gc(args: &args::GcArgs) -> Result<Exit, Failure> {
     let spec = haul::BucketSpec {
         url: args.output.clone(),
         endpoint: args.s3_endpoint.clone(),
+        copy_max: None,
     };
     spec.parse()
         .map_err(|e| fail(Exit::Usage, anyhow::anyhow!("-o: {e}")))?;

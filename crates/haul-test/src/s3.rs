@@ -83,6 +83,12 @@ impl S3Server {
 
     /// One unsigned request; the status and the body.
     fn request(&self, method: &str, target: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+        self.exchange(method, target, body)
+            .map(|(status, _, body)| (status, body))
+    }
+
+    /// One unsigned request; the status, the response's head and its body.
+    fn exchange(&self, method: &str, target: &str, body: &[u8]) -> std::io::Result<(u16, String, Vec<u8>)> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         let head = format!(
@@ -108,7 +114,7 @@ impl S3Server {
         if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
             body = dechunk(&body);
         }
-        Ok((status, body))
+        Ok((status, head, body))
     }
 
     fn expect_ok(&self, method: &str, target: &str, body: &[u8]) -> Vec<u8> {
@@ -140,6 +146,24 @@ impl S3Server {
             .request("GET", &format!("/{bucket}/{key}"), &[])
             .expect("GET object");
         (status == 200).then_some(body)
+    }
+
+    /// A response header of a `HEAD` of the object (`x-amz-meta-haul-sha256`, say), or `None`
+    /// when the object or the header is missing.
+    #[must_use]
+    pub fn object_header(&self, bucket: &str, key: &str, header: &str) -> Option<String> {
+        let (status, head, _) = self
+            .exchange("HEAD", &format!("/{bucket}/{key}"), &[])
+            .expect("HEAD object");
+        if status != 200 {
+            return None;
+        }
+        head.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case(header)
+                .then(|| value.trim().to_owned())
+        })
     }
 
     /// The keys (and sizes) of the objects under `prefix`, sorted (at most 10,000).

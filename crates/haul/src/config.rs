@@ -395,6 +395,9 @@ pub struct BucketSpec {
     pub url: String,
     /// The server's base URL (`http://127.0.0.1:9000`), for S3-compatible servers.
     pub endpoint: Option<String>,
+    /// The largest file promoted from its staging key with one server-side copy (`None`: S3's
+    /// limit, 5 GiB). A larger one is uploaded straight to its key (see `store::bucket`).
+    pub copy_max: Option<u64>,
 }
 
 impl BucketSpec {

@@ -149,6 +149,58 @@ fn get_to_a_bucket_uploads_verified_objects_and_a_rerun_uploads_nothing() {
     assert_bucket(&s3, "photos/2026", &files);
 }
 
+/// A file larger than `--s3-copy-max` (S3's limit for one copy: 5 GiB) goes straight to its key
+/// as a multipart upload, with haul's digest as metadata; one below it through a staging key
+/// and a copy, without. A rerun that lost its archive adopts both, reading back only the
+/// copied one.
+#[test]
+fn a_file_too_large_to_copy_goes_straight_to_its_key() {
+    let rt = runtime();
+    let server = rt.block_on(async { FaultServer::start().await });
+    let s3 = S3Server::start();
+    s3.create_bucket(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let files = files(&server, &[17 * 1024 * 1024, 20_000_000]);
+    let list = jsonl(dir.path(), &files);
+    let limit = ["--progress", "none", "--s3-copy-max", "18M"];
+    let first = get_to(&s3, &list, "big", &dir.path().join("stage"), &limit);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    assert_bucket(&s3, "big", &files);
+    let (copied, straight) = (&files[0], &files[1]);
+    let staging: std::collections::BTreeSet<String> = s3
+        .requests()
+        .iter()
+        .filter(|r| r.contains("/.haul-staging/"))
+        .filter_map(|r| r.split([' ', '?']).nth(1).map(str::to_owned))
+        .collect();
+    assert_eq!(staging.len(), 1, "only 17 MiB went through a staging key: {staging:?}");
+    let meta = |name: &str| s3.object_header(BUCKET, &format!("big/{name}"), "x-amz-meta-haul-sha256");
+    assert_eq!(
+        meta(&straight.1).as_ref(),
+        Some(&straight.2),
+        "the straight upload carries the digest"
+    );
+    assert_eq!(meta(&copied.1), None, "a copy carries none");
+
+    let reads = |name: &str| {
+        s3.requests()
+            .iter()
+            .filter(|r| r.starts_with(&format!("GET /{BUCKET}/big/{name}")))
+            .count()
+    };
+    let before = (puts(&s3), server.total_hits(), reads(&straight.1), reads(&copied.1));
+    let again = get_to(&s3, &list, "big", &dir.path().join("stage2"), &limit);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    let after = (puts(&s3), server.total_hits(), reads(&straight.1), reads(&copied.1));
+    assert_eq!(
+        (after.0, after.1, after.2),
+        (before.0, before.1, before.2),
+        "nothing uploaded or fetched; the straight object adopted from its metadata"
+    );
+    assert_eq!(after.3, before.3 + 1, "the copied object is read back once to compare");
+    assert_bucket(&s3, "big", &files);
+}
+
 #[test]
 fn an_object_in_the_way_is_replaced_or_refused_as_on_exists_says() {
     let rt = runtime();

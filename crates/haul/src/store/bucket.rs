@@ -5,14 +5,19 @@
 //! local run renames the verified part into place, a bucket output uploads it:
 //! - a file of at most [`SINGLE_PUT_MAX`] bytes in one create-only `PUT` (`If-None-Match: *`);
 //! - a larger one as a multipart upload to a staging key under `PREFIX/.haul-staging/`, then a
-//!   create-only copy to its final key, then the staging key is deleted.
+//!   create-only copy to its final key, then the staging key is deleted;
+//! - one larger than a copy may be ([`COPY_MAX`], S3's limit for one `UploadPartCopy`) as a
+//!   multipart upload straight to its key, after a look that no object is there (create-only
+//!   but for a writer that completes an upload to the same key in between).
 //!
-//! So no object ever holds part of a file under its final key, and an object already there is
-//! never replaced unless the existing-file rules ask for it. A crash leaves at most staging keys
-//! (and, under S3's own rules, unfinished multipart uploads), which `haul gc` lists and removes.
+//! So no object ever holds part of a file under its final key (a multipart upload is no object
+//! until it completes), and an object already there is never replaced unless the existing-file
+//! rules ask for it. A crash leaves at most staging keys (and, under S3's own rules, unfinished
+//! multipart uploads), which `haul gc` lists and removes.
 //!
-//! Objects carry the digests haul computed as metadata (`x-amz-meta-haul-sha256`,
-//! `x-amz-meta-haul-blake3`), and every upload sends a SHA-256 checksum the server checks.
+//! Objects put or uploaded to their key carry the digests haul computed as metadata
+//! (`x-amz-meta-haul-sha256`, `x-amz-meta-haul-blake3`); a copy does not (object_store's copy
+//! starts a new upload without them). Every upload sends a SHA-256 checksum the server checks.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -36,6 +41,9 @@ use crate::job::{parse_hex, to_hex};
 pub const SINGLE_PUT_MAX: u64 = 16 * 1024 * 1024;
 /// The size of one part of a multipart upload (and of one read from the part file).
 const PART_SIZE: usize = 8 * 1024 * 1024;
+/// The largest object S3 copies in one request (`UploadPartCopy`, which the create-only copy
+/// is): 5 GiB.
+const COPY_MAX: u64 = 5 * 1024 * 1024 * 1024;
 /// Parts of one upload in flight at most (so one upload holds at most this many parts).
 const PARTS_IN_FLIGHT: usize = 2;
 /// The folder of staging keys, under the bucket output's prefix.
@@ -53,6 +61,8 @@ pub(crate) struct Bucket {
     /// Names this process's staging keys (process id and start time), so that runs on other
     /// machines never share one.
     run: String,
+    /// Files up to this size are promoted with a copy; larger ones go straight to their key.
+    copy_max: u64,
 }
 
 impl Bucket {
@@ -93,6 +103,7 @@ impl Bucket {
             prefix,
             shown,
             run: format!("{}-{started:x}", std::process::id()),
+            copy_max: spec.copy_max.unwrap_or(COPY_MAX),
         })
     }
 
@@ -190,6 +201,19 @@ impl Bucket {
                     .put_opts(&key, PutPayload::from(body), options)
                     .await
                     .map(drop)
+            } else if len > self.copy_max {
+                // Too large to copy: straight to its key. A multipart upload is no object until
+                // it completes, and completing it cannot be made create-only here, so the key
+                // is looked at first.
+                if !replace && let Some((size, found)) = self.head(rel).await? {
+                    return if size == len && same_content(digests, &found) {
+                        Ok(())
+                    } else {
+                        Err(Error::Exists(self.display(rel)))
+                    };
+                }
+                self.put_parts(file, len, &key, attributes, rel).await?;
+                Ok(())
             } else {
                 let stage = self.key(&format!("{STAGING}/{}-{staging}", self.run));
                 self.put_parts(file, len, &stage, attributes, rel).await?;
@@ -337,6 +361,7 @@ mod tests {
         BucketSpec {
             url: url.into(),
             endpoint: None,
+            copy_max: None,
         }
     }
 
