@@ -25,7 +25,7 @@
 pub(crate) mod db;
 mod keeper;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -818,6 +818,11 @@ struct Held {
     limit: i64,
     /// Set when a host fell below half of `limit` (a claim would find room for it).
     room: bool,
+    /// Hosts a claim had room for but found nothing of: their jobs ending makes no room until
+    /// the next poll (a claim would find nothing again).
+    exhausted: HashSet<String>,
+    /// When the first of `exhausted` was found; they are forgotten a poll interval later.
+    exhausted_at: Option<std::time::Instant>,
 }
 
 /// A chunk a worker holds jobs of.
@@ -910,7 +915,7 @@ impl Held {
     fn drop_host(&mut self, host: &str) {
         if let Some(n) = self.by_host.get_mut(host) {
             *n -= 1;
-            if *n * 2 < self.limit {
+            if *n * 2 < self.limit && !self.exhausted.contains(host) {
                 self.room = true;
             }
             if *n <= 0 {
@@ -1451,14 +1456,14 @@ impl Claimer {
             .unwrap_or(i64::MAX)
             .max(per_host / chunk_jobs + 1);
         let lease = inner.options.lease.as_secs_f64();
-        let (hosts, holding): (Vec<String>, Vec<i64>) = inner
-            .held
-            .lock()
-            .expect("held jobs")
-            .by_host
-            .iter()
-            .map(|(h, n)| (h.clone(), *n))
-            .unzip();
+        let (hosts, holding): (Vec<String>, Vec<i64>) = {
+            let mut held = inner.held.lock().expect("held jobs");
+            if held.exhausted_at.is_some_and(|at| at.elapsed() >= inner.options.poll) {
+                held.exhausted.clear();
+                held.exhausted_at = None;
+            }
+            held.by_host.iter().map(|(h, n)| (h.clone(), *n)).unzip()
+        };
         let now = std::time::Instant::now();
         let full = now >= self.rescan_at || self.cursors.len() > MAX_CURSORS;
         if full {
@@ -1521,6 +1526,15 @@ impl Claimer {
         // Jobs that ended while the claim ran made "room" against the holdings it was given,
         // which it has just topped up: claiming again at once would get nothing.
         held.room = false;
+        let got: HashSet<&str> = rows.iter().map(|row| row.get::<_, &str>(3)).collect();
+        for (host, n) in hosts.iter().zip(&holding) {
+            if n * 2 < per_host && !got.contains(host.as_str()) && held.exhausted.insert(host.clone()) {
+                held.exhausted_at.get_or_insert_with(std::time::Instant::now);
+            }
+        }
+        for host in got {
+            held.exhausted.remove(host);
+        }
         drop(held);
         for close in empty {
             inner.push(None, Some(close));
@@ -1545,16 +1559,11 @@ impl Claimer {
     }
 
     /// Waits for the poll interval, or less: until a held host falls below half of what a
-    /// worker may hold of it (a claim finds room then), or the worker stops.
+    /// worker may hold of it (a claim finds room then), or the worker holds no job any more
+    /// (it held some), or the worker stops.
     fn pause(&self) {
-        self.wait(|held| held.room);
-    }
-
-    /// Waits for the poll interval, or less: until the worker holds no job (it was holding
-    /// some), or stops.
-    fn pause_idle(&self) {
         let holding = !self.inner.held.lock().expect("held jobs").jobs.is_empty();
-        self.wait(|held| holding && held.jobs.is_empty());
+        self.wait(|held| held.room || (holding && held.jobs.is_empty()));
     }
 
     /// Waits for the poll interval, or less: until `ready`, or the worker stops.
@@ -1564,10 +1573,13 @@ impl Claimer {
         let mut held = self.inner.held.lock().expect("held jobs");
         loop {
             let waited = started.elapsed();
-            if waited >= self.inner.options.poll || self.inner.stop.load(Ordering::SeqCst) {
+            if waited >= self.inner.options.poll {
+                // A poll is due: hosts found exhausted are asked again.
+                held.exhausted.clear();
+                held.exhausted_at = None;
                 return;
             }
-            if ready(&held) {
+            if self.inner.stop.load(Ordering::SeqCst) || ready(&held) {
                 return;
             }
             held = self
@@ -1630,7 +1642,13 @@ impl Claimer {
                 self.pause();
                 continue;
             }
-            if self.short && !self.inner.held.lock().expect("held jobs").room {
+            // The last claim got what there was: wait for room, unless nothing is held (then
+            // the queue may be drained, which only a claim tells).
+            let waits = {
+                let held = self.inner.held.lock().expect("held jobs");
+                self.short && !held.room && !held.jobs.is_empty()
+            };
+            if waits {
                 self.short = false;
                 self.pause();
                 continue;
@@ -1651,10 +1669,10 @@ impl Claimer {
                     return None;
                 }
             }
-            // While this worker holds jobs, the queue is not drained for it. Nothing was there
-            // to claim: room made by its own jobs ending would find nothing either, so it asks
-            // again after the poll interval, or at once when it holds nothing any more (to
-            // find the queue drained, or what was handed back meanwhile).
+            // While this worker holds jobs, the queue is not drained for it: it waits for room
+            // (of hosts that had jobs left: see `Held::exhausted`), or the poll interval, or
+            // until it holds nothing any more (to find the queue drained, or what was handed
+            // back meanwhile).
             let holding = !self.inner.held.lock().expect("held jobs").jobs.is_empty();
             if !self.inner.options.follow && !holding {
                 match self.drained() {
@@ -1666,7 +1684,7 @@ impl Claimer {
                     }
                 }
             }
-            self.pause_idle();
+            self.pause();
         }
     }
 }
@@ -1807,5 +1825,21 @@ mod tests {
         );
         assert!(held.remove("d", false).is_none(), "let go of once");
         assert!(held.chunks.is_empty() && held.by_host.is_empty());
+    }
+
+    #[test]
+    fn a_host_found_exhausted_makes_no_room_as_its_jobs_end() {
+        let mut held = Held {
+            limit: 4,
+            ..Held::default()
+        };
+        for (id, host) in [("a", "x"), ("b", "x"), ("c", "y"), ("d", "y")] {
+            held.insert(id.into(), 1, 1, host.into());
+        }
+        held.exhausted.insert("x".into());
+        held.remove("a", false);
+        assert!(!held.room, "x has nothing left to claim");
+        held.remove("c", false);
+        assert!(held.room, "y may have");
     }
 }
