@@ -188,11 +188,27 @@ fn enqueue_is_idempotent_and_max_attempts_fails_a_job_that_kills_its_workers() {
     assert_eq!(server.hits("/f/b.bin"), 1, "done jobs are not fetched again");
 }
 
-/// A job that failed in a chunk whose worker was then lost keeps the chunk's number when the
-/// chunk is split (only the unfinished jobs move); `--retry-failed` must still put it back in
-/// the queue, not leave it queued under a chunk that no longer exists.
-#[test]
-fn retry_failed_requeues_a_failure_from_a_chunk_that_was_split() {
+/// A run with `--retry-failed` ended well, said it queued one failed job again, and a.bin (of
+/// [`two_jobs`]) is in `out`.
+fn assert_retried_a(run: &Output, out: &Path) {
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(run));
+    assert!(stderr(run).contains("1 failed jobs queued again"), "{}", stderr(run));
+    assert_eq!(
+        sha256_hex(&std::fs::read(out.join("a.bin")).unwrap()),
+        sha256_hex(&body_for("a.bin", 1000))
+    );
+}
+
+/// A queue holding two jobs of the fault server in one chunk, a.bin (1,000 bytes) and b.bin
+/// (2,000): the server's runtime (first, so dropped last), the server, the database and its
+/// URL, and a directory.
+fn two_jobs() -> (
+    tokio::runtime::Runtime,
+    FaultServer,
+    Postgres,
+    String,
+    tempfile::TempDir,
+) {
     let rt = runtime();
     let server = rt.block_on(FaultServer::start());
     let (pg, url) = database();
@@ -202,6 +218,15 @@ fn retry_failed_requeues_a_failure_from_a_chunk_that_was_split() {
         tmp.path(),
         &[server.url("a.bin", 1000, ""), server.url("b.bin", 2000, "")],
     );
+    (rt, server, pg, url, tmp)
+}
+
+/// A job that failed in a chunk whose worker was then lost keeps the chunk's number when the
+/// chunk is split (only the unfinished jobs move); `--retry-failed` must still put it back in
+/// the queue, not leave it queued under a chunk that no longer exists.
+#[test]
+fn retry_failed_requeues_a_failure_from_a_chunk_that_was_split() {
+    let (_rt, server, pg, url, tmp) = two_jobs();
     // A worker (999) claimed the chunk, recorded a.bin as failed, and died holding b.bin.
     let _ = pg.query(
         &url,
@@ -222,16 +247,7 @@ fn retry_failed_requeues_a_failure_from_a_chunk_that_was_split() {
         &url,
         &["work", "-o", path(&out), "--progress", "none", "--retry-failed"],
     );
-    assert_eq!(retry.status.code(), Some(0), "{}", stderr(&retry));
-    assert!(
-        stderr(&retry).contains("1 failed jobs queued again"),
-        "{}",
-        stderr(&retry)
-    );
-    assert_eq!(
-        sha256_hex(&std::fs::read(out.join("a.bin")).unwrap()),
-        sha256_hex(&body_for("a.bin", 1000))
-    );
+    assert_retried_a(&retry, &out);
     assert_eq!(states_done(&pg, &url), 2);
     assert_eq!(server.hits("/f/b.bin"), 1);
 }
@@ -241,15 +257,7 @@ fn retry_failed_requeues_a_failure_from_a_chunk_that_was_split() {
 /// knows nothing of the retry), strands nothing.
 #[test]
 fn retry_failed_requeues_a_failure_from_a_chunk_still_held() {
-    let rt = runtime();
-    let server = rt.block_on(FaultServer::start());
-    let (pg, url) = database();
-    let tmp = tempfile::tempdir().unwrap();
-    enqueue_lines(
-        &url,
-        tmp.path(),
-        &[server.url("a.bin", 1000, ""), server.url("b.bin", 2000, "")],
-    );
+    let (_rt, server, pg, url, tmp) = two_jobs();
     // Worker 7 holds the chunk (for a minute yet) and recorded a.bin as failed.
     let _ = pg.query(
         &url,
@@ -273,16 +281,7 @@ fn retry_failed_requeues_a_failure_from_a_chunk_still_held() {
     );
     assert_eq!(written, "1");
     let work = finish(worker, Duration::from_secs(60));
-    assert_eq!(work.status.code(), Some(0), "{}", stderr(&work));
-    assert!(
-        stderr(&work).contains("1 failed jobs queued again"),
-        "{}",
-        stderr(&work)
-    );
-    assert_eq!(
-        sha256_hex(&std::fs::read(out.join("a.bin")).unwrap()),
-        sha256_hex(&body_for("a.bin", 1000))
-    );
+    assert_retried_a(&work, &out);
     assert_eq!(server.hits("/f/a.bin"), 1);
     assert_eq!(server.hits("/f/b.bin"), 0, "b.bin was worker 7's");
     assert_eq!(states_done(&pg, &url), 2, "{:?}", states(&pg, &url));

@@ -75,12 +75,18 @@ fn puts(s3: &S3Server) -> usize {
     s3.requests().iter().filter(|r| r.starts_with("PUT ")).count()
 }
 
-#[test]
-fn get_to_a_bucket_uploads_verified_objects_and_a_rerun_uploads_nothing() {
+/// The fault server (with its runtime, first: dropped last) and an S3 server with the bucket.
+fn origin_and_bucket() -> (tokio::runtime::Runtime, FaultServer, S3Server) {
     let rt = runtime();
     let server = rt.block_on(async { FaultServer::start().await });
     let s3 = S3Server::start();
     s3.create_bucket(BUCKET);
+    (rt, server, s3)
+}
+
+#[test]
+fn get_to_a_bucket_uploads_verified_objects_and_a_rerun_uploads_nothing() {
+    let (_rt, server, s3) = origin_and_bucket();
     let dir = tempfile::tempdir().unwrap();
     // Small files in one create-only PUT; 20 MB and 17 MiB + 1 through a staging key.
     let files = files(
@@ -155,10 +161,7 @@ fn get_to_a_bucket_uploads_verified_objects_and_a_rerun_uploads_nothing() {
 /// copied one.
 #[test]
 fn a_file_too_large_to_copy_goes_straight_to_its_key() {
-    let rt = runtime();
-    let server = rt.block_on(async { FaultServer::start().await });
-    let s3 = S3Server::start();
-    s3.create_bucket(BUCKET);
+    let (_rt, server, s3) = origin_and_bucket();
     let dir = tempfile::tempdir().unwrap();
     let files = files(&server, &[17 * 1024 * 1024, 20_000_000]);
     let list = jsonl(dir.path(), &files);
@@ -203,10 +206,7 @@ fn a_file_too_large_to_copy_goes_straight_to_its_key() {
 
 #[test]
 fn an_object_in_the_way_is_replaced_or_refused_as_on_exists_says() {
-    let rt = runtime();
-    let server = rt.block_on(async { FaultServer::start().await });
-    let s3 = S3Server::start();
-    s3.create_bucket(BUCKET);
+    let (_rt, server, s3) = origin_and_bucket();
     let dir = tempfile::tempdir().unwrap();
     let files = files(&server, &[5000, 6000]);
     let list = jsonl(dir.path(), &files);
@@ -294,10 +294,7 @@ fn gc_lists_and_removes_only_old_staging_keys() {
 
 #[test]
 fn workers_of_a_queue_fill_one_bucket_each_file_once() {
-    let rt = runtime();
-    let server = rt.block_on(async { FaultServer::start().await });
-    let s3 = S3Server::start();
-    s3.create_bucket(BUCKET);
+    let (_rt, server, s3) = origin_and_bucket();
     let pg = Postgres::start();
     let queue = pg.database("haul");
     let dir = tempfile::tempdir().unwrap();
