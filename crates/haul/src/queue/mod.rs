@@ -912,6 +912,21 @@ impl Held {
         gone.len()
     }
 
+    /// After a claim made with `holding` jobs of each of `hosts`, which got chunks of the hosts
+    /// in `got`: room made while it ran is spent (it topped the holdings up), and the hosts it
+    /// had room for but found nothing of are exhausted.
+    fn claimed(&mut self, hosts: &[String], holding: &[i64], got: HashSet<&str>) {
+        self.room = false;
+        for (host, n) in hosts.iter().zip(holding) {
+            if n * 2 < self.limit && !got.contains(host.as_str()) && self.exhausted.insert(host.clone()) {
+                self.exhausted_at.get_or_insert_with(std::time::Instant::now);
+            }
+        }
+        for host in got {
+            self.exhausted.remove(host);
+        }
+    }
+
     fn drop_host(&mut self, host: &str) {
         if let Some(n) = self.by_host.get_mut(host) {
             *n -= 1;
@@ -1523,18 +1538,7 @@ impl Claimer {
             held.insert(id.clone(), chunk, attempt, host);
             self.buffer.push_back((id, row.get(1)));
         }
-        // Jobs that ended while the claim ran made "room" against the holdings it was given,
-        // which it has just topped up: claiming again at once would get nothing.
-        held.room = false;
-        let got: HashSet<&str> = rows.iter().map(|row| row.get::<_, &str>(3)).collect();
-        for (host, n) in hosts.iter().zip(&holding) {
-            if n * 2 < per_host && !got.contains(host.as_str()) && held.exhausted.insert(host.clone()) {
-                held.exhausted_at.get_or_insert_with(std::time::Instant::now);
-            }
-        }
-        for host in got {
-            held.exhausted.remove(host);
-        }
+        held.claimed(&hosts, &holding, rows.iter().map(|row| row.get::<_, &str>(3)).collect());
         drop(held);
         for close in empty {
             inner.push(None, Some(close));
@@ -1562,24 +1566,14 @@ impl Claimer {
     /// worker may hold of it (a claim finds room then), or the worker holds no job any more
     /// (it held some), or the worker stops.
     fn pause(&self) {
-        let holding = !self.inner.held.lock().expect("held jobs").jobs.is_empty();
-        self.wait(|held| held.room || (holding && held.jobs.is_empty()));
-    }
-
-    /// Waits for the poll interval, or less: until `ready`, or the worker stops.
-    fn wait(&self, ready: impl Fn(&Held) -> bool) {
         let started = std::time::Instant::now();
         let step = Duration::from_millis(50);
         let mut held = self.inner.held.lock().expect("held jobs");
+        let holding = !held.jobs.is_empty();
         loop {
             let waited = started.elapsed();
-            if waited >= self.inner.options.poll {
-                // A poll is due: hosts found exhausted are asked again.
-                held.exhausted.clear();
-                held.exhausted_at = None;
-                return;
-            }
-            if self.inner.stop.load(Ordering::SeqCst) || ready(&held) {
+            let ready = held.room || (holding && held.jobs.is_empty());
+            if waited >= self.inner.options.poll || self.inner.stop.load(Ordering::SeqCst) || ready {
                 return;
             }
             held = self
