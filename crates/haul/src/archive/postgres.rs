@@ -186,7 +186,20 @@ impl Postgres {
 /// Holds an archive's run lock: a session-level advisory lock on a connection of its own
 /// (released when the connection ends, so a killed process frees it at once).
 pub(crate) struct Lock {
-    _client: OnThread<Client>,
+    client: OnThread<Client>,
+}
+
+impl Drop for Lock {
+    /// Releases the lock before the connection closes: the server ends a closed session a
+    /// moment later, and a run started meanwhile found the archive in use (seen in a test).
+    fn drop(&mut self) {
+        let _ = self.client.call(|client| {
+            client
+                .execute("SELECT pg_advisory_unlock_all()", &[])
+                .map(drop)
+                .map_err(|e| db_error("unlock the archive", describe(&e)))
+        });
+    }
 }
 
 impl std::fmt::Debug for Lock {
@@ -201,7 +214,7 @@ impl Lock {
     pub(crate) fn take(url: &str, name: &str, wait: bool, location: &Location) -> Result<Self, Error> {
         let (url, name, location) = (url.to_owned(), name.to_owned(), location.clone());
         let client = OnThread::start(move || Self::lock(&url, &name, wait, &location))?;
-        Ok(Self { _client: client })
+        Ok(Self { client })
     }
 
     fn lock(url: &str, name: &str, wait: bool, location: &Location) -> Result<Client, Error> {
