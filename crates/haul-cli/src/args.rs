@@ -306,6 +306,11 @@ pub(crate) struct GetArgs {
     /// of through a staging key and a create-only copy, which S3 allows up to 5 GiB [default: 5G]
     #[arg(help_heading = "Output", long, value_parser = parse_size, value_name = "SIZE")]
     pub(crate) s3_copy_max: Option<u64>,
+    /// With an s3:// output: files whose upload runs while they download, at most (each holds
+    /// up to 24 MiB of memory); others, and files of unknown length, are uploaded once verified.
+    /// 0 uploads every file after its download [default: 4]
+    #[arg(help_heading = "Output", long, value_name = "N")]
+    pub(crate) s3_streams: Option<usize>,
     /// How URLs map to file names when the manifest gives no path
     #[arg(help_heading = "Output", long, value_enum, default_value_t = LayoutArg::Flat)]
     pub(crate) layout: LayoutArg,
@@ -589,8 +594,14 @@ impl GetArgs {
     fn output_target(&self) -> Result<(PathBuf, Option<haul::BucketSpec>)> {
         let output = self.output.clone().unwrap_or_else(|| PathBuf::from("."));
         let Some(url) = output.to_str().filter(|o| o.starts_with("s3://")) else {
-            if self.stage_dir.is_some() || self.s3_endpoint.is_some() || self.s3_copy_max.is_some() {
-                bail!("--stage-dir, --s3-endpoint and --s3-copy-max are for an s3://BUCKET/PREFIX output (-o)");
+            if self.stage_dir.is_some()
+                || self.s3_endpoint.is_some()
+                || self.s3_copy_max.is_some()
+                || self.s3_streams.is_some()
+            {
+                bail!(
+                    "--stage-dir, --s3-endpoint, --s3-copy-max and --s3-streams are for an s3://BUCKET/PREFIX output (-o)"
+                );
             }
             return Ok((output, None));
         };
@@ -598,6 +609,7 @@ impl GetArgs {
             url: url.to_owned(),
             endpoint: self.s3_endpoint.clone(),
             copy_max: self.s3_copy_max,
+            streams: self.s3_streams,
         };
         let (bucket, prefix) = spec.parse().map_err(|e| anyhow::anyhow!("-o: {e}"))?;
         let stage = match &self.stage_dir {

@@ -245,6 +245,7 @@ fn gc(args: &args::GcArgs) -> Result<Exit, Failure> {
         url: args.output.clone(),
         endpoint: args.s3_endpoint.clone(),
         copy_max: None,
+        streams: None,
     };
     spec.parse()
         .map_err(|e| fail(Exit::Usage, anyhow::anyhow!("-o: {e}")))?;

@@ -398,6 +398,9 @@ pub struct BucketSpec {
     /// The largest file promoted from its staging key with one server-side copy (`None`: S3's
     /// limit, 5 GiB). A larger one is uploaded straight to its key (see `store::bucket`).
     pub copy_max: Option<u64>,
+    /// Files whose upload streams while they download, at most (`None`: 4; 0: every file is
+    /// uploaded from its part file once verified). Each holds up to 24 MiB in memory.
+    pub streams: Option<usize>,
 }
 
 impl BucketSpec {

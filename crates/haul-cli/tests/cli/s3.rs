@@ -204,6 +204,170 @@ fn a_file_too_large_to_copy_goes_straight_to_its_key() {
     assert_bucket(&s3, "big", &files);
 }
 
+/// The server's request lines without moto's colours.
+fn plain_requests(s3: &S3Server) -> Vec<String> {
+    s3.requests()
+        .iter()
+        .map(|r| {
+            let mut plain = String::new();
+            let mut rest = r.as_str();
+            while let Some(at) = rest.find('\u{1b}') {
+                plain.push_str(&rest[..at]);
+                rest = rest[at..].split_once('m').map_or("", |(_, after)| after);
+            }
+            plain + rest
+        })
+        .collect()
+}
+
+/// The multipart uploads to staging keys haul started in the bucket, and of those the ones it
+/// aborted (by upload id). (A create-only copy is a multipart upload to the final key.)
+fn staging_uploads(s3: &S3Server) -> (usize, Vec<String>) {
+    let requests = plain_requests(s3);
+    let staging = |r: &&String| r.contains("/.haul-staging/");
+    let started = requests
+        .iter()
+        .filter(staging)
+        .filter(|r| r.starts_with("POST ") && r.contains("?uploads"))
+        .count();
+    let aborted = requests
+        .iter()
+        .filter(staging)
+        .filter(|r| r.starts_with("DELETE "))
+        .filter_map(|r| r.split("uploadId=").nth(1))
+        .map(|id| id.split([' ', '&']).next().unwrap_or_default().to_owned())
+        .collect();
+    (started, aborted)
+}
+
+/// Parts uploaded under the upload `id`.
+fn parts_of(s3: &S3Server, id: &str) -> usize {
+    plain_requests(s3)
+        .iter()
+        .filter(|r| r.starts_with("PUT ") && r.contains("partNumber=") && r.contains(&format!("uploadId={id}")))
+        .count()
+}
+
+/// A large file's upload runs while its body arrives: a body cut off after 20 MB has already
+/// put parts in the bucket. Cut off, that upload is aborted (the resume goes up from the part
+/// file), and the object is the whole file, with no upload left open.
+#[test]
+fn a_large_file_uploads_while_it_downloads_and_a_cut_body_aborts_that_upload() {
+    let (_rt, server, s3) = origin_and_bucket();
+    let dir = tempfile::tempdir().unwrap();
+    let size = 30_000_000;
+    let name = "cut.bin";
+    // 20 MB/s: a second for the first 20 MB, ample for a part to go up meanwhile.
+    let url = server.url(name, size, "rate=20000000&reset=20000000&times=1");
+    let file = (url, name.to_owned(), sha256_hex(&body_for(name, size)), size);
+    let list = jsonl(dir.path(), std::slice::from_ref(&file));
+    let run = get_to(
+        &s3,
+        &list,
+        "cut",
+        &dir.path().join("stage"),
+        &["--progress", "none", "--split", "1"],
+    );
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    assert_bucket(&s3, "cut", &[file]);
+    assert_eq!(server.hits(&format!("/f/{name}")), 2, "cut once, resumed once");
+    let (started, aborted) = staging_uploads(&s3);
+    assert_eq!((started, aborted.len()), (2, 1), "{:?}", s3.requests());
+    assert!(
+        parts_of(&s3, &aborted[0]) >= 1,
+        "the cut body's upload had parts before its body ended: {:?}",
+        s3.requests()
+    );
+}
+
+/// A segmented transfer's cut connection, its range asked again, does not restart the file's
+/// upload: one upload, none aborted, holds the file.
+#[test]
+fn a_segmented_transfer_carries_its_upload_on_after_a_cut() {
+    let (_rt, server, s3) = origin_and_bucket();
+    let dir = tempfile::tempdir().unwrap();
+    let size = 40_000_000;
+    let name = "seg.bin";
+    let url = server.url(name, size, "reset=20000000&times=1");
+    let file = (url, name.to_owned(), sha256_hex(&body_for(name, size)), size);
+    let list = jsonl(dir.path(), std::slice::from_ref(&file));
+    let run = get_to(
+        &s3,
+        &list,
+        "seg",
+        &dir.path().join("stage"),
+        &["--progress", "none", "--split", "4"],
+    );
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    assert_bucket(&s3, "seg", &[file]);
+    assert!(server.hits(&format!("/f/{name}")) >= 2, "the cut range was asked again");
+    let (started, aborted) = staging_uploads(&s3);
+    assert_eq!((started, aborted.len()), (1, 0), "{:?}", s3.requests());
+}
+
+/// The bytes a run's streamed upload sent while its file downloaded (its `-vv` log).
+fn streamed(log: &str) -> u64 {
+    log.lines()
+        .find(|l| l.contains("upload streamed"))
+        .and_then(|l| l.split("streamed=").nth(1))
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no streamed upload logged: {log}"))
+}
+
+/// A file split across connections (each throttled, so the transfer splits) uploads its bytes
+/// from 0 while the connections fill them in.
+#[test]
+fn a_split_file_uploads_what_is_written_from_its_start_while_it_downloads() {
+    let (_rt, server, s3) = origin_and_bucket();
+    let dir = tempfile::tempdir().unwrap();
+    let size = 40_000_000;
+    let name = "split.bin";
+    let url = server.url(name, size, "rate=10000000");
+    let file = (url, name.to_owned(), sha256_hex(&body_for(name, size)), size);
+    let list = jsonl(dir.path(), std::slice::from_ref(&file));
+    let run = get_to(
+        &s3,
+        &list,
+        "split",
+        &dir.path().join("stage"),
+        &["--progress", "none", "--split", "4", "-vv"],
+    );
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    assert_bucket(&s3, "split", &[file]);
+    assert!(server.hits(&format!("/f/{name}")) >= 2, "the file was split");
+    let streamed = streamed(&stderr(&run));
+    assert!(streamed >= 8 << 20, "streamed {streamed} bytes while downloading");
+}
+
+/// A streamed upload of a file that fails its checksum is aborted: nothing at the key, no
+/// upload left open, the job failed.
+#[test]
+fn a_streamed_file_that_fails_its_checksum_leaves_nothing_in_the_bucket() {
+    let (_rt, server, s3) = origin_and_bucket();
+    let dir = tempfile::tempdir().unwrap();
+    let size = 20_000_000;
+    let url = server.url("bad.bin", size, "");
+    let wrong = sha256_hex(b"another file");
+    let list = jsonl(dir.path(), &[(url, "bad.bin".to_owned(), wrong, size)]);
+    for split in ["1", "4"] {
+        let prefix = format!("bad{split}");
+        let run = get_to(
+            &s3,
+            &list,
+            &prefix,
+            &dir.path().join(format!("stage{split}")),
+            &["--progress", "none", "--split", split, "--retries", "0"],
+        );
+        assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
+        assert!(stderr(&run).contains("sha256 mismatch"), "{}", stderr(&run));
+        assert_eq!(s3.list(BUCKET, &prefix), vec![], "no object, no staging key");
+        assert_eq!(s3.open_uploads(BUCKET), 0, "no upload left open");
+    }
+    // Each run streamed (and aborted: no upload is open) its upload.
+    assert!(staging_uploads(&s3).0 >= 2, "{:?}", s3.requests());
+}
+
 #[test]
 fn an_object_in_the_way_is_replaced_or_refused_as_on_exists_says() {
     let (_rt, server, s3) = origin_and_bucket();

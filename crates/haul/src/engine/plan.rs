@@ -169,6 +169,17 @@ impl Plan {
         }
     }
 
+    /// The part file's bytes from 0 with no gap: its first `written_prefix()` bytes are in it
+    /// (and final: a written byte is never written again).
+    pub(crate) fn written_prefix(&self) -> u64 {
+        self.pieces
+            .iter()
+            .filter(|p| p.written < p.end)
+            .map(|p| p.written)
+            .min()
+            .unwrap_or(self.total)
+    }
+
     /// True when every byte of the file is in the part file.
     pub(crate) fn is_complete(&self) -> bool {
         self.pieces.iter().all(|p| p.written >= p.end)
@@ -312,6 +323,29 @@ mod tests {
         let again = plan.claim(2).unwrap();
         assert_eq!((again.from, again.to), (4 * MB, 10 * MB));
         assert_eq!(plan.receive(a.piece, 1, 1), 0, "the old connection's bytes are refused");
+    }
+
+    #[test]
+    fn the_written_prefix_ends_at_the_first_gap() {
+        let mut plan = Plan::new(10 * MB);
+        let a = plan.claim(1).unwrap();
+        let b = plan.claim(2).unwrap();
+        assert_eq!(plan.written_prefix(), 0);
+        // The thief writes its half first: no prefix yet.
+        plan.receive(b.piece, 2, 2 * MB);
+        plan.written(b.piece, b.from + 2 * MB);
+        assert_eq!(plan.written_prefix(), 0);
+        plan.receive(a.piece, 1, 3 * MB);
+        plan.written(a.piece, 3 * MB);
+        assert_eq!(plan.written_prefix(), 3 * MB);
+        // The first piece done: the prefix runs on into the thief's written bytes.
+        plan.receive(a.piece, 1, b.from);
+        plan.written(a.piece, b.from);
+        assert_eq!(plan.written_prefix(), b.from + 2 * MB);
+        plan.receive(b.piece, 2, 10 * MB);
+        plan.written(b.piece, 10 * MB);
+        assert_eq!(plan.written_prefix(), 10 * MB);
+        assert_eq!(Plan::resume(10 * MB, &[(4 * MB, 6 * MB)]).written_prefix(), 4 * MB);
     }
 
     #[test]

@@ -35,7 +35,7 @@ use super::{Note, Shared};
 use crate::error::{Error, ErrorClass};
 use crate::fetch::{Decision, Head, Throttle as _, classify};
 use crate::schedule::host::{Signal, Ticket};
-use crate::store::{Prefix, RangeWriter, SplitPart, Want};
+use crate::store::{Prefix, RangeWriter, SplitPart, Upstream, Want};
 
 /// How often the ranges still missing are recorded while a segmented transfer runs.
 const RECORD_EVERY: Duration = Duration::from_secs(1);
@@ -183,6 +183,15 @@ pub(crate) async fn run(
 
     let expect = state.expect(Some(total));
     let want = Want::new(shared.config.digest, &expect);
+    // A fresh file's upload to a bucket follows the part file's written prefix.
+    let (follow_stop, follow_rx) = watch::channel(false);
+    let follower = if fresh {
+        part.stream_upload(&shared.store, total, &state.final_rel, expect.sha256)
+            .await
+            .map(|up| tokio::spawn(follow(up, part.clone(), Arc::clone(&plan), follow_rx)))
+    } else {
+        None
+    };
     let ctx_prefix = Arc::new(Mutex::new(None));
     let ctx = Arc::new(Context {
         shared: Arc::clone(shared),
@@ -325,6 +334,17 @@ pub(crate) async fn run(
     drop(ctx);
     state.bytes = plan.lock().expect("plan").done_bytes();
     state.http_status = Some(206);
+    let _ = follow_stop.send(true);
+    let mut upstream = match follower {
+        Some(task) => task.await.ok().flatten(),
+        None => None,
+    };
+    if abort.is_some() || !plan.lock().expect("plan").is_complete() {
+        // A resume uploads from the part file.
+        if let Some(up) = upstream.take() {
+            up.abort().await;
+        }
+    }
     if let Some(error) = abort {
         if matches!(error, Error::Range(_) | Error::Verify(_)) {
             // The file changed, or the server does not keep to ranges: start again, whole and
@@ -346,7 +366,16 @@ pub(crate) async fn run(
     let prefix = ctx_prefix.lock().expect("prefix").take();
     let finished = shared
         .store
-        .finish_split(part, total, expect, want, prefix, &state.final_rel, state.commit)
+        .finish_split(
+            part,
+            total,
+            expect,
+            want,
+            prefix,
+            &state.final_rel,
+            state.commit,
+            upstream,
+        )
         .await;
     state.split_missing = None;
     match finished {
@@ -397,6 +426,47 @@ impl RequestState {
             host: state.host.clone(),
         }
     }
+}
+
+/// Bytes the follower hands its upload at once at least, unless they end the file.
+const FOLLOW_STEP: u64 = 1024 * 1024;
+/// Bytes the follower reads and hands on at once at most (a part of the upload).
+const FOLLOW_MOST: u64 = 8 * 1024 * 1024;
+/// How often the follower looks at the written prefix.
+const FOLLOW_EVERY: Duration = Duration::from_millis(20);
+
+/// Feeds a segmented file's streamed upload from the part file: the bytes from 0 with no gap
+/// before them, as the connections write them (read back from the page cache), so the upload
+/// keeps up with the download whichever connection wrote what. Ends when `stop` is set or all
+/// is sent, giving the upload back (`None` when it failed: the file then goes up whole once
+/// verified).
+async fn follow(
+    mut up: Upstream,
+    part: SplitPart,
+    plan: Arc<Mutex<Plan>>,
+    mut stop: watch::Receiver<bool>,
+) -> Option<Upstream> {
+    let total = plan.lock().expect("plan").total();
+    while up.sent() < total && !*stop.borrow() {
+        let ready = plan.lock().expect("plan").written_prefix() - up.sent();
+        if ready >= FOLLOW_STEP || (ready > 0 && up.sent() + ready == total) {
+            let len = usize::try_from(ready.min(FOLLOW_MOST)).expect("a part fits in memory");
+            let sent = match part.read(up.sent(), len).await {
+                Ok(block) => up.send(&[block]).await,
+                Err(_) => false,
+            };
+            if !sent {
+                up.abort().await;
+                return None;
+            }
+            continue;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(FOLLOW_EVERY) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    Some(up)
 }
 
 /// What the connections of one transfer share.

@@ -413,6 +413,9 @@ async fn attempt(
         let file = writer.finish(expect, &state.final_rel, state.commit).await?;
         return Ok(Outcome::Done { file, verified: true });
     }
+    if let Some(size) = total {
+        writer.stream_upload(size, &state.final_rel, expect.sha256).await;
+    }
     shared.note_partial(state, total);
     let guard = shared.monitor.start_transfer(&state.rel, total);
     guard.set_received(head.offset());

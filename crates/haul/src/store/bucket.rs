@@ -10,6 +10,16 @@
 //!   multipart upload straight to its key, after a look that no object is there (create-only
 //!   but for a writer that completes an upload to the same key in between).
 //!
+//! A file whose length is announced and large enough for a multipart upload starts that upload
+//! as its body arrives ([`Bucket::stream`], up to [`DEFAULT_STREAMS`] files at once,
+//! `--s3-streams`): a single stream hands each block it writes to the part file to the upload
+//! as well (the body waits while the upload has no room); a segmented transfer's follower reads
+//! back, from the page cache, the part file's bytes from 0 with no gap before them as its
+//! connections write them. The upload is completed only after the part file was verified, with
+//! what it has not yet sent read from the part file; so it holds the bytes the verification
+//! hashed. A failed, refused or interrupted file aborts its upload (a resume uploads from the
+//! part file); a streamed upload that fails is done again from the part file.
+//!
 //! So no object ever holds part of a file under its final key (a multipart upload is no object
 //! until it completes), and an object already there is never replaced unless the existing-file
 //! rules ask for it. A crash leaves at most staging keys (and, under S3's own rules, unfinished
@@ -24,6 +34,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, Checksum, S3CopyIfNotExists};
 use object_store::path::Path as Key;
@@ -31,6 +42,7 @@ use object_store::{
     Attribute, Attributes, CopyMode, CopyOptions, GetOptions, ObjectStore, ObjectStoreExt, PutMode,
     PutMultipartOptions, PutOptions, PutPayload, WriteMultipart,
 };
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{Digests, FileDigests, Want};
 use crate::config::BucketSpec;
@@ -46,6 +58,9 @@ const PART_SIZE: usize = 8 * 1024 * 1024;
 const COPY_MAX: u64 = 5 * 1024 * 1024 * 1024;
 /// Parts of one upload in flight at most (so one upload holds at most this many parts).
 const PARTS_IN_FLIGHT: usize = 2;
+/// Files whose upload streams while they download, at most, by default. Each holds up to
+/// three parts in memory ([`PART_SIZE`]: one being filled, [`PARTS_IN_FLIGHT`] being sent).
+pub(crate) const DEFAULT_STREAMS: usize = 4;
 /// The folder of staging keys, under the bucket output's prefix.
 pub const STAGING: &str = ".haul-staging";
 const META_SHA256: &str = "haul-sha256";
@@ -63,6 +78,8 @@ pub(crate) struct Bucket {
     run: String,
     /// Files up to this size are promoted with a copy; larger ones go straight to their key.
     copy_max: u64,
+    /// One permit per upload streaming now (none: every file goes up from its part file).
+    streams: Arc<Semaphore>,
 }
 
 impl Bucket {
@@ -104,6 +121,7 @@ impl Bucket {
             shown,
             run: format!("{}-{started:x}", std::process::id()),
             copy_max: spec.copy_max.unwrap_or(COPY_MAX),
+            streams: Arc::new(Semaphore::new(spec.streams.unwrap_or(DEFAULT_STREAMS))),
         })
     }
 
@@ -118,6 +136,63 @@ impl Bucket {
             Key::from(rel)
         } else {
             Key::from(format!("{}/{rel}", self.prefix))
+        }
+    }
+
+    /// The staging key of the part file `staging`.
+    fn stage_key(&self, staging: &str) -> Key {
+        self.key(&format!("{STAGING}/{}-{staging}", self.run))
+    }
+
+    /// Where a verified file of `len` bytes goes up: its staging key, or its own key when it is
+    /// too large to copy.
+    fn upload_key(&self, len: u64, rel: &str, staging: &str) -> Key {
+        if len > self.copy_max {
+            self.key(rel)
+        } else {
+            self.stage_key(staging)
+        }
+    }
+
+    /// Starts uploading a file of `total` bytes (announced) as it downloads to the part file
+    /// `staging`, for `rel`: when it will be a multipart upload and fewer than `--s3-streams`
+    /// uploads stream now. `sha256`, the manifest's checksum, is the metadata of an upload
+    /// straight to its key (the only digest known before the body).
+    pub(crate) async fn stream(
+        &self,
+        total: u64,
+        rel: &str,
+        staging: &str,
+        sha256: Option<[u8; 32]>,
+    ) -> Option<Upstream> {
+        if total <= SINGLE_PUT_MAX {
+            return None;
+        }
+        let permit = Arc::clone(&self.streams).try_acquire_owned().ok()?;
+        let key = self.upload_key(total, rel, staging);
+        let attributes = if total > self.copy_max {
+            metadata(&FileDigests {
+                sha256,
+                ..FileDigests::default()
+            })
+        } else {
+            Attributes::new()
+        };
+        let options = PutMultipartOptions {
+            attributes,
+            ..PutMultipartOptions::default()
+        };
+        match self.store.put_multipart_opts(&key, options).await {
+            Ok(upload) => Some(Upstream {
+                writer: Some(WriteMultipart::new_with_chunk_size(upload, PART_SIZE)),
+                key,
+                sent: 0,
+                _permit: permit,
+            }),
+            Err(e) => {
+                tracing::debug!(target: "haul::bucket", key = %key, error = %e, "upload not streamed");
+                None
+            }
         }
     }
 
@@ -176,8 +251,10 @@ impl Bucket {
     }
 
     /// Uploads the verified part file `file` (`len` bytes, `digests`) to `rel`; replaces an
-    /// object there only when `replace`. `staging` names this upload's staging key. Runs on a
-    /// blocking thread of the engine's runtime (it waits for the upload there).
+    /// object there only when `replace`. `staging` names this upload's staging key; `upstream`
+    /// is its upload started while the file downloaded, if any. Runs on a blocking thread of
+    /// the engine's runtime (it waits for the upload there).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn upload(
         &self,
         file: &File,
@@ -186,10 +263,20 @@ impl Bucket {
         rel: &str,
         staging: &str,
         replace: bool,
+        upstream: Option<Upstream>,
     ) -> Result<(), Error> {
         tokio::runtime::Handle::current().block_on(async {
             let key = self.key(rel);
             let attributes = metadata(digests);
+            // A streamed upload serves the object it was started for, of this length.
+            let mut upstream = match upstream {
+                Some(up) if len > SINGLE_PUT_MAX && up.key == self.upload_key(len, rel, staging) => Some(up),
+                Some(up) => {
+                    up.abort().await;
+                    None
+                }
+                None => None,
+            };
             let result = if len <= SINGLE_PUT_MAX {
                 let body = read_at(file, 0, len).map_err(|e| Error::io("read", rel, e))?;
                 let options = PutOptions {
@@ -206,17 +293,20 @@ impl Bucket {
                 // it completes, and completing it cannot be made create-only here, so the key
                 // is looked at first.
                 if !replace && let Some((size, found)) = self.head(rel).await? {
+                    if let Some(up) = upstream.take() {
+                        up.abort().await;
+                    }
                     return if size == len && same_content(digests, &found) {
                         Ok(())
                     } else {
                         Err(Error::Exists(self.display(rel)))
                     };
                 }
-                self.put_parts(file, len, &key, attributes, rel).await?;
+                self.put_file(upstream, file, len, &key, attributes, rel).await?;
                 Ok(())
             } else {
-                let stage = self.key(&format!("{STAGING}/{}-{staging}", self.run));
-                self.put_parts(file, len, &stage, attributes, rel).await?;
+                let stage = self.stage_key(staging);
+                self.put_file(upstream, file, len, &stage, attributes, rel).await?;
                 let mode = if replace { CopyMode::Overwrite } else { CopyMode::Create };
                 let copied = self
                     .store
@@ -241,15 +331,38 @@ impl Bucket {
         })
     }
 
-    /// Uploads `file` to `stage` as a multipart upload, reading one part at a time.
-    async fn put_parts(
+    /// Completes `upstream` with the rest of `file`; without one (or when it fails), uploads
+    /// all of `file` to `stage` as a multipart upload.
+    async fn put_file(
         &self,
+        upstream: Option<Upstream>,
         file: &File,
         len: u64,
         stage: &Key,
         attributes: Attributes,
         rel: &str,
     ) -> Result<(), Error> {
+        if let Some(mut up) = upstream
+            && let Some(mut writer) = up.writer.take()
+        {
+            match send_file(&mut writer, file, up.sent, len).await {
+                Ok(()) => match writer.finish().await {
+                    Ok(_) => {
+                        // How much went up while the file downloaded (the rest from the part file).
+                        tracing::debug!(target: "haul::bucket", key = %stage, streamed = up.sent, bytes = len, "upload streamed");
+                        return Ok(());
+                    }
+                    // `finish` aborted the upload.
+                    Err(e) => {
+                        tracing::debug!(target: "haul::bucket", key = %stage, error = %e, "streamed upload failed")
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(target: "haul::bucket", key = %stage, error = %e, "streamed upload failed");
+                    let _ = writer.abort().await;
+                }
+            }
+        }
         let options = PutMultipartOptions {
             attributes,
             ..PutMultipartOptions::default()
@@ -260,23 +373,122 @@ impl Bucket {
             .await
             .map_err(|e| self.fail("upload to", rel, &e))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-        let mut offset = 0;
-        while offset < len {
-            if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
-                return Err(self.fail("upload to", rel, &e));
-            }
-            let n = (len - offset).min(PART_SIZE as u64);
-            match read_at(file, offset, n) {
-                Ok(block) => writer.put(block.into()),
-                Err(e) => {
-                    let _ = writer.abort().await;
-                    return Err(Error::io("read", rel, e));
-                }
-            }
-            offset += n;
+        if let Err(e) = send_file(&mut writer, file, 0, len).await {
+            let _ = writer.abort().await;
+            return Err(match e {
+                Sent::Read(e) => Error::io("read", rel, e),
+                Sent::Upload(e) => self.fail("upload to", rel, &e),
+            });
         }
         writer.finish().await.map_err(|e| self.fail("upload to", rel, &e))?;
         Ok(())
+    }
+}
+
+/// Why sending a file's bytes stopped.
+#[derive(Debug)]
+enum Sent {
+    Read(std::io::Error),
+    Upload(object_store::Error),
+}
+
+impl std::fmt::Display for Sent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Read(e) => write!(f, "read: {e}"),
+            Self::Upload(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Hands bytes `from..len` of `file` to `writer`, one part at a time, at most
+/// [`PARTS_IN_FLIGHT`] parts in flight.
+async fn send_file(writer: &mut WriteMultipart, file: &File, from: u64, len: u64) -> Result<(), Sent> {
+    let mut offset = from;
+    while offset < len {
+        writer.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(Sent::Upload)?;
+        let n = (len - offset).min(PART_SIZE as u64);
+        writer.put(read_at(file, offset, n).map_err(Sent::Read)?.into());
+        offset += n;
+    }
+    Ok(())
+}
+
+/// A multipart upload fed with a file's bytes as they arrive (see [`Bucket::stream`]): it
+/// holds the file's first [`sent`](Self::sent) bytes, and is completed only by
+/// [`Bucket::upload`], after the file was verified. Dropped otherwise, it is aborted.
+pub(crate) struct Upstream {
+    /// `None` once completed or aborted.
+    writer: Option<WriteMultipart>,
+    key: Key,
+    sent: u64,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("key", &self.key)
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    /// The file's bytes handed to the upload: the first `sent()`.
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Hands `chunks`, the file's bytes from [`sent`](Self::sent) on, to the upload once it has
+    /// room (the body waits meanwhile). False when the upload failed: it is aborted then, and
+    /// the file goes up from its part file at the end.
+    pub(crate) async fn send(&mut self, chunks: &[Bytes]) -> bool {
+        let Some(writer) = &mut self.writer else {
+            return false;
+        };
+        if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
+            tracing::debug!(target: "haul::bucket", key = %self.key, error = %e, "streamed upload failed");
+            self.abort_now().await;
+            return false;
+        }
+        for chunk in chunks {
+            self.sent += chunk.len() as u64;
+            writer.put(chunk.clone());
+        }
+        true
+    }
+
+    /// Aborts the upload (its parts are removed).
+    pub(crate) async fn abort(mut self) {
+        self.abort_now().await;
+    }
+
+    /// Aborts the upload from a blocking thread of the runtime.
+    pub(crate) fn abort_blocking(self) {
+        tokio::runtime::Handle::current().block_on(self.abort());
+    }
+
+    async fn abort_now(&mut self) {
+        if let Some(writer) = self.writer.take()
+            && let Err(e) = writer.abort().await
+        {
+            tracing::debug!(target: "haul::bucket", key = %self.key, error = %e, "abort of a streamed upload failed");
+        }
+    }
+}
+
+impl Drop for Upstream {
+    /// An upload dropped unfinished (a transfer that ended by another path) is aborted in the
+    /// background.
+    fn drop(&mut self) {
+        if let Some(writer) = self.writer.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = writer.abort().await;
+            });
+        }
     }
 }
 
@@ -362,6 +574,7 @@ mod tests {
             url: url.into(),
             endpoint: None,
             copy_max: None,
+            streams: None,
         }
     }
 

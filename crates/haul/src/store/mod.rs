@@ -35,7 +35,7 @@ use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use tokio::task::JoinHandle;
 
-pub(crate) use bucket::Bucket;
+pub(crate) use bucket::{Bucket, Upstream};
 #[cfg(feature = "s3")]
 pub use bucket::{Leftover, SINGLE_PUT_MAX, STAGING, collect_garbage};
 pub use digest::{DigestKind, FileDigests, hash_file};
@@ -342,7 +342,7 @@ impl Store {
     /// checksums, the archive's digest) and renames it to `final_rel` as `commit` allows. On a
     /// mismatch the part is removed and nothing is renamed.
     /// `prefix`: the digests of the part's first bytes, hashed as they were written; only the
-    /// rest is read back.
+    /// rest is read back. `upstream`: its upload to the bucket, streamed while it downloaded.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn finish_split(
         self: &Arc<Self>,
@@ -353,6 +353,7 @@ impl Store {
         prefix: Option<Prefix>,
         final_rel: &str,
         commit: Commit,
+        upstream: Option<Upstream>,
     ) -> Result<Finished, Error> {
         let store = Arc::clone(self);
         let final_rel = final_rel.to_owned();
@@ -385,10 +386,13 @@ impl Store {
             match checked {
                 Ok(digests) => {
                     let finished = Finished { bytes: total, digests };
-                    store.commit(file, &part, &final_rel, commit, &finished)?;
+                    store.commit(file, &part, &final_rel, commit, &finished, upstream)?;
                     Ok(finished)
                 }
                 Err(e) => {
+                    if let Some(up) = upstream {
+                        up.abort_blocking();
+                    }
                     drop(file);
                     let _ = tree::remove(store.parts.as_fd(), &part);
                     Err(e)
@@ -621,6 +625,30 @@ pub(crate) struct SplitPart {
 }
 
 impl SplitPart {
+    /// Starts uploading the file (`total` bytes, for `rel`) to the store's bucket as it
+    /// downloads, when it has one and may (see [`Bucket::stream`]).
+    pub(crate) async fn stream_upload(
+        &self,
+        store: &Store,
+        total: u64,
+        rel: &str,
+        sha256: Option<[u8; 32]>,
+    ) -> Option<Upstream> {
+        store.bucket()?.stream(total, rel, &self.part, sha256).await
+    }
+
+    /// Reads `len` bytes at `offset` (written ones: from the page cache), on the blocking pool.
+    pub(crate) async fn read(&self, offset: u64, len: usize) -> Result<Bytes, Error> {
+        let (file, path) = (Arc::clone(&self.file), self.path.clone());
+        join(tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0; len];
+            std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, offset)
+                .map_err(|e| Error::io("read", &path, e))?;
+            Ok(Bytes::from(buf))
+        }))
+        .await
+    }
+
     /// Flushes what was written to the disk (before the archive records it, under `--fsync`).
     pub(crate) async fn sync(&self) -> Result<(), Error> {
         let (file, path) = (Arc::clone(&self.file), self.path.clone());
@@ -750,6 +778,8 @@ pub(crate) struct PartWriter {
     in_flight: Option<BlockWrite>,
     /// Bytes handed to this writer, the resumed prefix included.
     total: u64,
+    /// The file's upload to the bucket while it downloads, if one streams.
+    upstream: Option<Upstream>,
 }
 
 impl PartWriter {
@@ -768,6 +798,35 @@ impl PartWriter {
             sink: None,
             in_flight: None,
             total: offset,
+            upstream: None,
+        }
+    }
+
+    /// Uploads the file (`total` bytes announced, for `rel`) to the store's bucket as it
+    /// downloads, when it has one and may (see [`Bucket::stream`]). Only a part started afresh:
+    /// the upload holds exactly the bytes this writer hashes.
+    pub(crate) async fn stream_upload(&mut self, total: u64, rel: &str, sha256: Option<[u8; 32]>) {
+        if self.offset == 0
+            && self.total == 0
+            && let Some(bucket) = self.store.bucket()
+        {
+            self.upstream = bucket.stream(total, rel, &self.part, sha256).await;
+        }
+    }
+
+    /// Hands `data`, the bytes that follow what the upload holds, to the streamed upload.
+    async fn send_up(&mut self, data: &[Bytes]) {
+        if let Some(up) = &mut self.upstream
+            && !up.send(data).await
+        {
+            self.upstream = None;
+        }
+    }
+
+    /// Aborts the streamed upload, if any.
+    async fn abort_upload(&mut self) {
+        if let Some(up) = self.upstream.take() {
+            up.abort().await;
         }
     }
 
@@ -793,6 +852,7 @@ impl PartWriter {
             None => self.sink.take(),
         };
         let data = std::mem::take(&mut self.buffer).chunks;
+        self.send_up(&data).await;
         let store = Arc::clone(&self.store);
         let part = self.part.clone();
         let (offset, want) = (self.offset, self.want);
@@ -809,6 +869,8 @@ impl PartWriter {
 
     /// Writes what is buffered and leaves the part file for a later resume.
     pub(crate) async fn keep_partial(mut self) -> Result<u64, Error> {
+        // A resume uploads from the part file.
+        self.abort_upload().await;
         if self.buffer.len > 0 {
             self.flush_block().await?;
         }
@@ -820,6 +882,7 @@ impl PartWriter {
 
     /// Removes the part file (after any block still being written).
     pub(crate) async fn discard(mut self) {
+        self.abort_upload().await;
         if let Some(handle) = self.in_flight.take() {
             let _ = handle.await;
         }
@@ -837,6 +900,8 @@ impl PartWriter {
         let part = std::mem::take(&mut self.part);
         let final_rel = final_rel.to_owned();
         let Chunks { chunks: data, len } = std::mem::take(&mut self.buffer);
+        self.send_up(&data).await;
+        let upstream = self.upstream.take();
         let (offset, want, total) = (self.offset, self.want, self.total);
         // Only a fresh small body is finished here: a resumed prefix is hashed again and an
         // fsync waits for the disk, both too slow for the network thread.
@@ -856,12 +921,15 @@ impl PartWriter {
             let Sink { file, digests } = sink;
             let digests = digests.finish();
             if let Err(e) = verify(&expect, total, &digests) {
+                if let Some(up) = upstream {
+                    up.abort_blocking();
+                }
                 drop(file);
                 let _ = tree::remove(store.parts.as_fd(), &part);
                 return Err(e);
             }
             let finished = Finished { bytes: total, digests };
-            store.commit(file, &part, &final_rel, commit, &finished)?;
+            store.commit(file, &part, &final_rel, commit, &finished, upstream)?;
             Ok(finished)
         };
         if inline {
@@ -883,7 +951,8 @@ impl Store {
         self.root_path.join(STATE_DIR).join(PARTS_DIR).join(part)
     }
 
-    /// Moves a verified part file to its final name (or uploads it to the bucket).
+    /// Moves a verified part file to its final name (or uploads it to the bucket, completing
+    /// `upstream`, its upload started while it downloaded).
     fn commit(
         &self,
         file: File,
@@ -891,10 +960,19 @@ impl Store {
         final_rel: &str,
         commit: Commit,
         finished: &Finished,
+        upstream: Option<Upstream>,
     ) -> Result<(), Error> {
         if let Some(bucket) = &self.bucket {
             let replace = matches!(commit, Commit::Replace { .. });
-            let uploaded = bucket.upload(&file, finished.bytes, &finished.digests, final_rel, part, replace);
+            let uploaded = bucket.upload(
+                &file,
+                finished.bytes,
+                &finished.digests,
+                final_rel,
+                part,
+                replace,
+                upstream,
+            );
             drop(file);
             // Uploaded or refused, this part is done with (a failed upload fetches it again).
             let _ = tree::remove(self.parts.as_fd(), part);

@@ -34,6 +34,17 @@ impl Bucket {
         match *self {}
     }
 
+    pub(crate) async fn stream(
+        &self,
+        _total: u64,
+        _rel: &str,
+        _staging: &str,
+        _sha256: Option<[u8; 32]>,
+    ) -> Option<Upstream> {
+        match *self {}
+    }
+
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn upload(
         &self,
         _file: &File,
@@ -42,7 +53,30 @@ impl Bucket {
         _rel: &str,
         _staging: &str,
         _replace: bool,
+        _upstream: Option<Upstream>,
     ) -> Result<(), Error> {
         match *self {}
+    }
+}
+
+/// A streamed upload (none can exist without the `s3` feature).
+#[derive(Debug)]
+pub(crate) enum Upstream {}
+
+impl Upstream {
+    pub(crate) fn sent(&self) -> u64 {
+        match *self {}
+    }
+
+    pub(crate) async fn send(&mut self, _chunks: &[bytes::Bytes]) -> bool {
+        match *self {}
+    }
+
+    pub(crate) async fn abort(self) {
+        match self {}
+    }
+
+    pub(crate) fn abort_blocking(self) {
+        match self {}
     }
 }
