@@ -248,6 +248,27 @@ fn parts_of(s3: &S3Server, id: &str) -> usize {
         .count()
 }
 
+/// Gets one file, `NAME.bin` of `size` bytes from the fault server with `faults`, to the bucket
+/// under `NAME`, with `args`: the run, checked to succeed and to leave exactly the file there.
+fn get_one(
+    server: &FaultServer,
+    s3: &S3Server,
+    dir: &Path,
+    name: &str,
+    size: u64,
+    faults: &str,
+    args: &[&str],
+) -> Output {
+    let file_name = format!("{name}.bin");
+    let url = server.url(&file_name, size, faults);
+    let file = (url, file_name.clone(), sha256_hex(&body_for(&file_name, size)), size);
+    let list = jsonl(dir, std::slice::from_ref(&file));
+    let run = get_to(s3, &list, name, &dir.join(format!("stage-{name}")), args);
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    assert_bucket(s3, name, &[file]);
+    run
+}
+
 /// A large file's upload runs while its body arrives: a body cut off after 20 MB has already
 /// put parts in the bucket. Cut off, that upload is aborted (the resume goes up from the part
 /// file), and the object is the whole file, with no upload left open.
@@ -255,22 +276,18 @@ fn parts_of(s3: &S3Server, id: &str) -> usize {
 fn a_large_file_uploads_while_it_downloads_and_a_cut_body_aborts_that_upload() {
     let (_rt, server, s3) = origin_and_bucket();
     let dir = tempfile::tempdir().unwrap();
-    let size = 30_000_000;
-    let name = "cut.bin";
     // 20 MB/s: a second for the first 20 MB, ample for a part to go up meanwhile.
-    let url = server.url(name, size, "rate=20000000&reset=20000000&times=1");
-    let file = (url, name.to_owned(), sha256_hex(&body_for(name, size)), size);
-    let list = jsonl(dir.path(), std::slice::from_ref(&file));
-    let run = get_to(
+    let faults = "rate=20000000&reset=20000000&times=1";
+    get_one(
+        &server,
         &s3,
-        &list,
+        dir.path(),
         "cut",
-        &dir.path().join("stage"),
+        30_000_000,
+        faults,
         &["--progress", "none", "--split", "1"],
     );
-    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
-    assert_bucket(&s3, "cut", &[file]);
-    assert_eq!(server.hits(&format!("/f/{name}")), 2, "cut once, resumed once");
+    assert_eq!(server.hits("/f/cut.bin"), 2, "cut once, resumed once");
     let (started, aborted) = staging_uploads(&s3);
     assert_eq!((started, aborted.len()), (2, 1), "{:?}", s3.requests());
     assert!(
@@ -286,21 +303,17 @@ fn a_large_file_uploads_while_it_downloads_and_a_cut_body_aborts_that_upload() {
 fn a_segmented_transfer_carries_its_upload_on_after_a_cut() {
     let (_rt, server, s3) = origin_and_bucket();
     let dir = tempfile::tempdir().unwrap();
-    let size = 40_000_000;
-    let name = "seg.bin";
-    let url = server.url(name, size, "reset=20000000&times=1");
-    let file = (url, name.to_owned(), sha256_hex(&body_for(name, size)), size);
-    let list = jsonl(dir.path(), std::slice::from_ref(&file));
-    let run = get_to(
+    let faults = "reset=20000000&times=1";
+    get_one(
+        &server,
         &s3,
-        &list,
+        dir.path(),
         "seg",
-        &dir.path().join("stage"),
+        40_000_000,
+        faults,
         &["--progress", "none", "--split", "4"],
     );
-    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
-    assert_bucket(&s3, "seg", &[file]);
-    assert!(server.hits(&format!("/f/{name}")) >= 2, "the cut range was asked again");
+    assert!(server.hits("/f/seg.bin") >= 2, "the cut range was asked again");
     let (started, aborted) = staging_uploads(&s3);
     assert_eq!((started, aborted.len()), (1, 0), "{:?}", s3.requests());
 }
@@ -321,21 +334,9 @@ fn streamed(log: &str) -> u64 {
 fn a_split_file_uploads_what_is_written_from_its_start_while_it_downloads() {
     let (_rt, server, s3) = origin_and_bucket();
     let dir = tempfile::tempdir().unwrap();
-    let size = 40_000_000;
-    let name = "split.bin";
-    let url = server.url(name, size, "rate=10000000");
-    let file = (url, name.to_owned(), sha256_hex(&body_for(name, size)), size);
-    let list = jsonl(dir.path(), std::slice::from_ref(&file));
-    let run = get_to(
-        &s3,
-        &list,
-        "split",
-        &dir.path().join("stage"),
-        &["--progress", "none", "--split", "4", "-vv"],
-    );
-    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
-    assert_bucket(&s3, "split", &[file]);
-    assert!(server.hits(&format!("/f/{name}")) >= 2, "the file was split");
+    let args = ["--progress", "none", "--split", "4", "-vv"];
+    let run = get_one(&server, &s3, dir.path(), "split", 40_000_000, "rate=10000000", &args);
+    assert!(server.hits("/f/split.bin") >= 2, "the file was split");
     let streamed = streamed(&stderr(&run));
     assert!(streamed >= 8 << 20, "streamed {streamed} bytes while downloading");
 }
