@@ -180,8 +180,9 @@ def main():
     # The machine's speed drifts within a run (a shared 2-core VM): each round's ratio, from
     # runs minutes apart at most, shows the spread the medians hide.
     for name in names[1:]:
-        per_round = ", ".join(f"{g / w:.2f}" for g, w in zip(results[names[0]], results[name]))
-        print(f"\n{name} ÷ haul get, round by round: {per_round}", end="")
+        ratios = [g / w for g, w in zip(results[names[0]], results[name])]
+        per_round = ", ".join(f"{r:.2f}" for r in ratios)
+        print(f"\n{name} ÷ haul get, round by round: {per_round} (median {statistics.median(ratios):.2f})", end="")
     print()
     print(f"\nenqueue of the 30,000-line list before each worker run: {statistics.median(enqueue):,.0f} lines/s")
     peer = statistics.median(rates["psql COPY + INSERT … ON CONFLICT"])
