@@ -180,6 +180,10 @@ pub(crate) struct GcArgs {
     /// List them without removing anything
     #[arg(long)]
     pub(crate) dry_run: bool,
+    /// The staging directory of runs on this machine: the multipart uploads it records for
+    /// runs that are no longer running are aborted too [default: ~/.cache/haul/stage/BUCKET/PREFIX]
+    #[arg(long, value_name = "DIR")]
+    pub(crate) stage_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -588,6 +592,21 @@ impl GetArgs {
     }
 }
 
+/// The staging directory of the bucket output `spec`: `dir` when given, else
+/// `~/.cache/haul/stage/BUCKET/PREFIX`.
+pub(crate) fn stage_dir(spec: &haul::BucketSpec, dir: Option<&PathBuf>) -> Result<PathBuf> {
+    let (bucket, prefix) = spec.parse().map_err(|e| anyhow::anyhow!("-o: {e}"))?;
+    if let Some(dir) = dir {
+        return Ok(dir.clone());
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .context("no cache directory for an s3:// output's staging: pass --stage-dir DIR")?;
+    Ok(cache.join("haul").join("stage").join(bucket).join(prefix))
+}
+
 impl GetArgs {
     /// The local output directory, and the bucket when the output is an s3:// URL (the
     /// directory then stages part files and holds haul's state).
@@ -611,18 +630,7 @@ impl GetArgs {
             copy_max: self.s3_copy_max,
             streams: self.s3_streams,
         };
-        let (bucket, prefix) = spec.parse().map_err(|e| anyhow::anyhow!("-o: {e}"))?;
-        let stage = match &self.stage_dir {
-            Some(dir) => dir.clone(),
-            None => {
-                let cache = std::env::var_os("XDG_CACHE_HOME")
-                    .filter(|d| !d.is_empty())
-                    .map(PathBuf::from)
-                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-                    .context("no cache directory for an s3:// output's staging: pass --stage-dir DIR")?;
-                cache.join("haul").join("stage").join(bucket).join(prefix)
-            }
-        };
+        let stage = stage_dir(&spec, self.stage_dir.as_ref())?;
         Ok((stage, Some(spec)))
     }
 

@@ -256,6 +256,19 @@ fn gc(args: &args::GcArgs) -> Result<Exit, Failure> {
     let found = runtime
         .block_on(haul::store::collect_garbage(&spec, args.older_than, args.dry_run))
         .map_err(|e| fail(Exit::Fatal, e))?;
+    if !args.dry_run {
+        let stage = args::stage_dir(&spec, args.stage_dir.as_ref()).map_err(|e| fail(Exit::Usage, e))?;
+        let aborted = runtime
+            .block_on(haul::store::abort_unfinished(&spec, &stage))
+            .map_err(|e| fail(Exit::Fatal, e))?;
+        if aborted > 0 {
+            let _ = writeln!(
+                std::io::stderr(),
+                "aborted {aborted} unfinished uploads recorded in {} by runs that stopped",
+                stage.display()
+            );
+        }
+    }
     let mut out = std::io::stdout().lock();
     let mut bytes = 0;
     for leftover in &found {

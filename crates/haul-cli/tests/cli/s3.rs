@@ -405,6 +405,99 @@ fn an_object_in_the_way_is_replaced_or_refused_as_on_exists_says() {
     assert!(stderr(&rename).contains("--on-exists rename is not supported with a bucket"));
 }
 
+/// Starts `haul get` of `list` to the bucket under `prefix` (staging in `stage`), waits until
+/// its upload has put a part in the bucket while the body still arrives, and kills it (`kill
+/// -9`): the upload is left open.
+fn kill_mid_upload(s3: &S3Server, list: &Path, prefix: &str, stage: &Path) {
+    let output = format!("s3://{BUCKET}/{prefix}");
+    let mut child = with_s3(
+        s3,
+        &[
+            "get",
+            "-i",
+            path(list),
+            "-o",
+            &output,
+            "--stage-dir",
+            path(stage),
+            "--split",
+            "1",
+            "--progress",
+            "none",
+        ],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("start haul");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let part = format!("/{prefix}/.haul-staging/");
+    while !plain_requests(s3)
+        .iter()
+        .any(|r| r.starts_with("PUT ") && r.contains(&part) && r.contains("partNumber="))
+    {
+        assert!(std::time::Instant::now() < deadline, "no part uploaded in 30 s");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "haul ended before its upload began"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// A run killed mid-download leaves its streamed upload open (S3 would keep it, invisible and
+/// billed): `haul gc` aborts the uploads its staging directory records for runs that stopped,
+/// and so does the next run on that directory, which then finishes the file.
+#[test]
+fn uploads_a_killed_run_left_open_are_aborted_by_gc_and_by_the_next_run() {
+    let (_rt, server, s3) = origin_and_bucket();
+    let dir = tempfile::tempdir().unwrap();
+    // 5 MB/s on the first request only: killed well before its end; the next run is fast.
+    let files: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let name = format!("{name}.bin");
+            let size = 30_000_000;
+            let url = server.url(&name, size, "rate=5000000&times=1");
+            (url, name.clone(), sha256_hex(&body_for(&name, size)), size)
+        })
+        .collect();
+    let (stage_a, stage_b) = (dir.path().join("stage-a"), dir.path().join("stage-b"));
+    for sub in ["a", "b"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+    }
+    let list_a = jsonl(&dir.path().join("a"), &files[..1]);
+    let list_b = jsonl(&dir.path().join("b"), &files[1..]);
+
+    kill_mid_upload(&s3, &list_a, "crash-a", &stage_a);
+    assert_eq!(s3.open_uploads(BUCKET), 1, "the killed run's upload is open");
+    let gc = run_s3(
+        &s3,
+        &["gc", "-o", "s3://haul-test/crash-a", "--stage-dir", path(&stage_a)],
+    );
+    assert_eq!(gc.status.code(), Some(0), "{}", stderr(&gc));
+    assert!(
+        stderr(&gc).contains("aborted 1 unfinished uploads recorded in"),
+        "{}",
+        stderr(&gc)
+    );
+    assert_eq!(s3.open_uploads(BUCKET), 0, "gc aborted it");
+
+    kill_mid_upload(&s3, &list_b, "crash-b", &stage_b);
+    assert_eq!(s3.open_uploads(BUCKET), 1, "the killed run's upload is open");
+    let again = get_to(&s3, &list_b, "crash-b", &stage_b, &["--progress", "none"]);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("aborted 1 unfinished uploads left by a stopped run"),
+        "{}",
+        stderr(&again)
+    );
+    assert_bucket(&s3, "crash-b", &files[1..]);
+}
+
 #[test]
 fn gc_lists_and_removes_only_old_staging_keys() {
     let s3 = S3Server::start();

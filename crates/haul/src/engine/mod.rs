@@ -336,6 +336,14 @@ impl Engine {
         if let Some(spec) = &config.bucket {
             store = store.with_bucket(crate::store::Bucket::open(spec)?)?;
         }
+        if let Some(bucket) = store.bucket() {
+            // Multipart uploads that killed runs on this staging directory left open.
+            match bucket.abort_orphans().await {
+                Ok(0) => {}
+                Ok(n) => reporter.on_notice(&format!("aborted {n} unfinished uploads left by a stopped run")),
+                Err(e) => reporter.on_notice(&format!("warning: {e}")),
+            }
+        }
         let store = Arc::new(store);
         let archive = match config.archive_location() {
             Some(location) => Some(Archive::open_at(&location, config.wait_archive)?),

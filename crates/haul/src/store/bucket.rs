@@ -22,8 +22,11 @@
 //!
 //! So no object ever holds part of a file under its final key (a multipart upload is no object
 //! until it completes), and an object already there is never replaced unless the existing-file
-//! rules ask for it. A crash leaves at most staging keys (and, under S3's own rules, unfinished
-//! multipart uploads), which `haul gc` lists and removes.
+//! rules ask for it. A crash leaves at most staging keys, which `haul gc` lists and removes,
+//! and unfinished multipart uploads (S3 lists none of them as objects, and object_store cannot
+//! list them). haul records each multipart upload it starts in the staging directory's state
+//! (`.haul/uploads`, key and upload id) until it is completed or aborted; the next run on that
+//! directory, and `haul gc`, abort those of processes no longer running.
 //!
 //! Objects put or uploaded to their key carry the digests haul computed as metadata
 //! (`x-amz-meta-haul-sha256`, `x-amz-meta-haul-blake3`); a copy does not (object_store's copy
@@ -31,18 +34,22 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, Checksum, S3CopyIfNotExists};
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as Key;
 use object_store::{
-    Attribute, Attributes, CopyMode, CopyOptions, GetOptions, ObjectStore, ObjectStoreExt, PutMode,
-    PutMultipartOptions, PutOptions, PutPayload, WriteMultipart,
+    Attribute, Attributes, CopyMode, CopyOptions, GetOptions, MultipartId, ObjectStore, ObjectStoreExt, PutMode,
+    PutMultipartOptions, PutOptions, PutPayload, PutPayloadMut,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 
 use super::{Digests, FileDigests, Want};
 use crate::config::BucketSpec;
@@ -80,6 +87,10 @@ pub(crate) struct Bucket {
     copy_max: u64,
     /// One permit per upload streaming now (none: every file goes up from its part file).
     streams: Arc<Semaphore>,
+    /// Where each open multipart upload is recorded (see [`Parts`]), once the store gives it.
+    records: Option<PathBuf>,
+    /// Numbers this process's records.
+    recorded: Arc<AtomicU64>,
 }
 
 impl Bucket {
@@ -122,7 +133,28 @@ impl Bucket {
             run: format!("{}-{started:x}", std::process::id()),
             copy_max: spec.copy_max.unwrap_or(COPY_MAX),
             streams: Arc::new(Semaphore::new(spec.streams.unwrap_or(DEFAULT_STREAMS))),
+            records: None,
+            recorded: Arc::default(),
         })
+    }
+
+    /// Records each multipart upload this process starts in `dir` (in the staging directory's
+    /// state), until it is completed or aborted.
+    pub(crate) fn record_uploads_in(&mut self, dir: PathBuf) {
+        self.records = Some(dir);
+    }
+
+    /// Aborts the multipart uploads recorded in the staging directory by processes that are no
+    /// longer running (killed mid-upload: S3 keeps such an upload, invisible and billed, until
+    /// a lifecycle rule removes it). Returns how many were aborted.
+    ///
+    /// # Errors
+    /// An upload cannot be aborted (its record stays, for the next try).
+    pub(crate) async fn abort_orphans(&self) -> Result<usize, Error> {
+        let Some(dir) = &self.records else {
+            return Ok(0);
+        };
+        abort_recorded(&self.store, dir).await
     }
 
     /// `s3://BUCKET/PREFIX`.
@@ -178,14 +210,9 @@ impl Bucket {
         } else {
             Attributes::new()
         };
-        let options = PutMultipartOptions {
-            attributes,
-            ..PutMultipartOptions::default()
-        };
-        match self.store.put_multipart_opts(&key, options).await {
-            Ok(upload) => Some(Upstream {
-                writer: Some(WriteMultipart::new_with_chunk_size(upload, PART_SIZE)),
-                key,
+        match Parts::start(self, key.clone(), attributes).await {
+            Ok(parts) => Some(Upstream {
+                parts: Some(parts),
                 sent: 0,
                 _permit: permit,
             }),
@@ -270,7 +297,7 @@ impl Bucket {
             let attributes = metadata(digests);
             // A streamed upload serves the object it was started for, of this length.
             let mut upstream = match upstream {
-                Some(up) if len > SINGLE_PUT_MAX && up.key == self.upload_key(len, rel, staging) => Some(up),
+                Some(up) if len > SINGLE_PUT_MAX && up.key() == Some(&self.upload_key(len, rel, staging)) => Some(up),
                 Some(up) => {
                     up.abort().await;
                     None
@@ -343,45 +370,38 @@ impl Bucket {
         rel: &str,
     ) -> Result<(), Error> {
         if let Some(mut up) = upstream
-            && let Some(mut writer) = up.writer.take()
+            && let Some(mut parts) = up.parts.take()
         {
-            match send_file(&mut writer, file, up.sent, len).await {
-                Ok(()) => match writer.finish().await {
-                    Ok(_) => {
-                        // How much went up while the file downloaded (the rest from the part file).
-                        tracing::debug!(target: "haul::bucket", key = %stage, streamed = up.sent, bytes = len, "upload streamed");
-                        return Ok(());
-                    }
-                    // `finish` aborted the upload.
-                    Err(e) => {
-                        tracing::debug!(target: "haul::bucket", key = %stage, error = %e, "streamed upload failed")
-                    }
-                },
+            let sent = match send_file(&mut parts, file, up.sent, len).await {
+                Ok(()) => parts.finish().await,
                 Err(e) => {
-                    tracing::debug!(target: "haul::bucket", key = %stage, error = %e, "streamed upload failed");
-                    let _ = writer.abort().await;
+                    parts.abort().await;
+                    Err(e)
                 }
+            };
+            match sent {
+                Ok(()) => {
+                    // How much went up while the file downloaded (the rest from the part file).
+                    tracing::debug!(target: "haul::bucket", key = %stage, streamed = up.sent, bytes = len, "upload streamed");
+                    return Ok(());
+                }
+                Err(e) => tracing::debug!(target: "haul::bucket", key = %stage, error = %e, "streamed upload failed"),
             }
         }
-        let options = PutMultipartOptions {
-            attributes,
-            ..PutMultipartOptions::default()
-        };
-        let upload = self
-            .store
-            .put_multipart_opts(stage, options)
+        let mut parts = Parts::start(self, stage.clone(), attributes)
             .await
             .map_err(|e| self.fail("upload to", rel, &e))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-        if let Err(e) = send_file(&mut writer, file, 0, len).await {
-            let _ = writer.abort().await;
-            return Err(match e {
-                Sent::Read(e) => Error::io("read", rel, e),
-                Sent::Upload(e) => self.fail("upload to", rel, &e),
-            });
-        }
-        writer.finish().await.map_err(|e| self.fail("upload to", rel, &e))?;
-        Ok(())
+        let sent = match send_file(&mut parts, file, 0, len).await {
+            Ok(()) => parts.finish().await,
+            Err(e) => {
+                parts.abort().await;
+                Err(e)
+            }
+        };
+        sent.map_err(|e| match e {
+            Sent::Read(e) => Error::io("read", rel, e),
+            Sent::Upload(e) => self.fail("upload to", rel, &e),
+        })
     }
 }
 
@@ -390,6 +410,12 @@ impl Bucket {
 enum Sent {
     Read(std::io::Error),
     Upload(object_store::Error),
+}
+
+impl From<object_store::Error> for Sent {
+    fn from(e: object_store::Error) -> Self {
+        Self::Upload(e)
+    }
 }
 
 impl std::fmt::Display for Sent {
@@ -401,17 +427,229 @@ impl std::fmt::Display for Sent {
     }
 }
 
-/// Hands bytes `from..len` of `file` to `writer`, one part at a time, at most
+/// Hands bytes `from..len` of `file` to `parts`, one part at a time, at most
 /// [`PARTS_IN_FLIGHT`] parts in flight.
-async fn send_file(writer: &mut WriteMultipart, file: &File, from: u64, len: u64) -> Result<(), Sent> {
+async fn send_file(parts: &mut Parts, file: &File, from: u64, len: u64) -> Result<(), Sent> {
     let mut offset = from;
     while offset < len {
-        writer.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(Sent::Upload)?;
+        parts.wait_below(PARTS_IN_FLIGHT).await?;
         let n = (len - offset).min(PART_SIZE as u64);
-        writer.put(read_at(file, offset, n).map_err(Sent::Read)?.into());
+        parts.put(read_at(file, offset, n).map_err(Sent::Read)?.into());
         offset += n;
     }
     Ok(())
+}
+
+/// A multipart upload being written: parts of [`PART_SIZE`] bytes (the last shorter) sent as
+/// they fill, with the upload recorded in the staging directory's state from its start until
+/// it is completed or aborted, so that one a killed process left open is aborted later
+/// ([`Bucket::abort_orphans`]). Dropped open, it is aborted in the background.
+struct Parts {
+    store: Arc<AmazonS3>,
+    key: Key,
+    id: MultipartId,
+    buffer: PutPayloadMut,
+    /// The parts sent, by index (`None`: in flight).
+    done: Vec<Option<PartId>>,
+    in_flight: JoinSet<object_store::Result<(usize, PartId)>>,
+    /// The record of this upload, if the bucket keeps records.
+    record: Option<PathBuf>,
+    /// False once completed or aborted.
+    open: bool,
+}
+
+impl Parts {
+    /// Starts a multipart upload to `key` with `attributes`, and records it.
+    async fn start(bucket: &Bucket, key: Key, attributes: Attributes) -> object_store::Result<Self> {
+        let options = PutMultipartOptions {
+            attributes,
+            ..PutMultipartOptions::default()
+        };
+        let id = bucket.store.create_multipart_opts(&key, options).await?;
+        let record = bucket.records.as_ref().and_then(|dir| {
+            let n = bucket.recorded.fetch_add(1, Ordering::Relaxed);
+            let path = dir.join(format!("{}-{n}", bucket.run));
+            // Unrecorded, the upload still works; only a crash would leave it to S3's rules.
+            match std::fs::write(&path, format!("{key}\n{id}\n")) {
+                Ok(()) => Some(path),
+                Err(e) => {
+                    tracing::warn!(target: "haul::bucket", path = %path.display(), error = %e, "cannot record an upload");
+                    None
+                }
+            }
+        });
+        Ok(Self {
+            store: Arc::clone(&bucket.store),
+            key,
+            id,
+            buffer: PutPayloadMut::new(),
+            done: Vec::new(),
+            in_flight: JoinSet::new(),
+            record,
+            open: true,
+        })
+    }
+
+    /// Waits until fewer than `most` parts are in flight (0: none).
+    async fn wait_below(&mut self, most: usize) -> object_store::Result<()> {
+        while self.in_flight.len() >= most.max(1) {
+            match self.in_flight.join_next().await {
+                Some(Ok(Ok((index, part)))) => self.done[index] = Some(part),
+                Some(Ok(Err(e))) => return Err(e),
+                Some(Err(e)) => {
+                    return Err(object_store::Error::Generic {
+                        store: "S3",
+                        source: Box::new(e),
+                    });
+                }
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends `bytes`; each part filled is sent at once (wait for room first).
+    fn put(&mut self, mut bytes: Bytes) {
+        while !bytes.is_empty() {
+            let room = PART_SIZE - self.buffer.content_length();
+            if bytes.len() < room {
+                self.buffer.push(bytes);
+                return;
+            }
+            self.buffer.push(bytes.split_to(room));
+            self.send_part();
+        }
+    }
+
+    fn send_part(&mut self) {
+        let payload = std::mem::take(&mut self.buffer).freeze();
+        let (store, key, id, index) = (
+            Arc::clone(&self.store),
+            self.key.clone(),
+            self.id.clone(),
+            self.done.len(),
+        );
+        self.done.push(None);
+        self.in_flight.spawn(async move {
+            store
+                .put_part(&key, &id, index, payload)
+                .await
+                .map(|part| (index, part))
+        });
+    }
+
+    /// Sends the last part and completes the upload; aborts it when that fails.
+    async fn finish(mut self) -> Result<(), Sent> {
+        if !self.buffer.is_empty() || self.done.is_empty() {
+            self.send_part();
+        }
+        let completed = match self.wait_below(1).await {
+            Ok(()) => {
+                let parts = self.done.iter().map(|p| p.clone().expect("every part sent")).collect();
+                self.store
+                    .complete_multipart(&self.key, &self.id, parts)
+                    .await
+                    .map(drop)
+            }
+            Err(e) => Err(e),
+        };
+        match completed {
+            Ok(()) => {
+                self.close();
+                Ok(())
+            }
+            Err(e) => {
+                self.abort().await;
+                Err(Sent::Upload(e))
+            }
+        }
+    }
+
+    /// Aborts the upload (S3 removes its parts). Its record stays when the abort fails.
+    async fn abort(mut self) {
+        self.in_flight.shutdown().await;
+        match self.store.abort_multipart(&self.key, &self.id).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => self.close(),
+            Err(e) => {
+                tracing::debug!(target: "haul::bucket", key = %self.key, error = %e, "abort of an upload failed");
+                self.open = false;
+            }
+        }
+    }
+
+    /// The upload is completed or aborted: its record goes.
+    fn close(&mut self) {
+        self.open = false;
+        if let Some(record) = self.record.take() {
+            let _ = std::fs::remove_file(record);
+        }
+    }
+}
+
+impl Drop for Parts {
+    /// An upload dropped open (a transfer that ended by another path) is aborted in the
+    /// background.
+    fn drop(&mut self) {
+        if self.open
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            self.in_flight.abort_all();
+            let (store, key, id, record) = (
+                Arc::clone(&self.store),
+                self.key.clone(),
+                self.id.clone(),
+                self.record.take(),
+            );
+            runtime.spawn(async move {
+                if store.abort_multipart(&key, &id).await.is_ok()
+                    && let Some(record) = record
+                {
+                    let _ = std::fs::remove_file(record);
+                }
+            });
+        }
+    }
+}
+
+/// Aborts the uploads recorded in `dir` by processes no longer running on this machine (the
+/// record's name starts with its process id); returns how many.
+async fn abort_recorded(store: &AmazonS3, dir: &Path) -> Result<usize, Error> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io("read", dir, e)),
+    };
+    let mut aborted = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let mut lines = text.lines();
+        let (Some(key), Some(id)) = (lines.next(), lines.next()) else {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        };
+        match store.abort_multipart(&Key::from(key), &id.to_owned()).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                let _ = std::fs::remove_file(&path);
+                aborted += 1;
+            }
+            Err(e) => return Err(Error::Bucket(format!("abort the unfinished upload to {key}: {e}"))),
+        }
+    }
+    Ok(aborted)
 }
 
 /// A multipart upload fed with a file's bytes as they arrive (see [`Bucket::stream`]): it
@@ -419,8 +657,7 @@ async fn send_file(writer: &mut WriteMultipart, file: &File, from: u64, len: u64
 /// [`Bucket::upload`], after the file was verified. Dropped otherwise, it is aborted.
 pub(crate) struct Upstream {
     /// `None` once completed or aborted.
-    writer: Option<WriteMultipart>,
-    key: Key,
+    parts: Option<Parts>,
     sent: u64,
     _permit: OwnedSemaphorePermit,
 }
@@ -428,7 +665,7 @@ pub(crate) struct Upstream {
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
-            .field("key", &self.key)
+            .field("key", &self.key())
             .field("sent", &self.sent)
             .finish_non_exhaustive()
     }
@@ -440,21 +677,25 @@ impl Upstream {
         self.sent
     }
 
+    fn key(&self) -> Option<&Key> {
+        self.parts.as_ref().map(|p| &p.key)
+    }
+
     /// Hands `chunks`, the file's bytes from [`sent`](Self::sent) on, to the upload once it has
     /// room (the body waits meanwhile). False when the upload failed: it is aborted then, and
     /// the file goes up from its part file at the end.
     pub(crate) async fn send(&mut self, chunks: &[Bytes]) -> bool {
-        let Some(writer) = &mut self.writer else {
+        let Some(parts) = &mut self.parts else {
             return false;
         };
-        if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
-            tracing::debug!(target: "haul::bucket", key = %self.key, error = %e, "streamed upload failed");
+        if let Err(e) = parts.wait_below(PARTS_IN_FLIGHT).await {
+            tracing::debug!(target: "haul::bucket", key = %parts.key, error = %e, "streamed upload failed");
             self.abort_now().await;
             return false;
         }
         for chunk in chunks {
             self.sent += chunk.len() as u64;
-            writer.put(chunk.clone());
+            parts.put(chunk.clone());
         }
         true
     }
@@ -470,24 +711,8 @@ impl Upstream {
     }
 
     async fn abort_now(&mut self) {
-        if let Some(writer) = self.writer.take()
-            && let Err(e) = writer.abort().await
-        {
-            tracing::debug!(target: "haul::bucket", key = %self.key, error = %e, "abort of a streamed upload failed");
-        }
-    }
-}
-
-impl Drop for Upstream {
-    /// An upload dropped unfinished (a transfer that ended by another path) is aborted in the
-    /// background.
-    fn drop(&mut self) {
-        if let Some(writer) = self.writer.take()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            runtime.spawn(async move {
-                let _ = writer.abort().await;
-            });
+        if let Some(parts) = self.parts.take() {
+            parts.abort().await;
         }
     }
 }
@@ -563,6 +788,16 @@ pub async fn collect_garbage(spec: &BucketSpec, older_than: Duration, dry_run: b
         });
     }
     Ok(found)
+}
+
+/// Aborts the multipart uploads that the staging directory `stage` records for runs no longer
+/// running on this machine (killed mid-upload); returns how many.
+///
+/// # Errors
+/// The bucket cannot be opened, or an upload cannot be aborted.
+pub async fn abort_unfinished(spec: &BucketSpec, stage: &Path) -> Result<usize, Error> {
+    let bucket = Bucket::open(spec)?;
+    abort_recorded(&bucket.store, &stage.join(crate::STATE_DIR).join(super::UPLOADS_DIR)).await
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ use tokio::task::JoinHandle;
 
 pub(crate) use bucket::{Bucket, Upstream};
 #[cfg(feature = "s3")]
-pub use bucket::{Leftover, SINGLE_PUT_MAX, STAGING, collect_garbage};
+pub use bucket::{Leftover, SINGLE_PUT_MAX, STAGING, abort_unfinished, collect_garbage};
 pub use digest::{DigestKind, FileDigests, hash_file};
 pub(crate) use digest::{Digests, Want};
 pub use disposition::{LAUNCHER_EXTENSIONS, disposition_filename};
@@ -219,9 +219,14 @@ impl Store {
 
     /// Uploads finished files to `bucket` instead of renaming them into the directory, which
     /// then only stages them. Notes the bucket in the state directory (see [`staged_for`]).
-    pub(crate) fn with_bucket(mut self, bucket: Bucket) -> Result<Self, Error> {
+    /// Its multipart uploads are recorded in the state directory while open (see
+    /// [`Bucket::abort_orphans`]).
+    pub(crate) fn with_bucket(mut self, mut bucket: Bucket) -> Result<Self, Error> {
         let note = self.state_path(BUCKET_NOTE);
         std::fs::write(&note, bucket.url()).map_err(|e| Error::io("write", &note, e))?;
+        let state = open_private_dir(&self.root, STATE_DIR, &self.root_path.join(STATE_DIR))?;
+        open_private_dir(&state, UPLOADS_DIR, &self.state_path(UPLOADS_DIR))?;
+        bucket.record_uploads_in(self.state_path(UPLOADS_DIR));
         self.bucket = Some(bucket);
         Ok(self)
     }
@@ -486,6 +491,8 @@ impl Store {
 
 /// The file in haul's state directory that names the bucket a staging directory uploads to.
 const BUCKET_NOTE: &str = "bucket";
+/// The folder in haul's state directory that records a bucket output's open multipart uploads.
+pub const UPLOADS_DIR: &str = "uploads";
 
 /// The bucket (`s3://BUCKET/PREFIX`) whose uploads `dir` stages, if it is a staging directory:
 /// its files are not in `dir`, so a check of `dir` against the archive would find them all
