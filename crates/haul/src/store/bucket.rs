@@ -154,7 +154,7 @@ impl Bucket {
         let Some(dir) = &self.records else {
             return Ok(0);
         };
-        abort_recorded(&self.store, dir).await
+        abort_recorded(&self.store, dir, &self.run).await
     }
 
     /// `s3://BUCKET/PREFIX`.
@@ -611,9 +611,21 @@ impl Drop for Parts {
     }
 }
 
-/// Aborts the uploads recorded in `dir` by processes no longer running on this machine (the
-/// record's name starts with its process id); returns how many.
-async fn abort_recorded(store: &AmazonS3, dir: &Path) -> Result<usize, Error> {
+/// True when the upload record `name` is of a run that ended: not this process's run `own`,
+/// and its process (the name's first number) is not `alive`.
+fn is_orphan(name: &str, own: &str, alive: impl Fn(u32) -> bool) -> bool {
+    let Some(pid) = name.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+        return false;
+    };
+    let mine = name.strip_prefix(own).is_some_and(|rest| rest.starts_with('-'));
+    !mine && !alive(pid)
+}
+
+/// Aborts the uploads recorded in `dir` by processes no longer running on this machine (a
+/// record's name is its run: process id and start time, then a number); returns how many.
+/// `own` is this process's run: a record of another run under this process id (a container
+/// starts every run as the same process) is an old one's.
+async fn abort_recorded(store: &AmazonS3, dir: &Path, own: &str) -> Result<usize, Error> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -623,14 +635,8 @@ async fn abort_recorded(store: &AmazonS3, dir: &Path) -> Result<usize, Error> {
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+        let alive = |pid: u32| pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
+        if !name.to_str().is_some_and(|name| is_orphan(name, own, alive)) {
             continue;
         }
         let Ok(text) = std::fs::read_to_string(&path) else {
@@ -797,7 +803,8 @@ pub async fn collect_garbage(spec: &BucketSpec, older_than: Duration, dry_run: b
 /// The bucket cannot be opened, or an upload cannot be aborted.
 pub async fn abort_unfinished(spec: &BucketSpec, stage: &Path) -> Result<usize, Error> {
     let bucket = Bucket::open(spec)?;
-    abort_recorded(&bucket.store, &stage.join(crate::STATE_DIR).join(super::UPLOADS_DIR)).await
+    let dir = stage.join(crate::STATE_DIR).join(super::UPLOADS_DIR);
+    abort_recorded(&bucket.store, &dir, &bucket.run).await
 }
 
 #[cfg(test)]
@@ -820,6 +827,17 @@ mod tests {
         for bad in ["b/x", "s3://", "s3:///x", "s3://b/../x", "https://b/x"] {
             assert!(spec(bad).parse().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_upload_record_is_an_orphan_when_its_run_ended() {
+        let alive = |pid: u32| pid == 7;
+        assert!(!is_orphan("7-18ab-0", "9-1f", alive), "its process runs");
+        assert!(is_orphan("8-18ab-3", "9-1f", alive), "its process is gone");
+        assert!(!is_orphan("9-1f-2", "9-1f", |_| false), "this run's own");
+        // A container starts each run as the same process: another run under this id ended.
+        assert!(is_orphan("9-2e-0", "9-1f", |_| false));
+        assert!(!is_orphan("notes.txt", "9-1f", |_| false), "not a record");
     }
 
     #[test]
