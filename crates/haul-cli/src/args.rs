@@ -65,7 +65,8 @@ pub(crate) enum Command {
     #[command(subcommand)]
     Archive(ArchiveCommand),
     /// List and remove what interrupted uploads left in a bucket output (staging keys under
-    /// PREFIX/.haul-staging/)
+    /// PREFIX/.haul-staging/), and abort the multipart uploads stopped runs on this machine left
+    /// open
     Gc(GcArgs),
     /// Print a shell completion script (e.g. `haul completions bash > /etc/bash_completion.d/haul`)
     Completions {

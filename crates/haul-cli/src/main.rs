@@ -239,7 +239,8 @@ fn check_strict(args: &GetArgs, path: &Path) -> Result<(), Failure> {
 }
 
 /// `haul gc`: the staging keys interrupted uploads left in a bucket output, listed (URL, size,
-/// age, tab-separated) and removed.
+/// age, tab-separated) and removed; and the multipart uploads that the staging directory
+/// records for runs no longer running, aborted.
 fn gc(args: &args::GcArgs) -> Result<Exit, Failure> {
     let spec = haul::BucketSpec {
         url: args.output.clone(),
