@@ -341,6 +341,74 @@ fn a_split_file_uploads_what_is_written_from_its_start_while_it_downloads() {
     assert!(streamed >= 8 << 20, "streamed {streamed} bytes while downloading");
 }
 
+/// A segmented transfer interrupted (Ctrl-C) aborts its upload; resumed, its upload starts
+/// with the bytes the first run wrote, read from the part file, while the rest downloads.
+#[test]
+fn a_resumed_split_file_uploads_what_earlier_runs_wrote_while_the_rest_downloads() {
+    let (_rt, server, s3) = origin_and_bucket();
+    let dir = tempfile::tempdir().unwrap();
+    let size = 40_000_000;
+    // Every request at 5 MB/s: the transfer splits, and is far from done when the run is
+    // interrupted.
+    let url = server.url("resumed.bin", size, "rate=5000000");
+    let file = (
+        url,
+        "resumed.bin".to_owned(),
+        sha256_hex(&body_for("resumed.bin", size)),
+        size,
+    );
+    let list = jsonl(dir.path(), std::slice::from_ref(&file));
+    let stage = dir.path().join("stage");
+    let output = format!("s3://{BUCKET}/resumed");
+    let args = [
+        "get",
+        "-i",
+        path(&list),
+        "-o",
+        &output,
+        "--stage-dir",
+        path(&stage),
+        "--split",
+        "4",
+        "--progress",
+        "none",
+        "-vv",
+    ];
+    let child = with_s3(&s3, &args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start haul");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while server.hits("/f/resumed.bin") < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the transfer did not split in 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Split after 250 ms at 5 MB/s: more than a mebibyte of the first piece is written by now.
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let first = child.wait_with_output().unwrap();
+    assert_eq!(first.status.code(), Some(130), "{}", stderr(&first));
+    assert_eq!(s3.open_uploads(BUCKET), 0, "the interrupted upload was aborted");
+    assert_eq!(s3.list(BUCKET, "resumed"), vec![], "no object yet");
+
+    let again = run_s3(&s3, &args);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert_bucket(&s3, "resumed", &[file]);
+    let streamed = streamed(&stderr(&again));
+    assert!(
+        streamed >= 1 << 20,
+        "streamed {streamed} bytes: the first run's from the part file"
+    );
+}
+
 /// A streamed upload of a file that fails its checksum is aborted: nothing at the key, no
 /// upload left open, the job failed.
 #[test]

@@ -183,15 +183,13 @@ pub(crate) async fn run(
 
     let expect = state.expect(Some(total));
     let want = Want::new(shared.config.digest, &expect);
-    // A fresh file's upload to a bucket follows the part file's written prefix.
+    // The file's upload to a bucket follows the part file's written prefix: on a resume, that
+    // starts with the bytes earlier attempts wrote.
     let (follow_stop, follow_rx) = watch::channel(false);
-    let follower = if fresh {
-        part.stream_upload(&shared.store, total, &state.final_rel, expect.sha256)
-            .await
-            .map(|up| tokio::spawn(follow(up, part.clone(), Arc::clone(&plan), follow_rx)))
-    } else {
-        None
-    };
+    let follower = part
+        .stream_upload(&shared.store, total, &state.final_rel, expect.sha256)
+        .await
+        .map(|up| tokio::spawn(follow(up, part.clone(), Arc::clone(&plan), follow_rx)));
     let ctx_prefix = Arc::new(Mutex::new(None));
     let ctx = Arc::new(Context {
         shared: Arc::clone(shared),
@@ -340,7 +338,7 @@ pub(crate) async fn run(
         None => None,
     };
     if abort.is_some() || !plan.lock().expect("plan").is_complete() {
-        // A resume uploads from the part file.
+        // The resume starts another upload.
         if let Some(up) = upstream.take() {
             up.abort().await;
         }

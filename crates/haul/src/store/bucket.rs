@@ -17,8 +17,10 @@
 //! back, from the page cache, the part file's bytes from 0 with no gap before them as its
 //! connections write them. The upload is completed only after the part file was verified, with
 //! what it has not yet sent read from the part file; so it holds the bytes the verification
-//! hashed. A failed, refused or interrupted file aborts its upload (a resume uploads from the
-//! part file); a streamed upload that fails is done again from the part file.
+//! hashed. A failed, refused or interrupted file aborts its upload. Its resume starts another:
+//! a segmented file's follower begins with the bytes earlier attempts wrote, while a single
+//! stream resumed mid-file is uploaded once verified. A streamed upload that fails is done
+//! again from the part file.
 //!
 //! So no object ever holds part of a file under its final key (a multipart upload is no object
 //! until it completes), and an object already there is never replaced unless the existing-file
