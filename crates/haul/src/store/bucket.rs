@@ -31,7 +31,8 @@
 //! directory, and `haul gc`, abort those of processes no longer running.
 //!
 //! Objects put or uploaded to their key carry the digests haul computed as metadata
-//! (`x-amz-meta-haul-sha256`, `x-amz-meta-haul-blake3`); a copy does not (object_store's copy
+//! (`x-amz-meta-haul-sha256`, `x-amz-meta-haul-blake3`); one whose upload streamed carries the
+//! manifest's sha256 (the only digest known when it starts); a copy none (object_store's copy
 //! starts a new upload without them). Every upload sends a SHA-256 checksum the server checks.
 
 use std::fs::File;
