@@ -27,8 +27,8 @@
 //! rules ask for it. A crash leaves at most staging keys, which `haul gc` lists and removes,
 //! and unfinished multipart uploads (S3 lists none of them as objects, and object_store cannot
 //! list them). haul records each multipart upload it starts in the staging directory's state
-//! (`.haul/uploads`, key and upload id) until it is completed or aborted; the next run on that
-//! directory, and `haul gc`, abort those of processes no longer running.
+//! (`.haul/uploads/HOST/`, key and upload id) until it is completed or aborted; the next run on
+//! that directory, and `haul gc`, abort those of processes no longer running on this machine.
 //!
 //! Objects put or uploaded to their key carry the digests haul computed as metadata
 //! (`x-amz-meta-haul-sha256`, `x-amz-meta-haul-blake3`); one whose upload streamed carries the
@@ -141,10 +141,17 @@ impl Bucket {
         })
     }
 
-    /// Records each multipart upload this process starts in `dir` (in the staging directory's
-    /// state), until it is completed or aborted.
-    pub(crate) fn record_uploads_in(&mut self, dir: PathBuf) {
+    /// Records each multipart upload this process starts in `uploads` (in the staging
+    /// directory's state), in the folder of this machine (see [`records_of_this_machine`]),
+    /// until it is completed or aborted.
+    ///
+    /// # Errors
+    /// The folder cannot be created.
+    pub(crate) fn record_uploads_in(&mut self, uploads: &Path) -> Result<(), Error> {
+        let dir = records_of_this_machine(uploads);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
         self.records = Some(dir);
+        Ok(())
     }
 
     /// Aborts the multipart uploads recorded in the staging directory by processes that are no
@@ -614,6 +621,34 @@ impl Drop for Parts {
     }
 }
 
+/// The folder of `uploads` that holds this machine's records: named by the host, so that a
+/// staging directory on a shared file system never has one machine abort another's uploads
+/// (whose processes it cannot see).
+fn records_of_this_machine(uploads: &Path) -> PathBuf {
+    let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    uploads.join(folder_name(&host))
+}
+
+/// `name` as one safe path component: characters other than letters, digits, `-`, `_` and `.`
+/// become `_`, and a name of dots only (or none) is prefixed.
+fn folder_name(name: &str) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if safe.chars().all(|c| c == '.') {
+        format!("host{safe}")
+    } else {
+        safe
+    }
+}
+
 /// True when the upload record `name` is of a run that ended: not this process's run `own`,
 /// and its process (the name's first number) is not `alive`.
 fn is_orphan(name: &str, own: &str, alive: impl Fn(u32) -> bool) -> bool {
@@ -638,7 +673,11 @@ async fn abort_recorded(store: &AmazonS3, dir: &Path, own: &str) -> Result<usize
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name();
-        let alive = |pid: u32| pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
+        let alive = |pid: u32| {
+            pid != std::process::id()
+                && rustix::process::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX))
+                    .is_some_and(|p| !matches!(rustix::process::test_kill_process(p), Err(rustix::io::Errno::SRCH)))
+        };
         if !name.to_str().is_some_and(|name| is_orphan(name, own, alive)) {
             continue;
         }
@@ -806,7 +845,7 @@ pub async fn collect_garbage(spec: &BucketSpec, older_than: Duration, dry_run: b
 /// The bucket cannot be opened, or an upload cannot be aborted.
 pub async fn abort_unfinished(spec: &BucketSpec, stage: &Path) -> Result<usize, Error> {
     let bucket = Bucket::open(spec)?;
-    let dir = stage.join(crate::STATE_DIR).join(super::UPLOADS_DIR);
+    let dir = records_of_this_machine(&stage.join(crate::STATE_DIR).join(super::UPLOADS_DIR));
     abort_recorded(&bucket.store, &dir, &bucket.run).await
 }
 
@@ -830,6 +869,14 @@ mod tests {
         for bad in ["b/x", "s3://", "s3:///x", "s3://b/../x", "https://b/x"] {
             assert!(spec(bad).parse().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_host_name_makes_one_safe_folder() {
+        assert_eq!(folder_name("build-7.lan"), "build-7.lan");
+        assert_eq!(folder_name("a/b c"), "a_b_c");
+        assert_eq!(folder_name(".."), "host..");
+        assert_eq!(folder_name(""), "host");
     }
 
     #[test]

@@ -226,7 +226,7 @@ impl Store {
         std::fs::write(&note, bucket.url()).map_err(|e| Error::io("write", &note, e))?;
         let state = open_private_dir(&self.root, STATE_DIR, &self.root_path.join(STATE_DIR))?;
         open_private_dir(&state, UPLOADS_DIR, &self.state_path(UPLOADS_DIR))?;
-        bucket.record_uploads_in(self.state_path(UPLOADS_DIR));
+        bucket.record_uploads_in(&self.state_path(UPLOADS_DIR))?;
         self.bucket = Some(bucket);
         Ok(self)
     }

@@ -18,7 +18,7 @@ impl Bucket {
         )))
     }
 
-    pub(crate) fn record_uploads_in(&mut self, _dir: std::path::PathBuf) {
+    pub(crate) fn record_uploads_in(&mut self, _uploads: &std::path::Path) -> Result<(), Error> {
         match *self {}
     }
 
