@@ -380,16 +380,9 @@ impl Bucket {
         rel: &str,
     ) -> Result<(), Error> {
         if let Some(mut up) = upstream
-            && let Some(mut parts) = up.parts.take()
+            && let Some(parts) = up.parts.take()
         {
-            let sent = match send_file(&mut parts, file, up.sent, len).await {
-                Ok(()) => parts.finish().await,
-                Err(e) => {
-                    parts.abort().await;
-                    Err(e)
-                }
-            };
-            match sent {
+            match parts.send_rest(file, up.sent, len).await {
                 Ok(()) => {
                     // How much went up while the file downloaded (the rest from the part file).
                     tracing::debug!(target: "haul::bucket", key = %stage, streamed = up.sent, bytes = len, "upload streamed");
@@ -398,17 +391,10 @@ impl Bucket {
                 Err(e) => tracing::debug!(target: "haul::bucket", key = %stage, error = %e, "streamed upload failed"),
             }
         }
-        let mut parts = Parts::start(self, stage.clone(), attributes)
+        let parts = Parts::start(self, stage.clone(), attributes)
             .await
             .map_err(|e| self.fail("upload to", rel, &e))?;
-        let sent = match send_file(&mut parts, file, 0, len).await {
-            Ok(()) => parts.finish().await,
-            Err(e) => {
-                parts.abort().await;
-                Err(e)
-            }
-        };
-        sent.map_err(|e| match e {
+        parts.send_rest(file, 0, len).await.map_err(|e| match e {
             Sent::Read(e) => Error::io("read", rel, e),
             Sent::Upload(e) => self.fail("upload to", rel, &e),
         })
@@ -422,12 +408,6 @@ enum Sent {
     Upload(object_store::Error),
 }
 
-impl From<object_store::Error> for Sent {
-    fn from(e: object_store::Error) -> Self {
-        Self::Upload(e)
-    }
-}
-
 impl std::fmt::Display for Sent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -435,19 +415,6 @@ impl std::fmt::Display for Sent {
             Self::Upload(e) => e.fmt(f),
         }
     }
-}
-
-/// Hands bytes `from..len` of `file` to `parts`, one part at a time, at most
-/// [`PARTS_IN_FLIGHT`] parts in flight.
-async fn send_file(parts: &mut Parts, file: &File, from: u64, len: u64) -> Result<(), Sent> {
-    let mut offset = from;
-    while offset < len {
-        parts.wait_below(PARTS_IN_FLIGHT).await?;
-        let n = (len - offset).min(PART_SIZE as u64);
-        parts.put(read_at(file, offset, n).map_err(Sent::Read)?.into());
-        offset += n;
-    }
-    Ok(())
 }
 
 /// A multipart upload being written: parts of [`PART_SIZE`] bytes (the last shorter) sent as
@@ -548,6 +515,28 @@ impl Parts {
         });
     }
 
+    /// Sends bytes `from..len` of `file` (one part at a time, at most [`PARTS_IN_FLIGHT`] in
+    /// flight), then completes the upload; aborts it when either fails.
+    async fn send_rest(mut self, file: &File, from: u64, len: u64) -> Result<(), Sent> {
+        let mut offset = from;
+        while offset < len {
+            let n = (len - offset).min(PART_SIZE as u64);
+            let sent = match self.wait_below(PARTS_IN_FLIGHT).await {
+                Ok(()) => read_at(file, offset, n).map_err(Sent::Read),
+                Err(e) => Err(Sent::Upload(e)),
+            };
+            match sent {
+                Ok(block) => self.put(block.into()),
+                Err(e) => {
+                    self.abort().await;
+                    return Err(e);
+                }
+            }
+            offset += n;
+        }
+        self.finish().await
+    }
+
     /// Sends the last part and completes the upload; aborts it when that fails.
     async fn finish(mut self) -> Result<(), Sent> {
         if !self.buffer.is_empty() || self.done.is_empty() {
@@ -578,21 +567,37 @@ impl Parts {
     /// Aborts the upload (S3 removes its parts). Its record stays when the abort fails.
     async fn abort(mut self) {
         self.in_flight.shutdown().await;
-        match self.store.abort_multipart(&self.key, &self.id).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => self.close(),
-            Err(e) => {
-                tracing::debug!(target: "haul::bucket", key = %self.key, error = %e, "abort of an upload failed");
-                self.open = false;
-            }
+        self.open = false;
+        if let Err(e) = abort_upload(&self.store, &self.key, &self.id, self.record.take()).await {
+            tracing::debug!(target: "haul::bucket", key = %self.key, error = %e, "abort of an upload failed");
         }
     }
 
-    /// The upload is completed or aborted: its record goes.
+    /// The upload is completed: its record goes.
     fn close(&mut self) {
         self.open = false;
         if let Some(record) = self.record.take() {
             let _ = std::fs::remove_file(record);
         }
+    }
+}
+
+/// Aborts the upload `id` to `key`, then removes its `record` (kept when the abort fails, for a
+/// later try). An upload the server no longer knows counts as aborted.
+async fn abort_upload(
+    store: &AmazonS3,
+    key: &Key,
+    id: &MultipartId,
+    record: Option<PathBuf>,
+) -> object_store::Result<()> {
+    match store.abort_multipart(key, id).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+            if let Some(record) = record {
+                let _ = std::fs::remove_file(record);
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -611,11 +616,7 @@ impl Drop for Parts {
                 self.record.take(),
             );
             runtime.spawn(async move {
-                if store.abort_multipart(&key, &id).await.is_ok()
-                    && let Some(record) = record
-                {
-                    let _ = std::fs::remove_file(record);
-                }
+                let _ = abort_upload(&store, &key, &id, record).await;
             });
         }
     }
@@ -669,33 +670,35 @@ async fn abort_recorded(store: &AmazonS3, dir: &Path, own: &str) -> Result<usize
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(Error::io("read", dir, e)),
     };
+    // kill(pid, 0): no such process only when it fails with ESRCH.
+    let alive = |pid: u32| {
+        pid != std::process::id()
+            && rustix::process::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX))
+                .is_some_and(|p| !matches!(rustix::process::test_kill_process(p), Err(rustix::io::Errno::SRCH)))
+    };
     let mut aborted = 0;
     for entry in entries.flatten() {
         let path = entry.path();
-        let name = entry.file_name();
-        let alive = |pid: u32| {
-            pid != std::process::id()
-                && rustix::process::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX))
-                    .is_some_and(|p| !matches!(rustix::process::test_kill_process(p), Err(rustix::io::Errno::SRCH)))
-        };
-        if !name.to_str().is_some_and(|name| is_orphan(name, own, alive)) {
+        if !entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| is_orphan(name, own, alive))
+        {
             continue;
         }
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
         let mut lines = text.lines();
-        let (Some(key), Some(id)) = (lines.next(), lines.next()) else {
+        // The key as recorded: already encoded (`Key::from` would encode it again).
+        let (Some(Ok(key)), Some(id)) = (lines.next().map(Key::parse), lines.next()) else {
             let _ = std::fs::remove_file(&path);
             continue;
         };
-        match store.abort_multipart(&Key::from(key), &id.to_owned()).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
-                let _ = std::fs::remove_file(&path);
-                aborted += 1;
-            }
-            Err(e) => return Err(Error::Bucket(format!("abort the unfinished upload to {key}: {e}"))),
-        }
+        abort_upload(store, &key, &id.to_owned(), Some(path))
+            .await
+            .map_err(|e| Error::Bucket(format!("abort the unfinished upload to {key}: {e}")))?;
+        aborted += 1;
     }
     Ok(aborted)
 }
@@ -869,6 +872,15 @@ mod tests {
         for bad in ["b/x", "s3://", "s3:///x", "s3://b/../x", "https://b/x"] {
             assert!(spec(bad).parse().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_recorded_key_reads_back_as_the_same_key() {
+        // A destination named with `%` and a space: its key is stored encoded.
+        let key = Key::from("out/100% done.bin");
+        let recorded = format!("{key}");
+        assert_eq!(Key::parse(recorded.as_str()).unwrap(), key);
+        assert_ne!(Key::from(recorded.as_str()), key, "encoded a second time");
     }
 
     #[test]
