@@ -310,7 +310,9 @@ fn transfer_eta(t: &haul::Transfer) -> Option<Duration> {
     (speed > 0.0).then(|| Duration::from_secs_f64((left as f64 / speed).min(1e9)))
 }
 
-/// `  video.mp4 · 45.2 MiB/100.0 MiB · 3.0 MiB/s · ETA 18s`
+/// `  video.mp4 · 45.2 MiB/100.0 MiB · 3.0 MiB/s · ETA 18s`, or once every byte arrived
+/// `  video.mp4 · 100.0 MiB · finishing` (verified, then renamed or, for a bucket, its upload
+/// completed).
 #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "display only")]
 fn transfer_line(t: &haul::Transfer) -> String {
     let name = t.path.rsplit('/').next().unwrap_or(&t.path);
@@ -319,6 +321,9 @@ fn transfer_line(t: &haul::Transfer) -> String {
     } else {
         name.to_owned()
     };
+    if t.total.is_some_and(|total| t.received >= total) {
+        return format!("  {name} · {} · finishing", human_bytes(t.received));
+    }
     let size = t.total.map_or_else(
         || human_bytes(t.received),
         |total| format!("{}/{}", human_bytes(t.received), human_bytes(total)),
@@ -347,7 +352,9 @@ async fn bars(multi: MultiProgress, monitor: Arc<haul::Monitor>, mut stop: tokio
         let status = Status::now(&monitor, &mut rates);
         main.set_length(status.stats.total.unwrap_or(status.stats.read).max(status.finished));
         main.set_position(status.finished);
-        main.set_message(status.overall());
+        // The bar and its brackets take 13 columns.
+        let room = terminal_width().unwrap_or(80).saturating_sub(13);
+        main.set_message(fit(&status.overall(), room));
         let mut texts: Vec<String> = status.shown_transfers().map(transfer_line).collect();
         texts.extend(status.shown_hosts().into_iter().map(|h| format!("  {}", host_line(h))));
         for (i, row) in rows.iter().enumerate() {
@@ -433,6 +440,20 @@ pub(crate) fn terminal_width() -> Option<usize> {
         return None;
     }
     term.size_checked().map(|(_, cols)| usize::from(cols).max(20))
+}
+
+/// `line` (segments joined by ` · `, the most important first) without the trailing segments
+/// that do not fit in `width` columns: a narrow terminal loses whole items, not half a word. A
+/// first segment longer than the width is left for the terminal to cut.
+fn fit(line: &str, width: usize) -> String {
+    let mut end = line.len();
+    while line[..end].chars().count() > width {
+        match line[..end].rfind(" · ") {
+            Some(at) => end = at,
+            None => break,
+        }
+    }
+    line[..end].to_owned()
 }
 
 /// Splits `line` into pieces of at most `width` columns, at spaces where it can (a longer word,
@@ -546,6 +567,35 @@ mod tests {
         rates.sample(start, &stats(1700, 0, Duration::from_secs(10)));
         let (_, files, _) = rates.sample(start + Duration::from_secs(6), &stats(1702, 0, Duration::from_secs(16)));
         assert!(files < 1.0, "files/s {files} over the last seconds");
+    }
+
+    #[test]
+    fn a_transfer_that_received_everything_is_finishing() {
+        let mut t = haul::Transfer {
+            path: "videos/a.mp4".into(),
+            received: 50 << 20,
+            total: Some(100 << 20),
+            elapsed: Duration::from_secs(5),
+            fresh: 50 << 20,
+        };
+        assert_eq!(
+            transfer_line(&t),
+            "  a.mp4 · 50.0 MiB/100.0 MiB · 10.0 MiB/s · ETA 5.0s"
+        );
+        t.received = 100 << 20;
+        assert_eq!(transfer_line(&t), "  a.mp4 · 100.0 MiB · finishing");
+    }
+
+    #[test]
+    fn a_status_line_too_wide_loses_whole_items_from_its_end() {
+        let line = "3/6 files · 1 failed · 0.8 files/s · 141.8 MiB/s · ETA 2.4s · 0 active";
+        assert_eq!(fit(line, 80), line);
+        assert_eq!(
+            fit(line, 67),
+            "3/6 files · 1 failed · 0.8 files/s · 141.8 MiB/s · ETA 2.4s"
+        );
+        assert_eq!(fit(line, 20), "3/6 files · 1 failed");
+        assert_eq!(fit(line, 5), "3/6 files", "the first item stays whole");
     }
 
     #[test]

@@ -178,7 +178,9 @@ pub(crate) async fn run(
     let plan = Arc::new(Mutex::new(plan));
     state.split_missing = Some(plan.lock().expect("plan").missing());
     shared.note_partial(state, Some(total));
-    let guard = shared.monitor.start_transfer(&state.rel, Some(total));
+    // Listed (and counted active) until the file is in place: its verification and upload are
+    // the transfer's end, as for a single stream.
+    let guard = Arc::new(shared.monitor.start_transfer(&state.rel, Some(total)));
     guard.set_received(plan.lock().expect("plan").done_bytes());
 
     let expect = state.expect(Some(total));
@@ -196,7 +198,7 @@ pub(crate) async fn run(
         request: RequestState::of(state),
         part: part.clone(),
         plan: Arc::clone(&plan),
-        guard,
+        guard: Arc::clone(&guard),
         want,
         prefix: Arc::clone(&ctx_prefix),
     });
@@ -473,7 +475,7 @@ struct Context {
     request: RequestState,
     part: SplitPart,
     plan: Arc<Mutex<Plan>>,
-    guard: crate::report::TransferGuard,
+    guard: Arc<crate::report::TransferGuard>,
     /// The digests the file needs (the archive's, the manifest's checksums).
     want: Want,
     /// The digests of the file's first bytes, from the connection that wrote them from 0.
