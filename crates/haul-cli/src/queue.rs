@@ -103,8 +103,9 @@ pub(crate) fn work(args: WorkArgs) -> Result<Exit, Failure> {
     config.shared_output = Some(worker.tag());
     let output_dir = config.output_dir.clone();
     sweep(&worker, &output_dir, get.quiet);
-    config.input_may_stall = true;
     let jobs = worker.jobs().map_err(|e| fail(Exit::Fatal, e))?;
+    config.input_may_stall = true;
+    config.input_ready = Some(jobs.ready());
     if get.output.is_none() && !get.quiet {
         let here = std::env::current_dir().map_or_else(|_| ".".into(), |d| d.display().to_string());
         let _ = writeln!(

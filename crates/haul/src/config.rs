@@ -160,10 +160,14 @@ pub struct Config {
     /// on the same directory is still refused while workers run). `None`: this process owns
     /// the directory.
     pub shared_output: Option<String>,
-    /// The job iterator may block for long (a queue waiting for other workers): each job is
-    /// handed to the dispatcher before the next is read, so none waits behind a blocked read.
-    /// Off: jobs read while the dispatcher is busy gather into batches.
+    /// The job iterator may block for long (a queue waiting for other workers): a job is
+    /// handed to the dispatcher before a read that may block, so none waits behind it. Off:
+    /// jobs read while the dispatcher is busy gather into batches.
     pub input_may_stall: bool,
+    /// With `input_may_stall`, how many jobs the iterator holds ready (reads that do not
+    /// block): jobs gather into batches while it has some, as they do without stalls. Without
+    /// it, each job is handed over on its own (a wake-up of the reader per job).
+    pub input_ready: Option<InputReady>,
     /// Upload finished files to this S3-compatible bucket instead of leaving them in the output
     /// directory, which then only stages part files and holds haul's state (feature `s3`).
     pub bucket: Option<BucketSpec>,
@@ -234,6 +238,7 @@ impl Config {
                 min_split_size: DEFAULT_MIN_SPLIT_SIZE,
                 shared_output: None,
                 input_may_stall: false,
+                input_ready: None,
                 bucket: None,
             },
         }
@@ -260,6 +265,30 @@ impl Config {
             ArchiveMode::Postgres(url) => Some(Location::parse(url)),
             ArchiveMode::Off => None,
         }
+    }
+}
+
+/// How many jobs a job iterator holds ready, that it gives without blocking: kept by the
+/// iterator, read by the engine (see [`Config::input_ready`]).
+#[derive(Debug, Clone, Default)]
+pub struct InputReady(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl InputReady {
+    /// A count of none.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the count (the iterator, when it takes jobs in or hands one out).
+    pub fn set(&self, ready: usize) {
+        self.0.store(ready, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The count: the next `ready` reads do not block.
+    #[must_use]
+    pub fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -363,8 +392,10 @@ setters! {
     shared_output: Option<String>;
     /// Upload finished files to an S3-compatible bucket (the output directory stages them).
     bucket: Option<BucketSpec>;
-    /// The job iterator may block for long: hand each job over before reading the next.
+    /// The job iterator may block for long: hand each job over before a read that may block.
     input_may_stall: bool;
+    /// How many jobs a job iterator that may block holds ready.
+    input_ready: Option<InputReady>;
     /// The digest the archive records of every file.
     digest: crate::DigestKind;
     /// Connections per large file (at least 1).

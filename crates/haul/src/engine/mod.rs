@@ -488,7 +488,9 @@ fn read_manifest(
                 }
             }
         };
-        let gather = !shared.config.input_may_stall;
+        // An input that may block gathers only while its next jobs are ready: a batch never
+        // waits behind a read that blocks.
+        let gather = !shared.config.input_may_stall || shared.config.input_ready.as_ref().is_some_and(|r| r.get() > 0);
         let urgent = !gather || matches!(input, Input::Job(_));
         batch.push(input);
         // A job is handed over at once while the dispatcher keeps up (work starts with the

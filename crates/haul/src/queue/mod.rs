@@ -1127,6 +1127,7 @@ impl Worker {
             filled: Condvar::new(),
             drained: Condvar::new(),
             capacity: self.inner.options.claim_batch.max(1),
+            ready: crate::InputReady::new(),
         });
         let feed = Arc::clone(&handoff);
         let inner = Arc::clone(&self.inner);
@@ -1280,6 +1281,14 @@ impl std::fmt::Debug for Claims {
     }
 }
 
+impl Claims {
+    /// How many claimed jobs wait to be read ([`Config::input_ready`](crate::Config::input_ready)).
+    #[must_use]
+    pub fn ready(&self) -> crate::InputReady {
+        self.handoff.ready.clone()
+    }
+}
+
 impl Iterator for Claims {
     type Item = Result<Job, ManifestError>;
 
@@ -1294,6 +1303,8 @@ struct Handoff {
     filled: Condvar,
     drained: Condvar,
     capacity: usize,
+    /// How many jobs wait, for the engine's reader (it gathers jobs into batches while some do).
+    ready: crate::InputReady,
 }
 
 /// The hand-off's state. Each side is woken only while it waits: a wake-up per job would be a
@@ -1327,6 +1338,7 @@ impl Handoff {
             slots.claimer_waits = false;
         }
         slots.items.push_back(item);
+        self.ready.set(slots.items.len());
         if slots.reader_waits {
             self.filled.notify_one();
         }
@@ -1343,6 +1355,7 @@ impl Handoff {
         let mut slots = self.queue.lock().expect("hand-off");
         loop {
             if let Some(item) = slots.items.pop_front() {
+                self.ready.set(slots.items.len());
                 // The claimer is woken once half is free, to refill it in one go (woken at
                 // every job taken, it would push one and sleep again: two switches a job).
                 if slots.claimer_waits && slots.items.len() <= self.capacity / 2 {

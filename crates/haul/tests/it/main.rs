@@ -2,6 +2,7 @@
 
 mod archive;
 mod faults;
+mod input;
 mod polite;
 mod props;
 mod regress;
