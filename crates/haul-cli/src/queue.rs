@@ -74,9 +74,9 @@ pub(crate) fn work(args: WorkArgs) -> Result<Exit, Failure> {
         ));
     }
     let mut config = get.config().map_err(|e| fail(Exit::Usage, e))?;
-    let mut queue =
-        haul::queue::Queue::connect(&args.queue.queue, &args.queue.job).map_err(|e| fail(Exit::Fatal, e))?;
     if get.retry_failed {
+        let mut queue =
+            haul::queue::Queue::connect(&args.queue.queue, &args.queue.job).map_err(|e| fail(Exit::Fatal, e))?;
         let requeued = queue.retry_failed().map_err(|e| fail(Exit::Fatal, e))?;
         let _ = writeln!(
             std::io::stderr(),
@@ -84,7 +84,6 @@ pub(crate) fn work(args: WorkArgs) -> Result<Exit, Failure> {
             args.queue.job
         );
     }
-    drop(queue);
     let mut options = haul::queue::WorkerOptions {
         lease: args.lease,
         max_attempts: args.max_attempts.max(1),

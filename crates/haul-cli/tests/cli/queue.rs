@@ -312,6 +312,41 @@ fn a_queue_made_by_an_earlier_haul_is_refused_and_left_alone() {
     assert_eq!(pg.query(&url, "SELECT to_regclass('haul_results') IS NULL"), "t");
 }
 
+/// The tables carry the fingerprint of the schema that made them: a haul with the same schema
+/// leaves them as they are, and one with another (a newer haul) lays its schema over them.
+#[test]
+fn a_queue_of_another_schema_version_is_brought_up_to_date() {
+    let (pg, url) = database();
+    let tmp = tempfile::tempdir().unwrap();
+    enqueue_lines(&url, tmp.path(), &["http://127.0.0.1:9/a.bin".to_owned()]);
+    let mark = pg.query(&url, "SELECT obj_description('haul_jobs'::regclass, 'pg_class')");
+    assert!(mark.starts_with("haul queue schema "), "{mark}");
+    // Made by the same schema: not created again (an index dropped by hand stays dropped).
+    let _ = pg.query(&url, "DROP INDEX haul_hosts_cooling");
+    let status = run_q(&url, &["status", "--job", "default"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    assert_eq!(pg.query(&url, "SELECT to_regclass('haul_hosts_cooling') IS NULL"), "t");
+    // Made by another: the schema is laid over the tables, and the jobs stay.
+    let _ = pg.query(
+        &url,
+        "COMMENT ON TABLE haul_jobs IS 'haul queue schema 0000000000000000'",
+    );
+    let status = run_q(&url, &["status", "--job", "default"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    assert_eq!(
+        pg.query(&url, "SELECT to_regclass('haul_hosts_cooling') IS NOT NULL"),
+        "t"
+    );
+    assert_eq!(
+        pg.query(&url, "SELECT obj_description('haul_jobs'::regclass, 'pg_class')"),
+        mark
+    );
+    assert_eq!(
+        count(&pg, &url, "SELECT count(*) FROM haul_job_states WHERE state = 'queued'"),
+        1
+    );
+}
+
 /// A batch of results sent again (the answer to its commit was lost with the connection) is
 /// written once: the second time changes nothing, and fails nothing.
 #[test]

@@ -317,14 +317,33 @@ const CHUNK_BITS: u32 = 20;
 /// Jobs of one host per chunk at most, the unit of claims and leases (see the schema).
 pub const CHUNK: usize = 16;
 
+/// The schema's fingerprint, kept as the comment of `haul_jobs` by the haul that made the tables.
+fn schema_mark() -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(SCHEMA.as_bytes());
+    format!("haul queue schema {}", &to_hex(&digest)[..16])
+}
+
 /// Opens the queue's connection and creates its tables if they are missing (under an advisory
 /// lock: workers starting together do not race on `CREATE`).
 fn open(url: &str, patience: Duration) -> Result<Db, Error> {
     let mut db = Db::connect(url, patience)?;
+    let mark = schema_mark();
     db.run("create the queue's tables", |client| {
         let mut tx = client.transaction()?;
-        tx.execute("SELECT pg_advisory_xact_lock(7291046)", &[])?;
-        tx.batch_execute(SCHEMA)?;
+        // Tables this very schema made are left as they are: each `CREATE OR REPLACE` rewrites
+        // catalog rows, and workers starting together would take turns on the lock for it.
+        let current: bool = tx
+            .query_one(
+                "SELECT obj_description(to_regclass('haul_jobs'), 'pg_class') IS NOT DISTINCT FROM $1",
+                &[&mark],
+            )?
+            .get(0);
+        if !current {
+            tx.execute("SELECT pg_advisory_xact_lock(7291046)", &[])?;
+            tx.batch_execute(SCHEMA)?;
+            tx.batch_execute(&format!("COMMENT ON TABLE haul_jobs IS '{mark}'"))?;
+        }
         // A queue filled by an older enqueue (or by hand) may have no statistics yet.
         let unplanned: bool = tx
             .query_one(
