@@ -547,6 +547,66 @@ fn a_killed_workers_jobs_are_reclaimed_after_its_lease() {
     );
 }
 
+/// A worker that lost its lease writes a result while another worker scans for lost chunks:
+/// the scan leaves the chunk alone until the result is in, then hands out only the job without
+/// one. (Split at once, the job would have gone to a chunk of its own with its result still
+/// uncommitted, and been fetched and recorded a second time.)
+#[test]
+fn a_result_being_written_keeps_its_job_out_of_a_split() {
+    let rt = runtime();
+    let server = rt.block_on(FaultServer::start());
+    let (pg, url) = database();
+    let tmp = tempfile::tempdir().unwrap();
+    let files = fault_files(&server, "w", 2, 1_000, "");
+    enqueue(&url, tmp.path(), &files);
+    // One chunk of both jobs, held by worker 7, whose lease ran out.
+    let _ = pg.query(
+        &url,
+        "UPDATE haul_chunks SET state = 'running', attempt = 1, owner = 7, \
+         lease_until = now() - interval '1 minute'",
+    );
+    // Worker 7 writes the first job's result, in a transaction that commits 3 s later.
+    let first = &files[0].0;
+    let record = format!(
+        "BEGIN; \
+         SELECT haul_record('default', 7, ARRAY['{first}'], ARRAY[(SELECT chunk FROM haul_jobs WHERE id = '{first}')], \
+         ARRAY[1], ARRAY['done'], ARRAY['w000.bin'], ARRAY[1000::BIGINT], ARRAY[NULL::TEXT], ARRAY[NULL::TEXT], \
+         ARRAY[false], ARRAY[200], ARRAY[NULL::TEXT], ARRAY[NULL::TEXT], '{{}}'::BIGINT[], '{{}}'::INTEGER[], \
+         '{{}}'::BOOLEAN[]); \
+         SELECT pg_sleep(3); COMMIT;"
+    );
+    let mut late = Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &url, "-c", &record])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start psql");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pg.query(&url, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(3)%' AND state = 'active' AND pid <> pg_backend_pid()") != "1" {
+        assert!(Instant::now() < deadline, "the result's transaction did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A second worker starts meanwhile: its first claim scans for lost chunks.
+    let out = tmp.path().join("out");
+    let worker = spawn_worker(&url, &out, &["-j", "2", "--lease", "1s"]);
+    let output = finish(worker, Duration::from_secs(60));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(late.wait().unwrap().success(), "the result's transaction failed");
+    assert_eq!(server.hits("/f/w000.bin"), 0, "the job with a result was fetched again");
+    assert_eq!(server.hits("/f/w001.bin"), 1);
+    assert_eq!(
+        pg.query(
+            &url,
+            "SELECT string_agg(format('%s %s %s', path, state, owner), ',' ORDER BY path) FROM haul_results"
+        ),
+        format!(
+            "w000.bin done 7,w001.bin done {}",
+            pg.query(&url, "SELECT max(id) FROM haul_workers")
+        )
+    );
+    assert_eq!(states_done(&pg, &url), 2);
+}
+
 #[test]
 fn a_worker_stalled_past_its_lease_cannot_overwrite_the_takeover() {
     let rt = runtime();

@@ -136,10 +136,16 @@ DECLARE
     held BIGINT[];
     held_attempts INTEGER[];
 BEGIN
-    SELECT coalesce(array_agg(f.chunk), '{}'), coalesce(array_agg(f.attempt), '{}') INTO held, held_attempts
-    FROM (SELECT DISTINCT chunk, attempt FROM unnest(p_job_chunks, p_attempts) AS f(chunk, attempt)) f
-    WHERE (SELECT c.attempt FROM haul_chunks c
-           WHERE c.name = p_name AND c.chunk = f.chunk AND c.state = 'running' AND c.owner = p_owner) = f.attempt;
+    -- The fence: the chunks of the batch's results that this worker still holds, with their
+    -- attempts. They stay locked until the commit (taken in order: no two batches deadlock), so
+    -- no other worker splits or takes over one while its results are written: a scan for lost
+    -- chunks skips them, and finds the results there once it does not. The lock reads each
+    -- chunk as last committed, so a takeover committed first is seen.
+    SELECT coalesce(array_agg(c.chunk), '{}'), coalesce(array_agg(c.attempt), '{}') INTO held, held_attempts
+    FROM (SELECT c.chunk, c.attempt FROM haul_chunks c
+          WHERE c.name = p_name AND c.chunk = ANY(p_job_chunks) AND c.state = 'running' AND c.owner = p_owner
+          ORDER BY c.chunk
+          FOR NO KEY UPDATE) c;
     -- A plain insert: with ON CONFLICT, each row costs a second look at the key and a second
     -- write (about 1.6 times the insert's time, measured). A conflict is rare: a batch sent
     -- again (the answer to its commit lost with the connection), or a result that a worker
@@ -1450,12 +1456,25 @@ FROM claimed c LEFT JOIN LATERAL (
 ) j ON true
 ORDER BY c.chunk, j.seq";
 
-/// Splits the chunks whose lease ran out (their worker was lost) into chunks of one job each,
-/// which keep the claim counts: each job is then claimed, and given up, on its own.
+/// Locks the chunks of several jobs whose lease ran out (their worker was lost), for [`SPLIT`],
+/// skipping those locked by their worker writing results under them (`haul_record` locks its
+/// batch's chunks first): those are split at a later scan, if still lost, with their results
+/// written.
+const LOST: &str = "
+SELECT chunk FROM haul_chunks
+WHERE name = $1 AND state = 'running' AND lease_until < now() AND jobs > 1
+ORDER BY chunk
+FOR UPDATE SKIP LOCKED";
+
+/// Splits the chunks [`LOST`] locked (`$2`) into chunks of one job each, which keep the claim
+/// counts: each job is then claimed, and given up, on its own. A statement of its own after
+/// the lock: its snapshot has every result written under those chunks (a result of the same
+/// statement's snapshot as the lock could be one committed by then but not seen, and its job
+/// would be handed out again).
 const SPLIT: &str = "
 WITH lost AS (
     DELETE FROM haul_chunks
-    WHERE name = $1 AND state = 'running' AND lease_until < now() AND jobs > 1
+    WHERE name = $1 AND chunk = ANY($2) AND state = 'running' AND lease_until < now() AND jobs > 1
     RETURNING chunk, attempt, released, lease_until
 ),
 moved AS (
@@ -1469,12 +1488,20 @@ INSERT INTO haul_chunks (name, chunk, host, jobs, state, attempt, released, leas
 SELECT $1, chunk, host, 1, 'running', attempt, released, lease_until FROM moved";
 
 /// Fails the jobs of chunks claimed `$2` times by workers that were lost before they ended.
+/// Chunks locked (a worker writing results under them) are left to a later scan: waiting for
+/// them could deadlock with that worker's batch, which locks its chunks in order.
 const GIVE_UP: &str = "
-WITH lost AS (
-    UPDATE haul_chunks
-    SET state = 'failed', owner = NULL, lease_until = NULL
+WITH picked AS MATERIALIZED (
+    SELECT chunk FROM haul_chunks
     WHERE name = $1 AND state = 'running' AND lease_until < now() AND attempt - released >= $2
-    RETURNING chunk, attempt, attempt - released AS tries
+    FOR UPDATE SKIP LOCKED
+),
+lost AS (
+    UPDATE haul_chunks t
+    SET state = 'failed', owner = NULL, lease_until = NULL
+    FROM picked
+    WHERE t.name = $1 AND t.chunk = picked.chunk
+    RETURNING t.chunk, t.attempt, t.attempt - t.released AS tries
 )
 INSERT INTO haul_results (name, chunk, id, state, attempt, reason, error)
 SELECT $1, lost.chunk, j.id, 'failed', lost.attempt, 'worker lost',
@@ -1520,9 +1547,9 @@ impl Claimer {
         let (marked, after): (Vec<String>, Vec<i64>) = self.cursors.iter().map(|(h, s)| (h.clone(), *s)).unzip();
         let rows = self
             .db
-            .run_prepared("claim jobs", &[CLAIM, SPLIT, GIVE_UP], |client, prepared| {
-                let [claim, split, give_up] = prepared else {
-                    unreachable!("three statements")
+            .run_prepared("claim jobs", &[CLAIM, LOST, SPLIT, GIVE_UP], |client, prepared| {
+                let [claim, lost, split, give_up] = prepared else {
+                    unreachable!("four statements")
                 };
                 let params: [&(dyn postgres::types::ToSql + Sync); 10] = [
                     &name,
@@ -1541,7 +1568,10 @@ impl Claimer {
                     return client.query(claim, &params);
                 }
                 let mut tx = client.transaction()?;
-                tx.execute(split, &[&name])?;
+                let lost: Vec<i64> = tx.query(lost, &[&name])?.iter().map(|row| row.get(0)).collect();
+                if !lost.is_empty() {
+                    tx.execute(split, &[&name, &lost])?;
+                }
                 tx.execute(give_up, &[&name, &max])?;
                 let rows = tx.query(claim, &params)?;
                 tx.commit()?;
