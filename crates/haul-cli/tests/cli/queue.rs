@@ -347,6 +347,17 @@ fn a_queue_of_another_schema_version_is_brought_up_to_date() {
     );
 }
 
+/// A call of `haul_record` by worker 7 under its first claim: job `id` done at `path`, with
+/// `size` bytes; no chunk closed.
+fn record_done(id: &str, path: &str, size: u64) -> String {
+    format!(
+        "haul_record('default', 7, ARRAY['{id}'], ARRAY[(SELECT chunk FROM haul_jobs WHERE id = '{id}')], \
+         ARRAY[1], ARRAY['done'], ARRAY['{path}'], ARRAY[{size}::BIGINT], ARRAY[NULL::TEXT], ARRAY[NULL::TEXT], \
+         ARRAY[false], ARRAY[200], ARRAY[NULL::TEXT], ARRAY[NULL::TEXT], '{{}}'::BIGINT[], '{{}}'::INTEGER[], \
+         '{{}}'::BOOLEAN[])"
+    )
+}
+
 /// A batch of results sent again (the answer to its commit was lost with the connection) is
 /// written once: the second time changes nothing, and fails nothing.
 #[test]
@@ -360,18 +371,7 @@ fn a_batch_of_results_sent_twice_is_recorded_once() {
     enqueue_lines(&url, tmp.path(), &lines);
     // The jobs' chunk, held by worker 7 under its first claim.
     let _ = pg.query(&url, "UPDATE haul_chunks SET state = 'running', attempt = 1, owner = 7");
-    let record = |path: &str| {
-        pg.query(
-            &url,
-            &format!(
-                "SELECT haul_record('default', 7, ARRAY['{a}'], ARRAY[(SELECT chunk FROM haul_jobs WHERE id = '{a}')], \
-                 ARRAY[1], ARRAY['done'], ARRAY['{path}'], ARRAY[5::BIGINT], ARRAY[NULL::TEXT], ARRAY[NULL::TEXT], \
-                 ARRAY[false], ARRAY[200], ARRAY[NULL::TEXT], ARRAY[NULL::TEXT], '{{}}'::BIGINT[], '{{}}'::INTEGER[], \
-                 '{{}}'::BOOLEAN[])",
-                a = lines[0]
-            ),
-        )
-    };
+    let record = |path: &str| pg.query(&url, &format!("SELECT {}", record_done(&lines[0], path, 5)));
     assert_eq!(record("first"), "1");
     assert_eq!(record("again"), "0", "the second send writes nothing");
     assert_eq!(
@@ -568,12 +568,8 @@ fn a_result_being_written_keeps_its_job_out_of_a_split() {
     // Worker 7 writes the first job's result, in a transaction that commits 3 s later.
     let first = &files[0].0;
     let record = format!(
-        "BEGIN; \
-         SELECT haul_record('default', 7, ARRAY['{first}'], ARRAY[(SELECT chunk FROM haul_jobs WHERE id = '{first}')], \
-         ARRAY[1], ARRAY['done'], ARRAY['w000.bin'], ARRAY[1000::BIGINT], ARRAY[NULL::TEXT], ARRAY[NULL::TEXT], \
-         ARRAY[false], ARRAY[200], ARRAY[NULL::TEXT], ARRAY[NULL::TEXT], '{{}}'::BIGINT[], '{{}}'::INTEGER[], \
-         '{{}}'::BOOLEAN[]); \
-         SELECT pg_sleep(3); COMMIT;"
+        "BEGIN; SELECT {}; SELECT pg_sleep(3); COMMIT;",
+        record_done(first, "w000.bin", 1_000)
     );
     let mut late = Command::new("psql")
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &url, "-c", &record])

@@ -1474,7 +1474,7 @@ FOR UPDATE SKIP LOCKED";
 const SPLIT: &str = "
 WITH lost AS (
     DELETE FROM haul_chunks
-    WHERE name = $1 AND chunk = ANY($2) AND state = 'running' AND lease_until < now() AND jobs > 1
+    WHERE name = $1 AND chunk = ANY($2) -- locked by this transaction: as LOST found them
     RETURNING chunk, attempt, released, lease_until
 ),
 moved AS (
