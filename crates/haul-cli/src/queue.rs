@@ -184,12 +184,11 @@ pub(crate) fn status(url: &str, job: &str, json: bool) -> Result<Exit> {
     if !status.workers.is_empty() {
         writeln!(out, "workers (last minute):")?;
         for w in &status.workers {
+            // Two lines a worker: one line wrapped at 80 columns with a host name as label.
+            writeln!(out, "  #{:<4} {:<7} {}", w.id, w.state, w.label)?;
             writeln!(
                 out,
-                "  #{:<4} {:<7} {:<28} {:>6} files, {:>10}, holding {}, heartbeat {:.0} s ago",
-                w.id,
-                w.state,
-                w.label,
+                "        {} files, {}, holding {}, heartbeat {:.0} s ago",
                 w.done_last_minute,
                 progress::human_bytes(w.bytes_last_minute),
                 w.holding,

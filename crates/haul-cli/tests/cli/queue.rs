@@ -534,6 +534,8 @@ fn a_killed_workers_jobs_are_reclaimed_after_its_lease() {
     let status = run_q(&url, &["status", "--job", "default"]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains("dead"), "the killed worker shows as dead: {text}");
+    let widest = text.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+    assert!(widest <= 80, "a line of the status wraps at 80 columns: {text}");
     // The killed worker's temporary files are gone too (removed once its lease had run out).
     let parts: Vec<_> = std::fs::read_dir(out.join(".haul/parts"))
         .unwrap()
